@@ -1,0 +1,513 @@
+//! Tensors as the V2 protocol sees them: a name, a shape and typed, contiguous data.
+//!
+//! Every protocol front end (JSON, binary extension, gRPC typed contents, gRPC raw
+//! contents) converts into [`TensorData`] once, and backends read it without copying.
+
+use bytes::Bytes;
+use half::f16;
+use serde_json::Value;
+
+use crate::config::pb;
+
+/// A KServe V2 datatype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataType {
+    Bool,
+    U8,
+    U16,
+    U32,
+    U64,
+    I8,
+    I16,
+    I32,
+    I64,
+    F16,
+    F32,
+    F64,
+    Bytes,
+}
+
+impl DataType {
+    /// Every datatype, in the order the V2 specification lists them.
+    pub const ALL: [DataType; 13] = [
+        DataType::Bool,
+        DataType::U8,
+        DataType::U16,
+        DataType::U32,
+        DataType::U64,
+        DataType::I8,
+        DataType::I16,
+        DataType::I32,
+        DataType::I64,
+        DataType::F16,
+        DataType::F32,
+        DataType::F64,
+        DataType::Bytes,
+    ];
+
+    /// The V2 protocol name, e.g. `FP32`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::Bool => "BOOL",
+            DataType::U8 => "UINT8",
+            DataType::U16 => "UINT16",
+            DataType::U32 => "UINT32",
+            DataType::U64 => "UINT64",
+            DataType::I8 => "INT8",
+            DataType::I16 => "INT16",
+            DataType::I32 => "INT32",
+            DataType::I64 => "INT64",
+            DataType::F16 => "FP16",
+            DataType::F32 => "FP32",
+            DataType::F64 => "FP64",
+            DataType::Bytes => "BYTES",
+        }
+    }
+
+    /// Parses a V2 protocol name such as `INT64`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// Size of one element in bytes; `None` for variable-length `BYTES`.
+    pub fn size(self) -> Option<usize> {
+        Some(match self {
+            DataType::Bool | DataType::U8 | DataType::I8 => 1,
+            DataType::U16 | DataType::I16 | DataType::F16 => 2,
+            DataType::U32 | DataType::I32 | DataType::F32 => 4,
+            DataType::U64 | DataType::I64 | DataType::F64 => 8,
+            DataType::Bytes => return None,
+        })
+    }
+
+    /// The model-configuration enum (`TYPE_FP32`, `TYPE_STRING` for BYTES).
+    pub fn to_config(self) -> pb::DataType {
+        match self {
+            DataType::Bool => pb::DataType::TypeBool,
+            DataType::U8 => pb::DataType::TypeUint8,
+            DataType::U16 => pb::DataType::TypeUint16,
+            DataType::U32 => pb::DataType::TypeUint32,
+            DataType::U64 => pb::DataType::TypeUint64,
+            DataType::I8 => pb::DataType::TypeInt8,
+            DataType::I16 => pb::DataType::TypeInt16,
+            DataType::I32 => pb::DataType::TypeInt32,
+            DataType::I64 => pb::DataType::TypeInt64,
+            DataType::F16 => pb::DataType::TypeFp16,
+            DataType::F32 => pb::DataType::TypeFp32,
+            DataType::F64 => pb::DataType::TypeFp64,
+            DataType::Bytes => pb::DataType::TypeString,
+        }
+    }
+
+    /// The V2 datatype for a model-configuration enum; `None` for types V2 lacks.
+    pub fn from_config(t: pb::DataType) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.to_config() == t)
+    }
+}
+
+impl std::fmt::Display for DataType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why tensor data could not be decoded; each message says what the client sent wrong.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TensorError {
+    #[error("tensor '{name}': {count} elements given but shape {shape:?} needs {expected}")]
+    ElementCount {
+        name: String,
+        shape: Vec<i64>,
+        count: usize,
+        expected: usize,
+    },
+    #[error("tensor '{name}': {len} bytes of {datatype} data is not a whole number of {size}-byte elements")]
+    RawSize {
+        name: String,
+        datatype: DataType,
+        len: usize,
+        size: usize,
+    },
+    #[error("tensor '{name}': BYTES element {index} is truncated (raw BYTES elements are a 4-byte little-endian length then the bytes)")]
+    BytesFraming { name: String, index: usize },
+    #[error("tensor '{name}': element {index} is {found}, expected a {datatype} value")]
+    JsonElement {
+        name: String,
+        index: usize,
+        found: String,
+        datatype: DataType,
+    },
+    #[error("tensor '{name}': shape {shape:?} has a negative dimension")]
+    NegativeDim { name: String, shape: Vec<i64> },
+}
+
+/// Typed tensor elements, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    Bool(Vec<bool>),
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    Bytes(Vec<Bytes>),
+}
+
+impl TensorData {
+    /// The datatype of these elements.
+    pub fn datatype(&self) -> DataType {
+        match self {
+            TensorData::Bool(_) => DataType::Bool,
+            TensorData::U8(_) => DataType::U8,
+            TensorData::U16(_) => DataType::U16,
+            TensorData::U32(_) => DataType::U32,
+            TensorData::U64(_) => DataType::U64,
+            TensorData::I8(_) => DataType::I8,
+            TensorData::I16(_) => DataType::I16,
+            TensorData::I32(_) => DataType::I32,
+            TensorData::I64(_) => DataType::I64,
+            TensorData::F16(_) => DataType::F16,
+            TensorData::F32(_) => DataType::F32,
+            TensorData::F64(_) => DataType::F64,
+            TensorData::Bytes(_) => DataType::Bytes,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::Bool(v) => v.len(),
+            TensorData::U8(v) => v.len(),
+            TensorData::U16(v) => v.len(),
+            TensorData::U32(v) => v.len(),
+            TensorData::U64(v) => v.len(),
+            TensorData::I8(v) => v.len(),
+            TensorData::I16(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+            TensorData::I64(v) => v.len(),
+            TensorData::F16(v) => v.len(),
+            TensorData::F32(v) => v.len(),
+            TensorData::F64(v) => v.len(),
+            TensorData::Bytes(v) => v.len(),
+        }
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decodes the V2 raw layout: little-endian elements, BOOL as one byte, and BYTES
+    /// as a 4-byte little-endian length before each element.
+    pub fn from_raw(name: &str, datatype: DataType, raw: &Bytes) -> Result<Self, TensorError> {
+        let Some(size) = datatype.size() else {
+            return decode_bytes_elements(name, raw).map(TensorData::Bytes);
+        };
+        if raw.len() % size != 0 {
+            return Err(TensorError::RawSize {
+                name: name.to_string(),
+                datatype,
+                len: raw.len(),
+                size,
+            });
+        }
+        let raw = raw.as_ref();
+        // pod_collect_to_vec copies into a properly aligned Vec, whatever the input alignment.
+        Ok(match datatype {
+            DataType::Bool => TensorData::Bool(raw.iter().map(|b| *b != 0).collect()),
+            DataType::U8 => TensorData::U8(raw.to_vec()),
+            DataType::U16 => TensorData::U16(from_le(raw)),
+            DataType::U32 => TensorData::U32(from_le(raw)),
+            DataType::U64 => TensorData::U64(from_le(raw)),
+            DataType::I8 => TensorData::I8(bytemuck::pod_collect_to_vec(raw)),
+            DataType::I16 => TensorData::I16(from_le(raw)),
+            DataType::I32 => TensorData::I32(from_le(raw)),
+            DataType::I64 => TensorData::I64(from_le(raw)),
+            DataType::F16 => TensorData::F16(from_le(raw)),
+            DataType::F32 => TensorData::F32(from_le(raw)),
+            DataType::F64 => TensorData::F64(from_le(raw)),
+            DataType::Bytes => unreachable!("BYTES returned above"),
+        })
+    }
+
+    /// Encodes into the V2 raw layout (the inverse of [`TensorData::from_raw`]).
+    pub fn to_raw(&self) -> Vec<u8> {
+        match self {
+            TensorData::Bool(v) => v.iter().map(|b| u8::from(*b)).collect(),
+            TensorData::Bytes(items) => {
+                let total = items.iter().map(|i| i.len() + 4).sum();
+                let mut out = Vec::with_capacity(total);
+                for item in items {
+                    // A single element over 4 GiB cannot be framed; the body limit stops it long before.
+                    out.extend_from_slice(&(item.len() as u32).to_le_bytes());
+                    out.extend_from_slice(item);
+                }
+                out
+            }
+            TensorData::U8(v) => v.clone(),
+            TensorData::U16(v) => to_le(v),
+            TensorData::U32(v) => to_le(v),
+            TensorData::U64(v) => to_le(v),
+            TensorData::I8(v) => bytemuck::cast_slice(v).to_vec(),
+            TensorData::I16(v) => to_le(v),
+            TensorData::I32(v) => to_le(v),
+            TensorData::I64(v) => to_le(v),
+            TensorData::F16(v) => to_le(v),
+            TensorData::F32(v) => to_le(v),
+            TensorData::F64(v) => to_le(v),
+        }
+    }
+
+    /// Decodes the V2 JSON `data` field: a flat or nested array (row-major) of numbers,
+    /// booleans, or strings for BYTES.
+    pub fn from_json(name: &str, datatype: DataType, data: &Value) -> Result<Self, TensorError> {
+        let mut flat = Vec::new();
+        flatten(data, &mut flat);
+        let bad = |index: usize, v: &Value| TensorError::JsonElement {
+            name: name.to_string(),
+            index,
+            found: json_kind(v),
+            datatype,
+        };
+        macro_rules! collect {
+            ($variant:ident, $conv:expr) => {
+                TensorData::$variant(
+                    flat.iter()
+                        .enumerate()
+                        .map(|(i, v)| $conv(v).ok_or_else(|| bad(i, v)))
+                        .collect::<Result<_, _>>()?,
+                )
+            };
+        }
+        Ok(match datatype {
+            DataType::Bool => collect!(Bool, |v: &Value| v.as_bool()),
+            DataType::U8 => collect!(U8, |v: &Value| int_as(v)),
+            DataType::U16 => collect!(U16, |v: &Value| int_as(v)),
+            DataType::U32 => collect!(U32, |v: &Value| int_as(v)),
+            DataType::U64 => collect!(U64, |v: &Value| v.as_u64()),
+            DataType::I8 => collect!(I8, |v: &Value| int_as(v)),
+            DataType::I16 => collect!(I16, |v: &Value| int_as(v)),
+            DataType::I32 => collect!(I32, |v: &Value| int_as(v)),
+            DataType::I64 => collect!(I64, |v: &Value| v.as_i64()),
+            DataType::F16 => collect!(F16, |v: &Value| v.as_f64().map(f16::from_f64)),
+            DataType::F32 => collect!(F32, |v: &Value| v.as_f64().map(|x| x as f32)),
+            DataType::F64 => collect!(F64, |v: &Value| v.as_f64()),
+            DataType::Bytes => collect!(Bytes, |v: &Value| v
+                .as_str()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))),
+        })
+    }
+
+    /// Encodes as a flat V2 JSON array. BYTES elements become strings (lossy for
+    /// bytes that are not UTF-8, as in Triton; use binary output for those).
+    pub fn to_json(&self) -> Value {
+        fn arr<T: Into<Value> + Copy>(v: &[T]) -> Value {
+            Value::Array(v.iter().map(|x| (*x).into()).collect())
+        }
+        match self {
+            TensorData::Bool(v) => arr(v),
+            TensorData::U8(v) => arr(v),
+            TensorData::U16(v) => arr(v),
+            TensorData::U32(v) => arr(v),
+            TensorData::U64(v) => arr(v),
+            TensorData::I8(v) => arr(v),
+            TensorData::I16(v) => arr(v),
+            TensorData::I32(v) => arr(v),
+            TensorData::I64(v) => arr(v),
+            TensorData::F16(v) => Value::Array(v.iter().map(|x| x.to_f64().into()).collect()),
+            TensorData::F32(v) => arr(v),
+            TensorData::F64(v) => arr(v),
+            TensorData::Bytes(v) => Value::Array(
+                v.iter()
+                    .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+fn from_le<T: bytemuck::Pod>(raw: &[u8]) -> Vec<T> {
+    // V2 raw data is little-endian, which is the layout of every target Nexus builds for.
+    const { assert!(cfg!(target_endian = "little")) };
+    bytemuck::pod_collect_to_vec(raw)
+}
+
+fn to_le<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
+    const { assert!(cfg!(target_endian = "little")) };
+    bytemuck::cast_slice(v).to_vec()
+}
+
+fn decode_bytes_elements(name: &str, raw: &Bytes) -> Result<Vec<Bytes>, TensorError> {
+    let mut items = Vec::new();
+    let mut pos = 0usize;
+    while pos < raw.len() {
+        let truncated = || TensorError::BytesFraming {
+            name: name.to_string(),
+            index: items.len(),
+        };
+        let len_bytes: [u8; 4] = raw
+            .get(pos..pos + 4)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(truncated)?;
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let start = pos + 4;
+        let end = start.checked_add(len).filter(|e| *e <= raw.len()).ok_or_else(truncated)?;
+        items.push(raw.slice(start..end));
+        pos = end;
+    }
+    Ok(items)
+}
+
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        other => out.push(other),
+    }
+}
+
+fn int_as<T: TryFrom<i64>>(v: &Value) -> Option<T> {
+    v.as_i64().and_then(|x| T::try_from(x).ok())
+}
+
+fn json_kind(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) if s.len() > 32 => "a string".into(),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// A named tensor with its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// Builds a tensor, checking that the shape is non-negative and matches the element count.
+    pub fn new(name: impl Into<String>, shape: Vec<i64>, data: TensorData) -> Result<Self, TensorError> {
+        let name = name.into();
+        let Some(expected) = element_count(&shape) else {
+            return Err(TensorError::NegativeDim { name, shape });
+        };
+        if data.len() != expected {
+            return Err(TensorError::ElementCount {
+                name,
+                count: data.len(),
+                shape,
+                expected,
+            });
+        }
+        Ok(Tensor { name, shape, data })
+    }
+
+    /// The tensor's datatype.
+    pub fn datatype(&self) -> DataType {
+        self.data.datatype()
+    }
+}
+
+/// Number of elements a shape holds; `None` when a dimension is negative.
+pub fn element_count(shape: &[i64]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, d| {
+        usize::try_from(*d).ok().and_then(|d| acc.checked_mul(d))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_datatype_round_trips_through_raw_bytes() {
+        let samples = vec![
+            TensorData::Bool(vec![true, false, true]),
+            TensorData::U8(vec![0, 255]),
+            TensorData::U16(vec![1, 65535]),
+            TensorData::U32(vec![7, u32::MAX]),
+            TensorData::U64(vec![9, u64::MAX]),
+            TensorData::I8(vec![-128, 127]),
+            TensorData::I16(vec![-3, 3]),
+            TensorData::I32(vec![-70000, 70000]),
+            TensorData::I64(vec![i64::MIN, i64::MAX]),
+            TensorData::F16(vec![f16::from_f32(1.5), f16::from_f32(-2.0)]),
+            TensorData::F32(vec![0.25, -1e30]),
+            TensorData::F64(vec![std::f64::consts::PI]),
+            TensorData::Bytes(vec![Bytes::from_static(b"hi"), Bytes::new(), Bytes::from_static(&[0xff, 0])]),
+        ];
+        for data in samples {
+            let raw = Bytes::from(data.to_raw());
+            let back = TensorData::from_raw("t", data.datatype(), &raw).unwrap();
+            assert_eq!(back, data);
+        }
+    }
+
+    #[test]
+    fn raw_layout_is_little_endian_v2() {
+        let raw = TensorData::I32(vec![1, -2]).to_raw();
+        assert_eq!(raw, vec![1, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff]);
+        let raw = TensorData::Bytes(vec![Bytes::from_static(b"abc")]).to_raw();
+        assert_eq!(raw, vec![3, 0, 0, 0, b'a', b'b', b'c']);
+    }
+
+    #[test]
+    fn raw_decoding_rejects_partial_elements() {
+        let err = TensorData::from_raw("x", DataType::F32, &Bytes::from_static(&[0, 0, 0])).unwrap_err();
+        assert!(err.to_string().contains("not a whole number of 4-byte elements"), "{err}");
+        let err = TensorData::from_raw("s", DataType::Bytes, &Bytes::from_static(&[5, 0, 0, 0, b'a'])).unwrap_err();
+        assert!(matches!(err, TensorError::BytesFraming { index: 0, .. }));
+        let err = TensorData::from_raw("s", DataType::Bytes, &Bytes::from_static(&[1, 0])).unwrap_err();
+        assert!(matches!(err, TensorError::BytesFraming { .. }));
+    }
+
+    #[test]
+    fn json_accepts_nested_arrays_and_checks_types() {
+        let data = TensorData::from_json("x", DataType::I32, &json!([[1, 2], [3, 4]])).unwrap();
+        assert_eq!(data, TensorData::I32(vec![1, 2, 3, 4]));
+        let err = TensorData::from_json("x", DataType::I32, &json!([1, "two"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tensor 'x': element 1 is string \"two\", expected a INT32 value"
+        );
+        let err = TensorData::from_json("x", DataType::U8, &json!([256])).unwrap_err();
+        assert!(matches!(err, TensorError::JsonElement { index: 0, .. }));
+        let data = TensorData::from_json("b", DataType::Bytes, &json!(["a", "b"])).unwrap();
+        assert_eq!(data.to_json(), json!(["a", "b"]));
+        let data = TensorData::from_json("h", DataType::F16, &json!([0.5, 2])).unwrap();
+        assert_eq!(data.to_json(), json!([0.5, 2.0]));
+    }
+
+    #[test]
+    fn tensor_checks_element_count_against_shape() {
+        assert!(Tensor::new("x", vec![2, 2], TensorData::F32(vec![0.0; 4])).is_ok());
+        let err = Tensor::new("x", vec![2, 3], TensorData::F32(vec![0.0; 4])).unwrap_err();
+        assert_eq!(err.to_string(), "tensor 'x': 4 elements given but shape [2, 3] needs 6");
+        assert!(matches!(
+            Tensor::new("x", vec![-1], TensorData::F32(vec![])).unwrap_err(),
+            TensorError::NegativeDim { .. }
+        ));
+    }
+
+    #[test]
+    fn datatype_names_match_v2_and_config() {
+        for t in DataType::ALL {
+            assert_eq!(DataType::parse(t.as_str()), Some(t));
+            assert_eq!(DataType::from_config(t.to_config()), Some(t));
+        }
+        assert_eq!(DataType::Bytes.to_config(), pb::DataType::TypeString);
+        assert_eq!(DataType::parse("FLOAT"), None);
+    }
+}
