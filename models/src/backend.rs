@@ -86,9 +86,15 @@ pub trait Backend: Send {
 }
 
 /// Loads one instance of the model at `path` for `platform`.
-pub fn load(platform: &str, path: &Path, options: &LoadOptions) -> Result<Box<dyn Backend>, BackendError> {
+pub fn load(
+    platform: &str,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<Box<dyn Backend>, BackendError> {
     match platform {
-        crate::config::ONNX_PLATFORM => Ok(Box::new(crate::onnx::OnnxBackend::load(path, options)?)),
+        crate::config::ONNX_PLATFORM => {
+            Ok(Box::new(crate::onnx::OnnxBackend::load(path, options)?))
+        }
         other => Err(BackendError::Load {
             path: path.display().to_string(),
             reason: format!("platform '{other}' is not supported by this build"),

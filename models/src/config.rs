@@ -11,7 +11,11 @@ use crate::tensor::DataType;
 
 /// Prost types generated from `proto/model_config.proto` (package `inference`).
 pub mod pb {
-    #![allow(missing_docs, clippy::doc_lazy_continuation, clippy::large_enum_variant)]
+    #![allow(
+        missing_docs,
+        clippy::doc_lazy_continuation,
+        clippy::large_enum_variant
+    )]
     include!(concat!(env!("OUT_DIR"), "/inference.rs"));
 }
 
@@ -89,7 +93,9 @@ fn colon_before_lists(text: &str) -> std::borrow::Cow<'_, str> {
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 let start_after_colon = after_colon;
-                while i + 1 < bytes.len() && (bytes[i + 1].is_ascii_alphanumeric() || bytes[i + 1] == b'_') {
+                while i + 1 < bytes.len()
+                    && (bytes[i + 1].is_ascii_alphanumeric() || bytes[i + 1] == b'_')
+                {
                     i += 1;
                 }
                 field_name_end = !start_after_colon;
@@ -183,9 +189,13 @@ pub fn complete(
     }
     check_platform(config)?;
     if config.max_batch_size < 0 {
-        return invalid(format!("max_batch_size {} is negative", config.max_batch_size));
+        return invalid(format!(
+            "max_batch_size {} is negative",
+            config.max_batch_size
+        ));
     }
-    let untouched = config.input.is_empty() && config.output.is_empty() && config.max_batch_size == 0;
+    let untouched =
+        config.input.is_empty() && config.output.is_empty() && config.max_batch_size == 0;
     if untouched && signature.batchable() {
         config.max_batch_size = default_max_batch_size;
     }
@@ -197,7 +207,11 @@ pub fn complete(
     }
     let batched = config.max_batch_size > 0;
     let strip = |shape: &[i64]| -> Vec<i64> {
-        if batched { shape[1..].to_vec() } else { shape.to_vec() }
+        if batched {
+            shape[1..].to_vec()
+        } else {
+            shape.to_vec()
+        }
     };
 
     if config.input.is_empty() {
@@ -228,12 +242,28 @@ pub fn complete(
     for input in &config.input {
         let model = find(signature.inputs, &input.name, "input")?;
         let as_model = input.reshape.as_ref().map_or(&input.dims, |r| &r.shape);
-        check_tensor("input", &input.name, input.data_type, &input.dims, as_model, model, &strip)?;
+        check_tensor(
+            "input",
+            &input.name,
+            input.data_type,
+            &input.dims,
+            as_model,
+            model,
+            &strip,
+        )?;
     }
     for output in &config.output {
         let model = find(signature.outputs, &output.name, "output")?;
         let as_model = output.reshape.as_ref().map_or(&output.dims, |r| &r.shape);
-        check_tensor("output", &output.name, output.data_type, &output.dims, as_model, model, &strip)?;
+        check_tensor(
+            "output",
+            &output.name,
+            output.data_type,
+            &output.dims,
+            as_model,
+            model,
+            &strip,
+        )?;
     }
     for model_input in signature.inputs {
         let listed = config.input.iter().any(|i| i.name == model_input.name);
@@ -246,7 +276,9 @@ pub fn complete(
     }
 
     if config.instance_group.is_empty() {
-        config.instance_group.push(pb::ModelInstanceGroup::default());
+        config
+            .instance_group
+            .push(pb::ModelInstanceGroup::default());
     }
     for (i, group) in config.instance_group.iter_mut().enumerate() {
         if group.count <= 0 {
@@ -280,7 +312,11 @@ fn check_platform(config: &mut ModelConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn find<'a>(specs: &'a [TensorSpec], name: &str, kind: &str) -> Result<&'a TensorSpec, ConfigError> {
+fn find<'a>(
+    specs: &'a [TensorSpec],
+    name: &str,
+    kind: &str,
+) -> Result<&'a TensorSpec, ConfigError> {
     specs.iter().find(|s| s.name == name).ok_or_else(|| {
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         ConfigError::Invalid(format!(
@@ -301,7 +337,11 @@ fn check_tensor(
     let declared = pb::DataType::try_from(data_type)
         .ok()
         .and_then(DataType::from_config)
-        .ok_or_else(|| ConfigError::Invalid(format!("{kind} '{name}': data_type {data_type} is not supported")))?;
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{kind} '{name}': data_type {data_type} is not supported"
+            ))
+        })?;
     if declared != model.datatype {
         return Err(ConfigError::Invalid(format!(
             "{kind} '{name}': config says {} but the model has {}",
@@ -334,7 +374,11 @@ pub fn select_versions(config: &ModelConfig, available: &[u64]) -> Vec<u64> {
     use pb::model_version_policy::PolicyChoice;
     let mut sorted = available.to_vec();
     sorted.sort_unstable();
-    match config.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()) {
+    match config
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref())
+    {
         Some(PolicyChoice::All(_)) => sorted,
         Some(PolicyChoice::Specific(s)) => sorted
             .into_iter()
@@ -349,11 +393,17 @@ pub fn select_versions(config: &ModelConfig, available: &[u64]) -> Vec<u64> {
 }
 
 /// Reads an integer from the config's `parameters` map (Triton's string-valued parameters).
-pub fn parameter<T: std::str::FromStr>(config: &ModelConfig, key: &str) -> Result<Option<T>, ConfigError> {
+pub fn parameter<T: std::str::FromStr>(
+    config: &ModelConfig,
+    key: &str,
+) -> Result<Option<T>, ConfigError> {
     match config.parameters.get(key) {
         None => Ok(None),
         Some(p) => p.string_value.trim().parse().map(Some).map_err(|_| {
-            ConfigError::Invalid(format!("parameter '{key}' has invalid value '{}'", p.string_value))
+            ConfigError::Invalid(format!(
+                "parameter '{key}' has invalid value '{}'",
+                p.string_value
+            ))
         }),
     }
 }
@@ -383,7 +433,11 @@ mod tests {
     "#;
 
     fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
-        TensorSpec { name: name.into(), datatype, shape: shape.to_vec() }
+        TensorSpec {
+            name: name.into(),
+            datatype,
+            shape: shape.to_vec(),
+        }
     }
 
     #[test]
@@ -395,14 +449,21 @@ mod tests {
         assert_eq!(c.input[1].data_type, pb::DataType::TypeInt32 as i32);
         assert_eq!(c.output[0].reshape.as_ref().unwrap().shape, vec![16]);
         assert_eq!(c.instance_group[0].count, 2);
-        assert_eq!(c.instance_group[0].kind, pb::model_instance_group::Kind::Cpu as i32);
-        let Some(pb::model_config::SchedulingChoice::DynamicBatching(db)) = &c.scheduling_choice else {
+        assert_eq!(
+            c.instance_group[0].kind,
+            pb::model_instance_group::Kind::Cpu as i32
+        );
+        let Some(pb::model_config::SchedulingChoice::DynamicBatching(db)) = &c.scheduling_choice
+        else {
             panic!("dynamic_batching not parsed");
         };
         assert_eq!(db.preferred_batch_size, vec![4, 8]);
         assert_eq!(db.max_queue_delay_microseconds, 100);
         assert_eq!(db.default_queue_policy.as_ref().unwrap().max_queue_size, 64);
-        assert_eq!(parameter::<usize>(&c, "intra_op_thread_count").unwrap(), Some(2));
+        assert_eq!(
+            parameter::<usize>(&c, "intra_op_thread_count").unwrap(),
+            Some(2)
+        );
         assert_eq!(select_versions(&c, &[1, 2, 3, 4]), vec![1, 3]);
     }
 
@@ -410,8 +471,14 @@ mod tests {
     fn list_colon_is_optional_outside_strings_and_comments() {
         assert_eq!(colon_before_lists("input [ {} ]"), "input :[ {} ]");
         assert_eq!(colon_before_lists("input: [ {} ]"), "input: [ {} ]");
-        assert_eq!(colon_before_lists("name: \"a [b\" # x [y\n"), "name: \"a [b\" # x [y\n");
-        assert_eq!(colon_before_lists("dims: [ 1 ] kind: KIND_CPU"), "dims: [ 1 ] kind: KIND_CPU");
+        assert_eq!(
+            colon_before_lists("name: \"a [b\" # x [y\n"),
+            "name: \"a [b\" # x [y\n"
+        );
+        assert_eq!(
+            colon_before_lists("dims: [ 1 ] kind: KIND_CPU"),
+            "dims: [ 1 ] kind: KIND_CPU"
+        );
         assert_eq!(
             colon_before_lists("instance_group [ { count: 1 } ] output\n[ { dims [ 2 ] } ]"),
             "instance_group :[ { count: 1 } ] output\n:[ { dims :[ 2 ] } ]"
@@ -421,7 +488,10 @@ mod tests {
     #[test]
     fn rejects_malformed_text_with_position() {
         let err = parse_text("name: \"x\"\nmax_batch_size: eight\n").unwrap_err();
-        assert!(err.to_string().contains("not valid protobuf text format"), "{err}");
+        assert!(
+            err.to_string().contains("not valid protobuf text format"),
+            "{err}"
+        );
         let err = parse_text("unknown_field: 3").unwrap_err();
         assert!(err.to_string().contains("unknown_field"), "{err}");
     }
@@ -442,7 +512,10 @@ mod tests {
     fn completes_an_absent_config_from_the_model() {
         let inputs = [spec("x", DataType::F32, &[-1, -1])];
         let outputs = [spec("y", DataType::F32, &[-1, -1])];
-        let sig = ModelSignature { inputs: &inputs, outputs: &outputs };
+        let sig = ModelSignature {
+            inputs: &inputs,
+            outputs: &outputs,
+        };
         let mut c = ModelConfig::default();
         complete(&mut c, "dyn", &sig, 4).unwrap();
         assert_eq!(c.name, "dyn");
@@ -454,7 +527,10 @@ mod tests {
         assert_eq!(select_versions(&c, &[3, 1, 2]), vec![3]);
 
         let fixed = [spec("X", DataType::F32, &[3, 2])];
-        let sig = ModelSignature { inputs: &fixed, outputs: &fixed };
+        let sig = ModelSignature {
+            inputs: &fixed,
+            outputs: &fixed,
+        };
         let mut c = ModelConfig::default();
         complete(&mut c, "mul", &sig, 4).unwrap();
         assert_eq!(c.max_batch_size, 0);
@@ -463,29 +539,54 @@ mod tests {
 
     #[test]
     fn rejects_configs_that_contradict_the_model() {
-        let inputs = [spec("INPUT0", DataType::I32, &[-1, 16]), spec("INPUT1", DataType::I32, &[-1, 16])];
+        let inputs = [
+            spec("INPUT0", DataType::I32, &[-1, 16]),
+            spec("INPUT1", DataType::I32, &[-1, 16]),
+        ];
         let outputs = [spec("OUTPUT0", DataType::I32, &[-1, 16])];
-        let sig = ModelSignature { inputs: &inputs, outputs: &outputs };
+        let sig = ModelSignature {
+            inputs: &inputs,
+            outputs: &outputs,
+        };
         let mut ok = parse_text(SIMPLE).unwrap();
         complete(&mut ok, "simple", &sig, 4).unwrap();
 
         let mut wrong_name = parse_text(SIMPLE).unwrap();
         let err = complete(&mut wrong_name, "other", &sig, 4).unwrap_err();
-        assert!(err.to_string().contains("does not match the model directory"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("does not match the model directory"),
+            "{err}"
+        );
 
-        let mut wrong_type = parse_text(&SIMPLE.replace("TYPE_INT32 dims: [ 16 ] },", "TYPE_FP32 dims: [ 16 ] },")).unwrap();
+        let mut wrong_type =
+            parse_text(&SIMPLE.replace("TYPE_INT32 dims: [ 16 ] },", "TYPE_FP32 dims: [ 16 ] },"))
+                .unwrap();
         let err = complete(&mut wrong_type, "simple", &sig, 4).unwrap_err();
-        assert!(err.to_string().contains("config says TYPE_FP32 but the model has TYPE_INT32"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("config says TYPE_FP32 but the model has TYPE_INT32"),
+            "{err}"
+        );
 
-        let mut wrong_dims = parse_text(&SIMPLE.replace("dims: [ 16 ] },", "dims: [ 15 ] },")).unwrap();
+        let mut wrong_dims =
+            parse_text(&SIMPLE.replace("dims: [ 16 ] },", "dims: [ 15 ] },")).unwrap();
         let err = complete(&mut wrong_dims, "simple", &sig, 4).unwrap_err();
-        assert!(err.to_string().contains("do not match the model's [16]"), "{err}");
+        assert!(
+            err.to_string().contains("do not match the model's [16]"),
+            "{err}"
+        );
 
         let mut unknown = parse_text(&SIMPLE.replace("\"INPUT1\"", "\"INPUT9\"")).unwrap();
         let err = complete(&mut unknown, "simple", &sig, 4).unwrap_err();
-        assert!(err.to_string().contains("'INPUT9' is not among the model's inputs"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("'INPUT9' is not among the model's inputs"),
+            "{err}"
+        );
 
-        let mut tf = parse_text(&SIMPLE.replace("onnxruntime_onnx", "tensorflow_savedmodel")).unwrap();
+        let mut tf =
+            parse_text(&SIMPLE.replace("onnxruntime_onnx", "tensorflow_savedmodel")).unwrap();
         assert!(complete(&mut tf, "simple", &sig, 4).is_err());
     }
 }

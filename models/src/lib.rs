@@ -7,7 +7,9 @@ pub mod onnx;
 pub mod repository;
 pub mod tensor;
 
-pub use backend::{Backend, BackendError, ComputeTimings, Device, Inferred, LoadOptions, TensorSpec};
+pub use backend::{
+    Backend, BackendError, ComputeTimings, Device, Inferred, LoadOptions, TensorSpec,
+};
 pub use config::{ModelConfig, pb};
 pub use repository::{ModelRepository, ModelSource, RepositoryError};
 pub use tensor::{DataType, Tensor, TensorData, TensorError};

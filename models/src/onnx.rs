@@ -14,7 +14,9 @@ use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
-use crate::backend::{Backend, BackendError, ComputeTimings, Device, Inferred, LoadOptions, TensorSpec};
+use crate::backend::{
+    Backend, BackendError, ComputeTimings, Device, Inferred, LoadOptions, TensorSpec,
+};
 use crate::tensor::{DataType, Tensor, TensorData};
 
 /// Environment variable naming the ONNX Runtime shared library.
@@ -63,7 +65,9 @@ fn locate(library: Option<&Path>) -> Result<PathBuf, String> {
     }
     let starts = [
         std::env::current_dir().ok(),
-        std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)),
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf)),
     ];
     let found = starts
         .iter()
@@ -108,14 +112,19 @@ impl OnnxBackend {
                 .map_err(|e| fail(e.to_string()))?;
         }
         if let Device::Gpu(id) = options.device {
-            let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(id)
+                .build()
+                .error_on_failure();
             builder = builder.with_execution_providers([cuda]).map_err(|e| {
                 BackendError::NoGpu(format!(
                     "CUDA device {id} is not usable by ONNX Runtime ({e}); use instance_group kind KIND_CPU or install the onnxruntime-gpu library"
                 ))
             })?;
         }
-        let session = builder.commit_from_file(path).map_err(|e| fail(e.to_string()))?;
+        let session = builder
+            .commit_from_file(path)
+            .map_err(|e| fail(e.to_string()))?;
 
         let inputs = session
             .inputs()
@@ -140,7 +149,11 @@ impl OnnxBackend {
                 ),
             }
         }
-        Ok(OnnxBackend { session, inputs, outputs })
+        Ok(OnnxBackend {
+            session,
+            inputs,
+            outputs,
+        })
     }
 }
 
@@ -180,7 +193,9 @@ fn to_value(t: &Tensor) -> Result<SessionInputValue<'_>, BackendError> {
     let input_err = |e: ort::Error| BackendError::Input(format!("input '{}': {e}", t.name));
     macro_rules! view {
         ($v:expr) => {
-            TensorRef::from_array_view((shape, $v.as_slice())).map_err(input_err)?.into()
+            TensorRef::from_array_view((shape, $v.as_slice()))
+                .map_err(input_err)?
+                .into()
         };
     }
     Ok(match &t.data {
@@ -219,7 +234,9 @@ fn to_value(t: &Tensor) -> Result<SessionInputValue<'_>, BackendError> {
 fn from_value(name: &str, value: &DynValue) -> Result<Tensor, BackendError> {
     let err = |e: ort::Error| BackendError::Infer(format!("output '{name}': {e}"));
     let ValueType::Tensor { ty, .. } = value.dtype() else {
-        return Err(BackendError::Infer(format!("output '{name}' is not a tensor")));
+        return Err(BackendError::Infer(format!(
+            "output '{name}' is not a tensor"
+        )));
     };
     macro_rules! extract {
         ($t:ty, $variant:ident) => {{
@@ -278,9 +295,9 @@ impl Backend for OnnxBackend {
         let tensors = outputs
             .iter()
             .map(|name| {
-                let value = results
-                    .get(name.as_str())
-                    .ok_or_else(|| BackendError::Infer(format!("the model produced no output '{name}'")))?;
+                let value = results.get(name.as_str()).ok_or_else(|| {
+                    BackendError::Infer(format!("the model produced no output '{name}'"))
+                })?;
                 from_value(name, value)
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -165,7 +165,11 @@ mod tests {
         std::fs::create_dir_all(m.join("1")).unwrap();
         std::fs::create_dir_all(m.join("3")).unwrap();
         std::fs::create_dir_all(m.join("notes")).unwrap();
-        std::fs::write(m.join("config.pbtxt"), "name: \"simple\" default_model_filename: \"net.onnx\"").unwrap();
+        std::fs::write(
+            m.join("config.pbtxt"),
+            "name: \"simple\" default_model_filename: \"net.onnx\"",
+        )
+        .unwrap();
         std::fs::create_dir_all(root.path().join("bare/2")).unwrap();
         std::fs::create_dir_all(root.path().join(".hidden")).unwrap();
         std::fs::write(root.path().join("README.md"), "not a model").unwrap();
@@ -181,8 +185,14 @@ mod tests {
         let bare = repo.read("bare").unwrap();
         assert_eq!(bare.config, ModelConfig::default());
         assert_eq!(bare.versions[0].1.file_name().unwrap(), DEFAULT_MODEL_FILE);
-        assert!(matches!(repo.read("missing"), Err(RepositoryError::NotFound(_))));
-        assert!(matches!(repo.read("../etc"), Err(RepositoryError::NotFound(_))));
+        assert!(matches!(
+            repo.read("missing"),
+            Err(RepositoryError::NotFound(_))
+        ));
+        assert!(matches!(
+            repo.read("../etc"),
+            Err(RepositoryError::NotFound(_))
+        ));
     }
 
     #[test]

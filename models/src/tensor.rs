@@ -121,14 +121,18 @@ pub enum TensorError {
         count: usize,
         expected: usize,
     },
-    #[error("tensor '{name}': {len} bytes of {datatype} data is not a whole number of {size}-byte elements")]
+    #[error(
+        "tensor '{name}': {len} bytes of {datatype} data is not a whole number of {size}-byte elements"
+    )]
     RawSize {
         name: String,
         datatype: DataType,
         len: usize,
         size: usize,
     },
-    #[error("tensor '{name}': BYTES element {index} is truncated (raw BYTES elements are a 4-byte little-endian length then the bytes)")]
+    #[error(
+        "tensor '{name}': BYTES element {index} is truncated (raw BYTES elements are a 4-byte little-endian length then the bytes)"
+    )]
     BytesFraming { name: String, index: usize },
     #[error("tensor '{name}': element {index} is {found}, expected a {datatype} value")]
     JsonElement {
@@ -209,7 +213,7 @@ impl TensorData {
         let Some(size) = datatype.size() else {
             return decode_bytes_elements(name, raw).map(TensorData::Bytes);
         };
-        if raw.len() % size != 0 {
+        if !raw.len().is_multiple_of(size) {
             return Err(TensorError::RawSize {
                 name: name.to_string(),
                 datatype,
@@ -357,7 +361,10 @@ fn decode_bytes_elements(name: &str, raw: &Bytes) -> Result<Vec<Bytes>, TensorEr
             .ok_or_else(truncated)?;
         let len = u32::from_le_bytes(len_bytes) as usize;
         let start = pos + 4;
-        let end = start.checked_add(len).filter(|e| *e <= raw.len()).ok_or_else(truncated)?;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= raw.len())
+            .ok_or_else(truncated)?;
         items.push(raw.slice(start..end));
         pos = end;
     }
@@ -397,7 +404,11 @@ pub struct Tensor {
 
 impl Tensor {
     /// Builds a tensor, checking that the shape is non-negative and matches the element count.
-    pub fn new(name: impl Into<String>, shape: Vec<i64>, data: TensorData) -> Result<Self, TensorError> {
+    pub fn new(
+        name: impl Into<String>,
+        shape: Vec<i64>,
+        data: TensorData,
+    ) -> Result<Self, TensorError> {
         let name = name.into();
         let Some(expected) = element_count(&shape) else {
             return Err(TensorError::NegativeDim { name, shape });
@@ -446,7 +457,11 @@ mod tests {
             TensorData::F16(vec![f16::from_f32(1.5), f16::from_f32(-2.0)]),
             TensorData::F32(vec![0.25, -1e30]),
             TensorData::F64(vec![std::f64::consts::PI]),
-            TensorData::Bytes(vec![Bytes::from_static(b"hi"), Bytes::new(), Bytes::from_static(&[0xff, 0])]),
+            TensorData::Bytes(vec![
+                Bytes::from_static(b"hi"),
+                Bytes::new(),
+                Bytes::from_static(&[0xff, 0]),
+            ]),
         ];
         for data in samples {
             let raw = Bytes::from(data.to_raw());
@@ -465,11 +480,22 @@ mod tests {
 
     #[test]
     fn raw_decoding_rejects_partial_elements() {
-        let err = TensorData::from_raw("x", DataType::F32, &Bytes::from_static(&[0, 0, 0])).unwrap_err();
-        assert!(err.to_string().contains("not a whole number of 4-byte elements"), "{err}");
-        let err = TensorData::from_raw("s", DataType::Bytes, &Bytes::from_static(&[5, 0, 0, 0, b'a'])).unwrap_err();
+        let err =
+            TensorData::from_raw("x", DataType::F32, &Bytes::from_static(&[0, 0, 0])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not a whole number of 4-byte elements"),
+            "{err}"
+        );
+        let err = TensorData::from_raw(
+            "s",
+            DataType::Bytes,
+            &Bytes::from_static(&[5, 0, 0, 0, b'a']),
+        )
+        .unwrap_err();
         assert!(matches!(err, TensorError::BytesFraming { index: 0, .. }));
-        let err = TensorData::from_raw("s", DataType::Bytes, &Bytes::from_static(&[1, 0])).unwrap_err();
+        let err =
+            TensorData::from_raw("s", DataType::Bytes, &Bytes::from_static(&[1, 0])).unwrap_err();
         assert!(matches!(err, TensorError::BytesFraming { .. }));
     }
 
@@ -494,7 +520,10 @@ mod tests {
     fn tensor_checks_element_count_against_shape() {
         assert!(Tensor::new("x", vec![2, 2], TensorData::F32(vec![0.0; 4])).is_ok());
         let err = Tensor::new("x", vec![2, 3], TensorData::F32(vec![0.0; 4])).unwrap_err();
-        assert_eq!(err.to_string(), "tensor 'x': 4 elements given but shape [2, 3] needs 6");
+        assert_eq!(
+            err.to_string(),
+            "tensor 'x': 4 elements given but shape [2, 3] needs 6"
+        );
         assert!(matches!(
             Tensor::new("x", vec![-1], TensorData::F32(vec![])).unwrap_err(),
             TensorError::NegativeDim { .. }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Prepares a checkout for building and testing Nexus. Idempotent and quick once done:
+#   - Python venv support (apt-get on Debian/Ubuntu when missing), Rust toolchain check
+#   - .venv with the pinned packages of requirements-dev.txt (re-installed only when it changes)
+#   - ONNX Runtime's shared library in .nexus/lib (scripts/install-onnxruntime.sh)
+#   - the example model repository (examples/make_models.py)
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+python="${PYTHON:-python3}"
+
+# --- Python with venv + pip -------------------------------------------------
+if ! command -v "$python" >/dev/null 2>&1 || ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing python3-venv and python3-pip with apt-get"
+        sudo=""
+        [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+        $sudo apt-get update
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y python3-venv python3-pip
+    else
+        echo "error: '$python -m venv' is not available; install Python 3 with venv and pip" >&2
+        exit 1
+    fi
+fi
+
+# --- Rust ---------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1; then
+    cat >&2 <<'MSG'
+error: cargo (the Rust toolchain) is not installed.
+Install it with rustup, then open a new shell (or `source "$HOME/.cargo/env"`):
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
+Nexus needs Rust 1.92 or newer (see rust-version in Cargo.toml).
+MSG
+    exit 1
+fi
+
+# --- .venv with the pinned test packages --------------------------------------
+stamp=".venv/.requirements-dev.sha256"
+want="$(sha256sum requirements-dev.txt | cut -d' ' -f1)"
+if [[ ! -x .venv/bin/python ]]; then
+    echo "setup: creating .venv"
+    "$python" -m venv .venv
+fi
+if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
+    echo "setup: installing requirements-dev.txt into .venv"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+    echo "$want" >"$stamp"
+else
+    echo "setup: .venv is up to date"
+fi
+
+# --- ONNX Runtime shared library, example models -------------------------------
+PYTHON="$repo/.venv/bin/python" bash scripts/install-onnxruntime.sh
+.venv/bin/python examples/make_models.py

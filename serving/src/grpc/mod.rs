@@ -1,0 +1,3 @@
+//! The gRPC front end.
+
+pub mod server;

@@ -1,0 +1,354 @@
+//! KServe V2 over gRPC (`inference.GRPCInferenceService`, tonic) with Triton's
+//! extensions: model configuration, statistics and model repository.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use nexus_models::{DataType, Tensor, TensorData, config};
+
+use crate::error::ServingError;
+use crate::infer::{InferRequest, InferResponse};
+use crate::manager::ModelManager;
+use crate::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use crate::pb::model_infer_request::InferInputTensor;
+use crate::pb::model_infer_response::InferOutputTensor;
+use crate::pb::{self, InferTensorContents};
+use crate::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION, metrics};
+
+impl From<ServingError> for Status {
+    fn from(e: ServingError) -> Self {
+        match e {
+            ServingError::NotFound(m) => Status::not_found(m),
+            ServingError::InvalidArgument(m) => Status::invalid_argument(m),
+            ServingError::Unavailable(m) => Status::unavailable(m),
+            ServingError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// The gRPC service.
+pub struct GrpcService {
+    manager: Arc<ModelManager>,
+}
+
+/// The tonic server for `manager`, accepting messages up to `max_message_bytes`.
+pub fn service(
+    manager: Arc<ModelManager>,
+    max_message_bytes: usize,
+) -> GrpcInferenceServiceServer<GrpcService> {
+    GrpcInferenceServiceServer::new(GrpcService { manager })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(usize::MAX)
+}
+
+fn invalid(message: String) -> ServingError {
+    ServingError::InvalidArgument(message)
+}
+
+/// Converts typed `contents` into tensor data, range-checking the narrow integer types
+/// that travel in wider protobuf fields.
+fn from_contents(
+    name: &str,
+    datatype: DataType,
+    c: InferTensorContents,
+) -> Result<TensorData, ServingError> {
+    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(
+        name: &str,
+        values: Vec<S>,
+        datatype: DataType,
+    ) -> Result<Vec<T>, ServingError> {
+        values
+            .into_iter()
+            .map(|v| {
+                T::try_from(v).map_err(|_| {
+                    invalid(format!(
+                        "input '{name}': {v} is out of range for {datatype}"
+                    ))
+                })
+            })
+            .collect()
+    }
+    Ok(match datatype {
+        DataType::Bool => TensorData::Bool(c.bool_contents),
+        DataType::I8 => TensorData::I8(narrow(name, c.int_contents, datatype)?),
+        DataType::I16 => TensorData::I16(narrow(name, c.int_contents, datatype)?),
+        DataType::I32 => TensorData::I32(c.int_contents),
+        DataType::I64 => TensorData::I64(c.int64_contents),
+        DataType::U8 => TensorData::U8(narrow(name, c.uint_contents, datatype)?),
+        DataType::U16 => TensorData::U16(narrow(name, c.uint_contents, datatype)?),
+        DataType::U32 => TensorData::U32(c.uint_contents),
+        DataType::U64 => TensorData::U64(c.uint64_contents),
+        DataType::F32 => TensorData::F32(c.fp32_contents),
+        DataType::F64 => TensorData::F64(c.fp64_contents),
+        DataType::Bytes => TensorData::Bytes(c.bytes_contents),
+        DataType::F16 => {
+            return Err(invalid(format!(
+                "input '{name}': FP16 has no typed contents field; send it in raw_input_contents"
+            )));
+        }
+    })
+}
+
+fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor, ServingError> {
+    let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+        invalid(format!(
+            "input '{}': unknown datatype '{}'",
+            input.name, input.datatype
+        ))
+    })?;
+    let data = match (raw, input.contents) {
+        (Some(raw), _) => TensorData::from_raw(&input.name, datatype, &raw)?,
+        (None, Some(contents)) => from_contents(&input.name, datatype, contents)?,
+        (None, None) => {
+            return Err(invalid(format!(
+                "input '{}' has neither contents nor raw_input_contents",
+                input.name
+            )));
+        }
+    };
+    Ok(Tensor::new(input.name, input.shape, data)?)
+}
+
+fn decode(request: pb::ModelInferRequest) -> Result<InferRequest, ServingError> {
+    let raw = request.raw_input_contents;
+    if !raw.is_empty() && raw.len() != request.inputs.len() {
+        return Err(invalid(format!(
+            "raw_input_contents has {} entries for {} inputs; give one per input or none",
+            raw.len(),
+            request.inputs.len()
+        )));
+    }
+    let mut raw = raw.into_iter();
+    let inputs = request
+        .inputs
+        .into_iter()
+        .map(|input| decode_input(input, raw.next()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = request
+        .outputs
+        .into_iter()
+        .map(|o| {
+            if o.parameters.contains_key("classification") {
+                Err(invalid(format!(
+                    "output '{}': the classification extension is not supported",
+                    o.name
+                )))
+            } else {
+                Ok(o.name)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(InferRequest {
+        id: request.id,
+        inputs,
+        outputs,
+    })
+}
+
+/// Encodes outputs as `raw_output_contents`, as Triton does.
+fn encode(response: InferResponse) -> pb::ModelInferResponse {
+    let (outputs, raw): (Vec<_>, Vec<_>) = response
+        .outputs
+        .into_iter()
+        .map(|t| {
+            let meta = InferOutputTensor {
+                name: t.name.clone(),
+                datatype: t.datatype().as_str().to_string(),
+                shape: t.shape.clone(),
+                ..Default::default()
+            };
+            (meta, Bytes::from(t.data.to_raw()))
+        })
+        .unzip();
+    pb::ModelInferResponse {
+        model_name: response.model_name,
+        model_version: response.model_version,
+        id: response.id,
+        outputs,
+        raw_output_contents: raw,
+        ..Default::default()
+    }
+}
+
+async fn infer(
+    manager: &ModelManager,
+    request: pb::ModelInferRequest,
+) -> Result<pb::ModelInferResponse, ServingError> {
+    let loaded = manager.get(&request.model_name, &request.model_version)?;
+    let request = decode(request)?;
+    Ok(encode(loaded.infer(request).await?))
+}
+
+type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcService {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.manager.is_started(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        // As Triton: an unknown, unloaded or failed model is simply not ready.
+        let r = request.into_inner();
+        let ready = self.manager.get(&r.name, &r.version).is_ok();
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: SERVER_NAME.into(),
+            version: SERVER_VERSION.into(),
+            extensions: SERVER_EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let loaded = self.manager.get(&r.name, &r.version)?;
+        let versions = if r.version.is_empty() {
+            self.manager.ready_versions(&r.name)
+        } else {
+            vec![loaded.version]
+        };
+        Ok(Response::new(loaded.metadata(&versions)))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        Ok(Response::new(
+            infer(&self.manager, request.into_inner()).await?,
+        ))
+    }
+
+    type ModelStreamInferStream = ResponseStream;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let mut requests = request.into_inner();
+        let manager = Arc::clone(&self.manager);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(next) = requests.next().await {
+                let reply = match next {
+                    Err(status) => Err(status),
+                    Ok(request) => Ok(match infer(&manager, request).await {
+                        Ok(response) => pb::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(e) => pb::ModelStreamInferResponse {
+                            error_message: e.to_string(),
+                            infer_response: None,
+                        },
+                    }),
+                };
+                let stop = reply.is_err();
+                if tx.send(reply).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let loaded = self.manager.get(&r.name, &r.version)?;
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some((*loaded.config).clone()),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let versions = if r.name.is_empty() {
+            self.manager.loaded()
+        } else {
+            self.manager.versions_of(&r.name, &r.version)?
+        };
+        Ok(Response::new(metrics::statistics(&versions)))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        Ok(Response::new(pb::RepositoryIndexResponse {
+            models: self.manager.index(request.into_inner().ready),
+        }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        use pb::model_repository_parameter::ParameterChoice;
+        let r = request.into_inner();
+        self.manager.ensure_explicit()?;
+        let config_override = match r
+            .parameters
+            .get("config")
+            .and_then(|p| p.parameter_choice.as_ref())
+        {
+            None => None,
+            Some(ParameterChoice::StringParam(text)) => Some(
+                config::parse_json(text).map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "parameter 'config' must be a string holding the model config as JSON",
+                ));
+            }
+        };
+        self.manager.load(&r.model_name, config_override).await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let r = request.into_inner();
+        self.manager.ensure_explicit()?;
+        self.manager.unload(&r.model_name).await?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}

@@ -1,0 +1,366 @@
+//! The V2 HTTP inference body: JSON tensors, and Triton's binary tensor extension where
+//! a JSON header (`Inference-Header-Content-Length` bytes long) is followed by raw
+//! tensor data, for inputs (`binary_data_size`) and outputs (`binary_data`,
+//! `binary_data_output`).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use nexus_models::{DataType, Tensor, TensorData};
+
+use crate::error::ServingError;
+use crate::infer::{InferRequest, InferResponse};
+
+/// Header that carries the JSON part's length in a binary-extension body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestJson {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<InputJson>,
+    #[serde(default)]
+    outputs: Vec<OutputJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputJson {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputJson {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct ResponseJson<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+    outputs: Vec<OutputTensorJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputTensorJson<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+}
+
+/// Which outputs the client wants as binary data.
+#[derive(Debug, Default)]
+pub struct OutputFormat {
+    /// `binary_data_output` on the request: the default for every output.
+    all_binary: bool,
+    /// Per-output `binary_data`, overriding the default.
+    binary: HashMap<String, bool>,
+}
+
+impl OutputFormat {
+    fn is_binary(&self, name: &str) -> bool {
+        self.binary.get(name).copied().unwrap_or(self.all_binary)
+    }
+}
+
+fn invalid(message: String) -> ServingError {
+    ServingError::InvalidArgument(message)
+}
+
+fn bool_param(params: &Map<String, Value>, key: &str) -> Result<Option<bool>, ServingError> {
+    match params.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(invalid(format!(
+            "parameter '{key}' must be a boolean, got {other}"
+        ))),
+    }
+}
+
+/// Decodes a request body; `header_length` is the `Inference-Header-Content-Length`
+/// value when the body uses the binary extension.
+pub fn decode(
+    body: &Bytes,
+    header_length: Option<usize>,
+) -> Result<(InferRequest, OutputFormat), ServingError> {
+    let json_len = header_length.unwrap_or(body.len());
+    if json_len > body.len() {
+        return Err(invalid(format!(
+            "Inference-Header-Content-Length is {json_len} but the body has only {} bytes",
+            body.len()
+        )));
+    }
+    let parsed: RequestJson = serde_json::from_slice(&body[..json_len]).map_err(|e| {
+        invalid(format!(
+            "request body is not valid V2 inference request JSON: {e}"
+        ))
+    })?;
+    let mut binary = body.slice(json_len..);
+
+    let mut inputs = Vec::with_capacity(parsed.inputs.len());
+    for input in parsed.inputs {
+        let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+            invalid(format!(
+                "input '{}': unknown datatype '{}'",
+                input.name, input.datatype
+            ))
+        })?;
+        let data = match (input.parameters.get("binary_data_size"), &input.data) {
+            (Some(size), None) => {
+                let size = size.as_u64().ok_or_else(|| {
+                    invalid(format!(
+                        "input '{}': binary_data_size must be a non-negative integer",
+                        input.name
+                    ))
+                })?;
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size > binary.len() {
+                    return Err(invalid(format!(
+                        "input '{}': binary_data_size is {size} but only {} bytes of binary data remain",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                let raw = binary.split_to(size);
+                TensorData::from_raw(&input.name, datatype, &raw)?
+            }
+            (None, Some(data)) => TensorData::from_json(&input.name, datatype, data)?,
+            (Some(_), Some(_)) => {
+                return Err(invalid(format!(
+                    "input '{}' has both 'data' and binary_data_size",
+                    input.name
+                )));
+            }
+            (None, None) => {
+                return Err(invalid(format!(
+                    "input '{}' has neither 'data' nor binary_data_size",
+                    input.name
+                )));
+            }
+        };
+        inputs.push(Tensor::new(input.name, input.shape, data)?);
+    }
+    if !binary.is_empty() {
+        return Err(invalid(format!(
+            "{} bytes of binary data are not claimed by any input's binary_data_size",
+            binary.len()
+        )));
+    }
+
+    let mut format = OutputFormat {
+        all_binary: bool_param(&parsed.parameters, "binary_data_output")?.unwrap_or(false),
+        binary: HashMap::new(),
+    };
+    let mut outputs = Vec::with_capacity(parsed.outputs.len());
+    for output in parsed.outputs {
+        if output.parameters.contains_key("classification") {
+            return Err(invalid(format!(
+                "output '{}': the classification extension is not supported",
+                output.name
+            )));
+        }
+        if let Some(b) = bool_param(&output.parameters, "binary_data")? {
+            format.binary.insert(output.name.clone(), b);
+        }
+        outputs.push(output.name);
+    }
+    let request = InferRequest {
+        id: parsed.id.unwrap_or_default(),
+        inputs,
+        outputs,
+    };
+    Ok((request, format))
+}
+
+/// Encodes a response. Returns the JSON header's length when any output is binary (the
+/// body is then the header followed by the binary outputs in order), and the body.
+pub fn encode(response: &InferResponse, format: &OutputFormat) -> (Option<usize>, Vec<u8>) {
+    let mut raw: Vec<Vec<u8>> = Vec::new();
+    let outputs = response
+        .outputs
+        .iter()
+        .map(|t| {
+            let (parameters, data) = if format.is_binary(&t.name) {
+                let bytes = t.data.to_raw();
+                let size = bytes.len();
+                raw.push(bytes);
+                (Some(serde_json::json!({ "binary_data_size": size })), None)
+            } else {
+                (None, Some(t.data.to_json()))
+            };
+            OutputTensorJson {
+                name: &t.name,
+                datatype: t.datatype().as_str(),
+                shape: &t.shape,
+                parameters,
+                data,
+            }
+        })
+        .collect();
+    let header = ResponseJson {
+        model_name: &response.model_name,
+        model_version: &response.model_version,
+        id: &response.id,
+        outputs,
+    };
+    // Serialising plain structs of strings, numbers and JSON values cannot fail.
+    let mut body = serde_json::to_vec(&header).expect("response header serialises");
+    if raw.is_empty() {
+        return (None, body);
+    }
+    let header_len = body.len();
+    body.reserve(raw.iter().map(Vec::len).sum());
+    for chunk in raw {
+        body.extend_from_slice(&chunk);
+    }
+    (Some(header_len), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary_body(header: Value, raw: &[u8]) -> (Bytes, usize) {
+        let mut body = serde_json::to_vec(&header).unwrap();
+        let len = body.len();
+        body.extend_from_slice(raw);
+        (Bytes::from(body), len)
+    }
+
+    #[test]
+    fn decodes_json_and_binary_inputs_together() {
+        let header = serde_json::json!({
+            "id": "r1",
+            "inputs": [
+                {"name": "a", "shape": [2], "datatype": "INT32", "parameters": {"binary_data_size": 8}},
+                {"name": "b", "shape": [1, 2], "datatype": "FP32", "data": [[1.5, 2.5]]},
+                {"name": "s", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": true}}, {"name": "z"}]
+        });
+        let mut raw = TensorData::I32(vec![7, -7]).to_raw();
+        raw.extend(TensorData::Bytes(vec![Bytes::from_static(b"hi")]).to_raw());
+        let (body, len) = binary_body(header, &raw);
+        let (req, format) = decode(&body, Some(len)).unwrap();
+        assert_eq!(req.id, "r1");
+        assert_eq!(req.inputs[0].data, TensorData::I32(vec![7, -7]));
+        assert_eq!(req.inputs[1].data, TensorData::F32(vec![1.5, 2.5]));
+        assert_eq!(
+            req.inputs[2].data,
+            TensorData::Bytes(vec![Bytes::from_static(b"hi")])
+        );
+        assert_eq!(req.outputs, vec!["y", "z"]);
+        assert!(format.is_binary("y"));
+        assert!(!format.is_binary("z"));
+    }
+
+    #[test]
+    fn rejects_binary_sizes_that_do_not_add_up() {
+        let header = serde_json::json!({"inputs": [
+            {"name": "a", "shape": [4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}
+        ]});
+        let (body, len) = binary_body(header.clone(), &[0; 8]);
+        let err = decode(&body, Some(len)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("binary_data_size is 16 but only 8 bytes"),
+            "{err}"
+        );
+
+        let (body, len) = binary_body(header, &[0; 20]);
+        let err = decode(&body, Some(len)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("4 bytes of binary data are not claimed"),
+            "{err}"
+        );
+
+        let err = decode(&Bytes::from_static(b"{}"), Some(10)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Inference-Header-Content-Length is 10"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_requests_with_the_reason() {
+        let cases = [
+            (&b"not json"[..], "not valid V2 inference request JSON"),
+            (
+                br#"{"inputs": [{"name": "a", "shape": [1], "datatype": "FLOAT", "data": [1]}]}"#,
+                "unknown datatype 'FLOAT'",
+            ),
+            (
+                br#"{"inputs": [{"name": "a", "shape": [3], "datatype": "FP32", "data": [1, 2]}]}"#,
+                "2 elements given but shape [3] needs 3",
+            ),
+            (
+                br#"{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32"}]}"#,
+                "neither 'data' nor binary_data_size",
+            ),
+            (br#"{"inputs": [], "bogus": 1}"#, "unknown field `bogus`"),
+        ];
+        for (body, expected) in cases {
+            let err = decode(&Bytes::from_static(body), None).unwrap_err();
+            assert!(matches!(err, ServingError::InvalidArgument(_)));
+            assert!(
+                err.to_string().contains(expected),
+                "{err} does not mention {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn encodes_binary_outputs_after_the_header() {
+        let response = InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: String::new(),
+            outputs: vec![
+                Tensor::new("y", vec![2], TensorData::F32(vec![1.0, 2.0])).unwrap(),
+                Tensor::new("z", vec![1], TensorData::I64(vec![3])).unwrap(),
+            ],
+        };
+        let format = OutputFormat {
+            all_binary: false,
+            binary: HashMap::from([("y".to_string(), true)]),
+        };
+        let (len, body) = encode(&response, &format);
+        let len = len.unwrap();
+        let header: Value = serde_json::from_slice(&body[..len]).unwrap();
+        assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert_eq!(header["outputs"][1]["data"], serde_json::json!([3]));
+        assert_eq!(
+            &body[len..],
+            TensorData::F32(vec![1.0, 2.0]).to_raw().as_slice()
+        );
+
+        let (len, body) = encode(&response, &OutputFormat::default());
+        assert!(len.is_none());
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["outputs"][0]["data"], serde_json::json!([1.0, 2.0]));
+        assert!(json.get("id").is_none());
+    }
+}

@@ -1,0 +1,4 @@
+//! The HTTP front end.
+
+pub mod codec;
+pub mod server;

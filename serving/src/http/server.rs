@@ -1,0 +1,326 @@
+//! KServe V2 over HTTP (axum) with Triton's extensions: model configuration,
+//! statistics, model repository and binary tensor data.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use nexus_models::config;
+
+use crate::error::ServingError;
+use crate::http::codec;
+use crate::manager::ModelManager;
+use crate::metrics;
+use crate::pb;
+use crate::pb::repository_index_response::ModelIndex;
+use crate::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+
+/// Shared state of the HTTP handlers.
+pub struct HttpState {
+    pub manager: Arc<ModelManager>,
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+}
+
+type AppState = State<Arc<HttpState>>;
+
+impl IntoResponse for ServingError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ServingError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServingError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            ServingError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServingError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// The V2 routes.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(version_metadata),
+        )
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(version_ready),
+        )
+        .route("/v2/models/{model}/config", get(model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(version_config),
+        )
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(version_stats),
+        )
+        .route("/v2/models/{model}/infer", post(model_infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(version_infer),
+        )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
+        .fallback(|| async { ServingError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+async fn server_metadata() -> axum::Json<Value> {
+    axum::Json(json!({
+        "name": SERVER_NAME,
+        "version": SERVER_VERSION,
+        "extensions": SERVER_EXTENSIONS,
+    }))
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn ready(State(state): AppState) -> StatusCode {
+    if state.manager.is_started() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn model_metadata(
+    State(state): AppState,
+    Path(model): Path<String>,
+) -> Result<axum::Json<pb::ModelMetadataResponse>, ServingError> {
+    let loaded = state.manager.get(&model, "")?;
+    Ok(axum::Json(
+        loaded.metadata(&state.manager.ready_versions(&model)),
+    ))
+}
+
+async fn version_metadata(
+    State(state): AppState,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<axum::Json<pb::ModelMetadataResponse>, ServingError> {
+    let loaded = state.manager.get(&model, &version)?;
+    Ok(axum::Json(loaded.metadata(&[loaded.version])))
+}
+
+fn readiness(state: &HttpState, model: &str, version: &str) -> Result<StatusCode, ServingError> {
+    match state.manager.get(model, version) {
+        Ok(_) => Ok(StatusCode::OK),
+        Err(ServingError::Unavailable(_)) => Ok(StatusCode::SERVICE_UNAVAILABLE),
+        Err(e) => Err(e),
+    }
+}
+
+async fn model_ready(
+    State(state): AppState,
+    Path(model): Path<String>,
+) -> Result<StatusCode, ServingError> {
+    readiness(&state, &model, "")
+}
+
+async fn version_ready(
+    State(state): AppState,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<StatusCode, ServingError> {
+    readiness(&state, &model, &version)
+}
+
+async fn model_config(
+    State(state): AppState,
+    Path(model): Path<String>,
+) -> Result<axum::Json<Value>, ServingError> {
+    let loaded = state.manager.get(&model, "")?;
+    Ok(axum::Json(config::to_json(&loaded.config)))
+}
+
+async fn version_config(
+    State(state): AppState,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ServingError> {
+    let loaded = state.manager.get(&model, &version)?;
+    Ok(axum::Json(config::to_json(&loaded.config)))
+}
+
+type StatsJson = axum::Json<pb::ModelStatisticsResponse>;
+
+async fn all_stats(State(state): AppState) -> StatsJson {
+    axum::Json(metrics::statistics(&state.manager.loaded()))
+}
+
+async fn model_stats(
+    State(state): AppState,
+    Path(model): Path<String>,
+) -> Result<StatsJson, ServingError> {
+    Ok(axum::Json(metrics::statistics(
+        &state.manager.versions_of(&model, "")?,
+    )))
+}
+
+async fn version_stats(
+    State(state): AppState,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<StatsJson, ServingError> {
+    Ok(axum::Json(metrics::statistics(
+        &state.manager.versions_of(&model, &version)?,
+    )))
+}
+
+async fn model_infer(
+    State(state): AppState,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ServingError> {
+    infer(&state, &model, "", &headers, body).await
+}
+
+async fn version_infer(
+    State(state): AppState,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ServingError> {
+    infer(&state, &model, &version, &headers, body).await
+}
+
+/// Reads a body up to the configured limit; larger bodies are refused, not buffered.
+async fn read_body(state: &HttpState, body: Body) -> Result<bytes::Bytes, ServingError> {
+    axum::body::to_bytes(body, state.max_request_bytes)
+        .await
+        .map_err(|e| {
+            ServingError::InvalidArgument(format!(
+                "request body rejected: {e} (the limit is {} bytes, set by --max-request-bytes)",
+                state.max_request_bytes
+            ))
+        })
+}
+
+async fn infer(
+    state: &HttpState,
+    model: &str,
+    version: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ServingError> {
+    let loaded = state.manager.get(model, version)?;
+    let header_length = match headers.get(codec::HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ServingError::InvalidArgument(
+                        "Inference-Header-Content-Length must be a byte count".into(),
+                    )
+                })?,
+        ),
+    };
+    let body = read_body(state, body).await?;
+    let (request, format) = codec::decode(&body, header_length)?;
+    let response = loaded.infer(request).await?;
+    let (json_len, body) = codec::encode(&response, &format);
+    let mut reply = Response::new(Body::from(body));
+    let content_type = match json_len {
+        Some(len) => {
+            reply
+                .headers_mut()
+                .insert(codec::HEADER_LENGTH, HeaderValue::from(len));
+            "application/octet-stream"
+        }
+        None => "application/json",
+    };
+    reply
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(reply)
+}
+
+#[derive(Deserialize, Default)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(
+    State(state): AppState,
+    body: Body,
+) -> Result<axum::Json<Vec<ModelIndex>>, ServingError> {
+    let body = read_body(&state, body).await?;
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ServingError::InvalidArgument(format!("invalid repository index request: {e}"))
+        })?
+    };
+    Ok(axum::Json(state.manager.index(request.ready)))
+}
+
+#[derive(Deserialize, Default)]
+struct ControlRequest {
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+}
+
+async fn control_request(state: &HttpState, body: Body) -> Result<ControlRequest, ServingError> {
+    let body = read_body(state, body).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ControlRequest::default());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ServingError::InvalidArgument(format!("invalid repository request: {e}")))
+}
+
+async fn repository_load(
+    State(state): AppState,
+    Path(model): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ServingError> {
+    state.manager.ensure_explicit()?;
+    let request = control_request(&state, body).await?;
+    let config_override = match request.parameters.get("config") {
+        None => None,
+        Some(Value::String(text)) => Some(
+            config::parse_json(text).map_err(|e| ServingError::InvalidArgument(e.to_string()))?,
+        ),
+        Some(_) => {
+            return Err(ServingError::InvalidArgument(
+                "parameter 'config' must be a string holding the model config as JSON".into(),
+            ));
+        }
+    };
+    state.manager.load(&model, config_override).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn repository_unload(
+    State(state): AppState,
+    Path(model): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ServingError> {
+    state.manager.ensure_explicit()?;
+    control_request(&state, body).await?;
+    state.manager.unload(&model).await?;
+    Ok(StatusCode::OK)
+}

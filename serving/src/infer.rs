@@ -1,0 +1,274 @@
+//! One inference, independent of the protocol it arrived on: checks the request against
+//! the model's config (names, datatypes, shapes, batch size), applies `reshape`, runs it
+//! on the instance pool and records statistics.
+
+use std::time::Instant;
+
+use nexus_models::pb::{ModelInput, ModelOutput};
+use nexus_models::tensor::element_count;
+use nexus_models::{DataType, Tensor};
+
+use crate::error::ServingError;
+use crate::manager::LoadedVersion;
+use crate::pb::ModelMetadataResponse;
+use crate::pb::model_metadata_response::TensorMetadata;
+
+/// A decoded inference request.
+#[derive(Debug, Default)]
+pub struct InferRequest {
+    pub id: String,
+    pub inputs: Vec<Tensor>,
+    /// Output names to return; empty means all of the model's outputs.
+    pub outputs: Vec<String>,
+}
+
+/// The outputs of an inference, in the order requested (or the config's order).
+#[derive(Debug)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: String,
+    pub outputs: Vec<Tensor>,
+}
+
+impl LoadedVersion {
+    fn batched(&self) -> bool {
+        self.config.max_batch_size > 0
+    }
+
+    fn outward_shape(&self, dims: &[i64]) -> Vec<i64> {
+        let mut shape = Vec::with_capacity(dims.len() + 1);
+        if self.batched() {
+            shape.push(-1);
+        }
+        shape.extend_from_slice(dims);
+        shape
+    }
+
+    /// Model metadata (V2 `GET /v2/models/{m}` and gRPC `ModelMetadata`) listing `versions`.
+    pub fn metadata(&self, versions: &[u64]) -> ModelMetadataResponse {
+        let tensor = |name: &str, data_type: i32, dims: &[i64]| TensorMetadata {
+            name: name.to_string(),
+            datatype: config_datatype(data_type)
+                .map_or("INVALID", DataType::as_str)
+                .to_string(),
+            shape: self.outward_shape(dims),
+        };
+        ModelMetadataResponse {
+            name: self.name.clone(),
+            versions: versions.iter().map(u64::to_string).collect(),
+            platform: self.config.platform.clone(),
+            inputs: self
+                .config
+                .input
+                .iter()
+                .map(|i| tensor(&i.name, i.data_type, &i.dims))
+                .collect(),
+            outputs: self
+                .config
+                .output
+                .iter()
+                .map(|o| tensor(&o.name, o.data_type, &o.dims))
+                .collect(),
+        }
+    }
+
+    /// Validates and runs one request.
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, ServingError> {
+        let start = Instant::now();
+        let result = self.run(request).await;
+        match &result {
+            Ok((_, batch, executed)) => {
+                self.stats.record_execution(*batch, executed.compute);
+                self.stats.record_success(
+                    *batch,
+                    start.elapsed(),
+                    executed.queue,
+                    executed.compute,
+                );
+            }
+            Err(_) => self.stats.record_failure(start.elapsed()),
+        }
+        result.map(|(response, _, _)| response)
+    }
+
+    async fn run(
+        &self,
+        request: InferRequest,
+    ) -> Result<(InferResponse, u64, crate::instance::Executed), ServingError> {
+        let (inputs, batch) = self.check_inputs(request.inputs)?;
+        let outputs = self.check_outputs(&request.outputs)?;
+        let names = outputs.iter().map(|o| o.name.clone()).collect();
+        let mut executed = self.pool.execute(inputs, names).await?;
+        let tensors = std::mem::take(&mut executed.outputs)
+            .into_iter()
+            .zip(&outputs)
+            .map(|(t, o)| self.to_outward(t, o, batch))
+            .collect();
+        let response = InferResponse {
+            model_name: self.name.clone(),
+            model_version: self.version.to_string(),
+            id: request.id,
+            outputs: tensors,
+        };
+        Ok((response, batch, executed))
+    }
+
+    /// Checks each input against the config and returns them in the config's order,
+    /// reshaped for the model, with the batch size.
+    fn check_inputs(&self, mut given: Vec<Tensor>) -> Result<(Vec<Tensor>, u64), ServingError> {
+        let model = &self.name;
+        for (i, t) in given.iter().enumerate() {
+            if !self.config.input.iter().any(|c| c.name == t.name) {
+                return Err(invalid(format!(
+                    "unexpected inference input '{}' for model '{model}'",
+                    t.name
+                )));
+            }
+            if given[..i].iter().any(|o| o.name == t.name) {
+                return Err(invalid(format!(
+                    "input '{}' is given more than once",
+                    t.name
+                )));
+            }
+        }
+        let mut batch: Option<i64> = None;
+        let mut ordered = Vec::with_capacity(self.config.input.len());
+        for spec in &self.config.input {
+            let Some(pos) = given.iter().position(|t| t.name == spec.name) else {
+                if spec.optional {
+                    continue;
+                }
+                return Err(invalid(format!(
+                    "missing input '{}' for model '{model}'",
+                    spec.name
+                )));
+            };
+            let tensor = given.swap_remove(pos);
+            let tensor = self.check_input(tensor, spec, &mut batch)?;
+            ordered.push(tensor);
+        }
+        let batch = batch.map_or(1, |b| b as u64);
+        Ok((ordered, batch))
+    }
+
+    fn check_input(
+        &self,
+        mut tensor: Tensor,
+        spec: &ModelInput,
+        batch: &mut Option<i64>,
+    ) -> Result<Tensor, ServingError> {
+        let model = &self.name;
+        let expected = config_datatype(spec.data_type);
+        if Some(tensor.datatype()) != expected {
+            return Err(invalid(format!(
+                "input '{}' has datatype {} but model '{model}' expects {}",
+                tensor.name,
+                tensor.datatype(),
+                expected.map_or("an unsupported type", DataType::as_str)
+            )));
+        }
+        let wanted = self.outward_shape(&spec.dims);
+        let fits = tensor.shape.len() == wanted.len()
+            && tensor
+                .shape
+                .iter()
+                .zip(&wanted)
+                .all(|(g, w)| *w < 0 || g == w);
+        if !fits {
+            return Err(invalid(format!(
+                "input '{}' has shape {:?} but model '{model}' expects {:?} (-1 is any size)",
+                tensor.name, tensor.shape, wanted
+            )));
+        }
+        if self.batched() {
+            let b = tensor.shape[0];
+            let max = self.config.max_batch_size;
+            if b < 1 || b > i64::from(max) {
+                return Err(invalid(format!(
+                    "input '{}' has batch size {b}; model '{model}' accepts 1 to {max}",
+                    tensor.name
+                )));
+            }
+            match batch {
+                Some(other) if *other != b => {
+                    return Err(invalid(format!(
+                        "input '{}' has batch size {b} but another input has {other}; all inputs must agree",
+                        tensor.name
+                    )));
+                }
+                _ => *batch = Some(b),
+            }
+        }
+        if let Some(reshape) = &spec.reshape {
+            let batch = self.batched().then(|| tensor.shape[0]);
+            tensor.shape =
+                fit_shape(batch, &reshape.shape, tensor.data.len()).ok_or_else(|| {
+                    invalid(format!(
+                        "input '{}' with shape {:?} cannot be reshaped to {:?}",
+                        tensor.name, tensor.shape, reshape.shape
+                    ))
+                })?;
+        }
+        Ok(tensor)
+    }
+
+    fn check_outputs(&self, requested: &[String]) -> Result<Vec<ModelOutput>, ServingError> {
+        if requested.is_empty() {
+            return Ok(self.config.output.clone());
+        }
+        requested
+            .iter()
+            .map(|name| {
+                self.config
+                    .output
+                    .iter()
+                    .find(|o| &o.name == name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "unexpected inference output '{name}' for model '{}'",
+                            self.name
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// Gives an output the shape the config declares when the config reshapes it.
+    fn to_outward(&self, mut tensor: Tensor, spec: &ModelOutput, batch: u64) -> Tensor {
+        if spec.reshape.is_some() {
+            let batch = self.batched().then_some(batch as i64);
+            if let Some(shape) = fit_shape(batch, &spec.dims, tensor.data.len()) {
+                tensor.shape = shape;
+            }
+        }
+        tensor
+    }
+}
+
+/// `dims` behind the batch dimension (when there is one), with a -1 resolved so the
+/// shape holds `len` elements; `None` when no such shape exists.
+fn fit_shape(batch: Option<i64>, dims: &[i64], len: usize) -> Option<Vec<i64>> {
+    let mut shape: Vec<i64> = batch.into_iter().collect();
+    let per_item = len as i64 / batch.unwrap_or(1).max(1);
+    let known: i64 = dims.iter().filter(|d| **d >= 0).product();
+    shape.extend(dims.iter().map(|d| {
+        if *d < 0 && known > 0 {
+            per_item / known
+        } else {
+            *d
+        }
+    }));
+    (element_count(&shape) == Some(len)).then_some(shape)
+}
+
+fn config_datatype(data_type: i32) -> Option<DataType> {
+    nexus_models::pb::DataType::try_from(data_type)
+        .ok()
+        .and_then(DataType::from_config)
+}
+
+fn invalid(message: String) -> ServingError {
+    ServingError::InvalidArgument(message)
+}

@@ -1,0 +1,543 @@
+//! The model manager: which models and versions are loaded, loading and unloading
+//! them, and Triton's model control modes (none, explicit, poll).
+//!
+//! A model that fails to load (corrupt file, bad config, missing runtime) is recorded as
+//! UNAVAILABLE with its reason; the others keep serving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use nexus_models::backend::{self, LoadOptions};
+use nexus_models::config::{self, ModelSignature};
+use nexus_models::pb::model_instance_group::Kind;
+use nexus_models::{Backend, Device, ModelConfig, ModelRepository};
+
+use crate::error::ServingError;
+use crate::instance::InstancePool;
+use crate::metrics::VersionStats;
+use crate::pb::repository_index_response::ModelIndex;
+
+/// How models get loaded, as Triton's `--model-control-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ControlMode {
+    /// Load every model at start-up; the repository API cannot load or unload.
+    None,
+    /// Load only what `--load-model` names or the repository API asks for.
+    Explicit,
+    /// Load everything, then rescan the repository and apply changes periodically.
+    Poll,
+}
+
+/// Settings that apply to every model.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    pub control_mode: ControlMode,
+    /// max_batch_size given to models whose config is completed from the model file.
+    pub default_max_batch_size: i32,
+    /// Overrides the instance count of every model's instance_group.
+    pub instances: Option<usize>,
+    /// Requests that may wait for a free instance, per model version.
+    pub queue_capacity: usize,
+    /// ONNX Runtime intra-op threads when the config sets no `intra_op_thread_count`.
+    pub intra_op_threads: usize,
+}
+
+/// A loaded, ready model version.
+pub struct LoadedVersion {
+    pub name: String,
+    pub version: u64,
+    pub config: Arc<ModelConfig>,
+    pub stats: VersionStats,
+    pub(crate) pool: InstancePool,
+}
+
+enum VersionState {
+    Ready(Arc<LoadedVersion>),
+    Unavailable(String),
+}
+
+#[derive(Default)]
+struct ModelEntry {
+    versions: BTreeMap<u64, VersionState>,
+    /// Why the model as a whole is unavailable (bad config, no versions, unloaded).
+    reason: Option<String>,
+    loading: bool,
+    fingerprint: Option<u64>,
+}
+
+/// Loads, unloads and looks up model versions.
+pub struct ModelManager {
+    repository: ModelRepository,
+    options: ManagerOptions,
+    models: RwLock<BTreeMap<String, ModelEntry>>,
+    /// Serialises loads and unloads so two never race on the same model.
+    changes: tokio::sync::Mutex<()>,
+    started: AtomicBool,
+}
+
+impl ModelManager {
+    /// A manager over `repository`; nothing is loaded until [`ModelManager::start`].
+    pub fn new(repository: ModelRepository, options: ManagerOptions) -> Arc<Self> {
+        Arc::new(ModelManager {
+            repository,
+            options,
+            models: RwLock::new(BTreeMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    /// The model control mode.
+    pub fn control_mode(&self) -> ControlMode {
+        self.options.control_mode
+    }
+
+    /// Refuses repository load/unload requests unless the mode is explicit, as Triton does.
+    pub fn ensure_explicit(&self) -> Result<(), ServingError> {
+        match self.options.control_mode {
+            ControlMode::Explicit => Ok(()),
+            mode => Err(ServingError::InvalidArgument(format!(
+                "explicit model load / unload is not allowed in model control mode '{}'; start the server with --model-control-mode explicit",
+                format!("{mode:?}").to_lowercase()
+            ))),
+        }
+    }
+
+    /// Loads the start-up set (everything, or `explicit` in explicit mode; `*` means all),
+    /// then marks the server ready.
+    pub async fn start(self: &Arc<Self>, explicit: &[String]) {
+        let names = match self.repository.model_names() {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the model repository");
+                Vec::new()
+            }
+        };
+        let wanted: Vec<String> = match self.options.control_mode {
+            ControlMode::Explicit if !explicit.iter().any(|m| m == "*") => explicit.to_vec(),
+            _ => names,
+        };
+        for name in wanted {
+            if let Err(e) = self.load(&name, None).await {
+                tracing::warn!(model = %name, error = %e, "model unavailable");
+            }
+        }
+        self.started.store(true, Ordering::Release);
+    }
+
+    /// True once the start-up loads have finished.
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Rescans the repository every `interval`: loads new or changed models and unloads
+    /// removed ones. Runs until the task is dropped.
+    pub async fn poll(self: Arc<Self>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            self.poll_once().await;
+        }
+    }
+
+    async fn poll_once(self: &Arc<Self>) {
+        let Ok(names) = self.repository.model_names() else {
+            tracing::warn!("cannot list the model repository; keeping the loaded models");
+            return;
+        };
+        for name in &names {
+            let known = self.models.read().get(name).map(|e| e.fingerprint);
+            let current = self.repository.fingerprint(name);
+            if known != Some(current) {
+                tracing::info!(model = %name, "model changed on disk, reloading");
+                if let Err(e) = self.load(name, None).await {
+                    tracing::warn!(model = %name, error = %e, "reload failed");
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .models
+            .read()
+            .keys()
+            .filter(|k| !names.contains(k))
+            .cloned()
+            .collect();
+        for name in gone {
+            tracing::info!(model = %name, "model removed from the repository, unloading");
+            let _guard = self.changes.lock().await;
+            self.models.write().remove(&name);
+        }
+    }
+
+    /// Loads (or reloads) every version of `name` its version policy selects.
+    /// `config_override` replaces config.pbtxt, as Triton's load API allows.
+    pub async fn load(
+        self: &Arc<Self>,
+        name: &str,
+        config_override: Option<ModelConfig>,
+    ) -> Result<(), ServingError> {
+        let _guard = self.changes.lock().await;
+        let fingerprint = self.repository.fingerprint(name);
+        self.models
+            .write()
+            .entry(name.to_string())
+            .or_default()
+            .loading = true;
+        let this = Arc::clone(self);
+        let model = name.to_string();
+        let outcome =
+            tokio::task::spawn_blocking(move || this.load_versions(&model, config_override))
+                .await
+                .unwrap_or_else(|e| Err(format!("loader failed: {e}")));
+
+        let mut models = self.models.write();
+        let entry = models.entry(name.to_string()).or_default();
+        entry.loading = false;
+        entry.fingerprint = fingerprint;
+        match outcome {
+            Ok(versions) => {
+                let failures: Vec<String> = versions
+                    .iter()
+                    .filter_map(|(v, s)| match s {
+                        VersionState::Unavailable(r) => Some(format!("version {v}: {r}")),
+                        VersionState::Ready(_) => None,
+                    })
+                    .collect();
+                let any_ready = failures.len() < versions.len();
+                entry.versions = versions;
+                entry.reason = None;
+                if any_ready {
+                    tracing::info!(model = %name, "model loaded");
+                    Ok(())
+                } else {
+                    Err(ServingError::InvalidArgument(format!(
+                        "failed to load '{name}': {}",
+                        failures.join("; ")
+                    )))
+                }
+            }
+            Err(reason) => {
+                // A failed reload keeps the versions that were serving.
+                let serving = entry
+                    .versions
+                    .values()
+                    .any(|s| matches!(s, VersionState::Ready(_)));
+                if !serving {
+                    entry.versions.clear();
+                }
+                entry.reason = Some(reason.clone());
+                Err(ServingError::InvalidArgument(format!(
+                    "failed to load '{name}': {reason}"
+                )))
+            }
+        }
+    }
+
+    /// Unloads every version of `name`; requests already running finish first.
+    pub async fn unload(&self, name: &str) -> Result<(), ServingError> {
+        let _guard = self.changes.lock().await;
+        let mut models = self.models.write();
+        match models.get_mut(name) {
+            Some(entry) => {
+                entry.versions.clear();
+                entry.reason = Some("unloaded".into());
+                tracing::info!(model = %name, "model unloaded");
+                Ok(())
+            }
+            None if self.repository.read(name).is_ok() => Ok(()),
+            None => Err(ServingError::NotFound(format!("unknown model '{name}'"))),
+        }
+    }
+
+    /// Blocking part of a load: reads the repository, opens every selected version,
+    /// completes the config from the model and starts the instance pools.
+    fn load_versions(
+        &self,
+        name: &str,
+        config_override: Option<ModelConfig>,
+    ) -> Result<BTreeMap<u64, VersionState>, String> {
+        let source = self.repository.read(name).map_err(|e| e.to_string())?;
+        let mut config = config_override.unwrap_or(source.config);
+        let available: Vec<u64> = source.versions.iter().map(|(v, _)| *v).collect();
+        if available.is_empty() {
+            return Err("no version folders (such as 1/) in the model directory".into());
+        }
+        let selected = config::select_versions(&config, &available);
+        if selected.is_empty() {
+            return Err(format!(
+                "the version policy selects none of the versions on disk {available:?}"
+            ));
+        }
+        let platform = if config.platform.is_empty() {
+            config::ONNX_PLATFORM.to_string()
+        } else {
+            config.platform.clone()
+        };
+        let plan = self.instance_plan(&config).map_err(|e| e.to_string())?;
+
+        // Open the first instance of each version, newest first; the first model that opens
+        // completes the config, and every version is then checked against it.
+        let mut opened: Vec<(u64, Box<dyn Backend>)> = Vec::new();
+        let mut states = BTreeMap::new();
+        for version in selected.iter().rev() {
+            let path = &source
+                .versions
+                .iter()
+                .find(|(v, _)| v == version)
+                .expect("selected from available")
+                .1;
+            match backend::load(&platform, path, &plan[0]) {
+                Ok(b) => opened.push((*version, b)),
+                Err(e) => {
+                    states.insert(*version, VersionState::Unavailable(e.to_string()));
+                }
+            }
+        }
+        let Some((_, first)) = opened.first() else {
+            return Ok(states);
+        };
+        let signature = ModelSignature {
+            inputs: first.inputs(),
+            outputs: first.outputs(),
+        };
+        config::complete(
+            &mut config,
+            name,
+            &signature,
+            self.options.default_max_batch_size,
+        )
+        .map_err(|e| e.to_string())?;
+        let config = Arc::new(config);
+
+        for (version, instance) in opened {
+            let mut check = (*config).clone();
+            let signature = ModelSignature {
+                inputs: instance.inputs(),
+                outputs: instance.outputs(),
+            };
+            let state = match config::complete(
+                &mut check,
+                name,
+                &signature,
+                self.options.default_max_batch_size,
+            ) {
+                Err(e) => VersionState::Unavailable(e.to_string()),
+                Ok(()) => match self.start_version(
+                    name,
+                    version,
+                    &platform,
+                    &source.versions,
+                    &plan,
+                    instance,
+                    &config,
+                ) {
+                    Ok(loaded) => VersionState::Ready(Arc::new(loaded)),
+                    Err(e) => VersionState::Unavailable(e.to_string()),
+                },
+            };
+            states.insert(version, state);
+        }
+        Ok(states)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_version(
+        &self,
+        name: &str,
+        version: u64,
+        platform: &str,
+        paths: &[(u64, std::path::PathBuf)],
+        plan: &[LoadOptions],
+        first: Box<dyn Backend>,
+        config: &Arc<ModelConfig>,
+    ) -> Result<LoadedVersion, ServingError> {
+        let path = &paths
+            .iter()
+            .find(|(v, _)| *v == version)
+            .expect("opened from paths")
+            .1;
+        let mut instances = vec![first];
+        for options in &plan[1..] {
+            instances.push(backend::load(platform, path, options)?);
+        }
+        let label = format!("{name}:{version}");
+        let pool = InstancePool::start(&label, instances, self.options.queue_capacity)?;
+        Ok(LoadedVersion {
+            name: name.to_string(),
+            version,
+            config: Arc::clone(config),
+            stats: VersionStats::new(name, version),
+            pool,
+        })
+    }
+
+    /// Load options for each instance the config's instance groups ask for.
+    fn instance_plan(&self, config: &ModelConfig) -> Result<Vec<LoadOptions>, config::ConfigError> {
+        let intra = config::parameter::<usize>(config, "intra_op_thread_count")?
+            .unwrap_or(self.options.intra_op_threads);
+        let inter = config::parameter::<usize>(config, "inter_op_thread_count")?.unwrap_or(0);
+        let options = |device| LoadOptions {
+            device,
+            intra_op_threads: intra,
+            inter_op_threads: inter,
+        };
+        let device_of =
+            |group: &nexus_models::pb::ModelInstanceGroup| match Kind::try_from(group.kind) {
+                Ok(Kind::Gpu) => Device::Gpu(group.gpus.first().copied().unwrap_or(0)),
+                _ => Device::Cpu,
+            };
+        let groups = if config.instance_group.is_empty() {
+            vec![Default::default()]
+        } else {
+            config.instance_group.clone()
+        };
+        if let Some(n) = self.options.instances {
+            let device = device_of(&groups[0]);
+            return Ok((0..n.max(1)).map(|_| options(device)).collect());
+        }
+        let plan: Vec<LoadOptions> = groups
+            .iter()
+            .flat_map(|g| {
+                let device = device_of(g);
+                (0..g.count.max(1)).map(move |_| device)
+            })
+            .map(options)
+            .collect();
+        Ok(plan)
+    }
+
+    /// The version to serve: the named one, or the newest ready one when `version` is empty.
+    pub fn get(&self, name: &str, version: &str) -> Result<Arc<LoadedVersion>, ServingError> {
+        let models = self.models.read();
+        let entry = models
+            .get(name)
+            .ok_or_else(|| ServingError::NotFound(format!("unknown model '{name}'")))?;
+        if version.is_empty() {
+            return entry
+                .versions
+                .values()
+                .rev()
+                .find_map(|s| match s {
+                    VersionState::Ready(l) => Some(Arc::clone(l)),
+                    VersionState::Unavailable(_) => None,
+                })
+                .ok_or_else(|| {
+                    let why = entry.reason.as_deref().unwrap_or("no version loaded");
+                    ServingError::Unavailable(format!("model '{name}' is not ready: {why}"))
+                });
+        }
+        let number: u64 = version.parse().map_err(|_| {
+            ServingError::NotFound(format!("unknown version '{version}' of model '{name}'"))
+        })?;
+        match entry.versions.get(&number) {
+            Some(VersionState::Ready(l)) => Ok(Arc::clone(l)),
+            Some(VersionState::Unavailable(why)) => Err(ServingError::Unavailable(format!(
+                "model '{name}' version {number} is not ready: {why}"
+            ))),
+            None => Err(ServingError::NotFound(format!(
+                "model '{name}' has no version {number}"
+            ))),
+        }
+    }
+
+    /// Ready versions of `name`, oldest first.
+    pub fn ready_versions(&self, name: &str) -> Vec<u64> {
+        self.models.read().get(name).map_or_else(Vec::new, |e| {
+            e.versions
+                .iter()
+                .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
+                .map(|(v, _)| *v)
+                .collect()
+        })
+    }
+
+    /// Every ready version of every model, for statistics.
+    pub fn loaded(&self) -> Vec<Arc<LoadedVersion>> {
+        self.models
+            .read()
+            .values()
+            .flat_map(|e| e.versions.values())
+            .filter_map(|s| match s {
+                VersionState::Ready(l) => Some(Arc::clone(l)),
+                VersionState::Unavailable(_) => None,
+            })
+            .collect()
+    }
+
+    /// The ready versions statistics are asked for: one version, or every ready version
+    /// of the model when `version` is empty.
+    pub fn versions_of(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Vec<Arc<LoadedVersion>>, ServingError> {
+        if !version.is_empty() {
+            return Ok(vec![self.get(name, version)?]);
+        }
+        let models = self.models.read();
+        let entry = models
+            .get(name)
+            .ok_or_else(|| ServingError::NotFound(format!("unknown model '{name}'")))?;
+        Ok(entry
+            .versions
+            .values()
+            .filter_map(|s| match s {
+                VersionState::Ready(l) => Some(Arc::clone(l)),
+                VersionState::Unavailable(_) => None,
+            })
+            .collect())
+    }
+
+    /// The repository index: every model on disk or known to the manager, with the state
+    /// and reason of each version. Models never loaded are listed by name only.
+    pub fn index(&self, ready_only: bool) -> Vec<ModelIndex> {
+        let models = self.models.read();
+        let mut names: BTreeSet<String> = self
+            .repository
+            .model_names()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        names.extend(models.keys().cloned());
+        let row = |name: &str, version: String, state: &str, reason: &str| ModelIndex {
+            name: name.to_string(),
+            version,
+            state: state.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut rows = Vec::new();
+        for name in names {
+            match models.get(&name) {
+                None => rows.push(row(&name, String::new(), "", "")),
+                Some(e) if e.loading => rows.push(row(&name, String::new(), "LOADING", "")),
+                Some(e) if e.versions.is_empty() => rows.push(row(
+                    &name,
+                    String::new(),
+                    "UNAVAILABLE",
+                    e.reason.as_deref().unwrap_or(""),
+                )),
+                Some(e) => {
+                    for (v, s) in &e.versions {
+                        match s {
+                            VersionState::Ready(_) => {
+                                rows.push(row(&name, v.to_string(), "READY", ""))
+                            }
+                            VersionState::Unavailable(r) => {
+                                rows.push(row(&name, v.to_string(), "UNAVAILABLE", r))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if ready_only {
+            rows.retain(|r| r.state == "READY");
+        }
+        rows
+    }
+}

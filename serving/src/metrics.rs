@@ -1,0 +1,277 @@
+//! Per-version inference statistics, kept twice on purpose: as atomics for Triton's
+//! statistics extension (`/stats`, gRPC `ModelStatistics`), and as Prometheus counters
+//! with Triton's metric names for `:8002/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::Counter;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use parking_lot::Mutex;
+
+use nexus_models::ComputeTimings;
+
+use crate::manager::LoadedVersion;
+use crate::pb;
+
+static PROMETHEUS: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns a handle to render it.
+pub fn prometheus() -> Result<PrometheusHandle, String> {
+    PROMETHEUS
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))
+        })
+        .clone()
+}
+
+/// A count and a total duration, as Triton's `StatisticDuration`.
+#[derive(Debug, Default)]
+pub struct Duration64 {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Duration64 {
+    fn add(&self, d: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns.fetch_add(nanos(d), Ordering::Relaxed);
+    }
+
+    /// (count, total nanoseconds).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.ns.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Totals for executions of one batch size.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchTotals {
+    pub count: u64,
+    pub input_ns: u64,
+    pub infer_ns: u64,
+    pub output_ns: u64,
+}
+
+struct Counters {
+    success: Counter,
+    failure: Counter,
+    inferences: Counter,
+    executions: Counter,
+    request_us: Counter,
+    queue_us: Counter,
+    input_us: Counter,
+    infer_us: Counter,
+    output_us: Counter,
+}
+
+/// Statistics of one model version.
+pub struct VersionStats {
+    pub success: Duration64,
+    pub fail: Duration64,
+    pub queue: Duration64,
+    pub compute_input: Duration64,
+    pub compute_infer: Duration64,
+    pub compute_output: Duration64,
+    pub inference_count: AtomicU64,
+    pub execution_count: AtomicU64,
+    /// Milliseconds since the epoch of the last inference; 0 before the first.
+    pub last_inference_ms: AtomicU64,
+    batches: Mutex<BTreeMap<u64, BatchTotals>>,
+    counters: Counters,
+}
+
+impl VersionStats {
+    /// Statistics for `model` version `version`, registering its Prometheus series.
+    pub fn new(model: &str, version: u64) -> Self {
+        let labels = [
+            ("model", model.to_string()),
+            ("version", version.to_string()),
+        ];
+        let counter = |name: &'static str| metrics::counter!(name, &labels);
+        VersionStats {
+            success: Duration64::default(),
+            fail: Duration64::default(),
+            queue: Duration64::default(),
+            compute_input: Duration64::default(),
+            compute_infer: Duration64::default(),
+            compute_output: Duration64::default(),
+            inference_count: AtomicU64::new(0),
+            execution_count: AtomicU64::new(0),
+            last_inference_ms: AtomicU64::new(0),
+            batches: Mutex::new(BTreeMap::new()),
+            counters: Counters {
+                success: counter("nv_inference_request_success"),
+                failure: counter("nv_inference_request_failure"),
+                inferences: counter("nv_inference_count"),
+                executions: counter("nv_inference_exec_count"),
+                request_us: counter("nv_inference_request_duration_us"),
+                queue_us: counter("nv_inference_queue_duration_us"),
+                input_us: counter("nv_inference_compute_input_duration_us"),
+                infer_us: counter("nv_inference_compute_infer_duration_us"),
+                output_us: counter("nv_inference_compute_output_duration_us"),
+            },
+        }
+    }
+
+    /// Records one successful request of `batch_size` inferences.
+    pub fn record_success(
+        &self,
+        batch_size: u64,
+        total: Duration,
+        queue: Duration,
+        compute: ComputeTimings,
+    ) {
+        self.success.add(total);
+        self.queue.add(queue);
+        self.compute_input.add(compute.input);
+        self.compute_infer.add(compute.infer);
+        self.compute_output.add(compute.output);
+        self.inference_count
+            .fetch_add(batch_size, Ordering::Relaxed);
+        self.touch();
+        let c = &self.counters;
+        c.success.increment(1);
+        c.inferences.increment(batch_size);
+        c.request_us.increment(micros(total));
+        c.queue_us.increment(micros(queue));
+        c.input_us.increment(micros(compute.input));
+        c.infer_us.increment(micros(compute.infer));
+        c.output_us.increment(micros(compute.output));
+    }
+
+    /// Records one execution of the model on a batch of `batch_size`.
+    pub fn record_execution(&self, batch_size: u64, compute: ComputeTimings) {
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        self.counters.executions.increment(1);
+        let mut batches = self.batches.lock();
+        let entry = batches.entry(batch_size).or_default();
+        entry.count += 1;
+        entry.input_ns += nanos(compute.input);
+        entry.infer_ns += nanos(compute.infer);
+        entry.output_ns += nanos(compute.output);
+    }
+
+    /// Records one failed request.
+    pub fn record_failure(&self, total: Duration) {
+        self.fail.add(total);
+        self.touch();
+        self.counters.failure.increment(1);
+        self.counters.request_us.increment(micros(total));
+    }
+
+    /// Per-batch-size execution totals, smallest batch first.
+    pub fn batch_totals(&self) -> Vec<(u64, BatchTotals)> {
+        self.batches.lock().iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    fn touch(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_inference_ms.store(
+            u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Triton's statistics message for `versions` (HTTP `/stats` serialises the same message).
+pub fn statistics(versions: &[Arc<LoadedVersion>]) -> pb::ModelStatisticsResponse {
+    let duration = |d: &Duration64| {
+        let (count, ns) = d.get();
+        Some(pb::StatisticDuration { count, ns })
+    };
+    let model_stats = versions
+        .iter()
+        .map(|v| {
+            let s = &v.stats;
+            let batch_stats = s
+                .batch_totals()
+                .into_iter()
+                .map(|(batch_size, t)| pb::InferBatchStatistics {
+                    batch_size,
+                    compute_input: Some(pb::StatisticDuration {
+                        count: t.count,
+                        ns: t.input_ns,
+                    }),
+                    compute_infer: Some(pb::StatisticDuration {
+                        count: t.count,
+                        ns: t.infer_ns,
+                    }),
+                    compute_output: Some(pb::StatisticDuration {
+                        count: t.count,
+                        ns: t.output_ns,
+                    }),
+                })
+                .collect();
+            pb::ModelStatistics {
+                name: v.name.clone(),
+                version: v.version.to_string(),
+                last_inference: s.last_inference_ms.load(Ordering::Relaxed),
+                inference_count: s.inference_count.load(Ordering::Relaxed),
+                execution_count: s.execution_count.load(Ordering::Relaxed),
+                inference_stats: Some(pb::InferStatistics {
+                    success: duration(&s.success),
+                    fail: duration(&s.fail),
+                    queue: duration(&s.queue),
+                    compute_input: duration(&s.compute_input),
+                    compute_infer: duration(&s.compute_infer),
+                    compute_output: duration(&s.compute_output),
+                    cache_hit: Some(pb::StatisticDuration::default()),
+                    cache_miss: Some(pb::StatisticDuration::default()),
+                }),
+                batch_stats,
+            }
+        })
+        .collect();
+    pb::ModelStatisticsResponse { model_stats }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_counts_durations_and_batches() {
+        let stats = VersionStats::new("m", 1);
+        let compute = ComputeTimings {
+            input: Duration::from_micros(1),
+            infer: Duration::from_micros(5),
+            output: Duration::from_micros(2),
+        };
+        stats.record_execution(4, compute);
+        stats.record_success(
+            4,
+            Duration::from_micros(10),
+            Duration::from_micros(2),
+            compute,
+        );
+        stats.record_failure(Duration::from_micros(3));
+        assert_eq!(stats.success.get(), (1, 10_000));
+        assert_eq!(stats.fail.get(), (1, 3_000));
+        assert_eq!(stats.compute_infer.get(), (1, 5_000));
+        assert_eq!(stats.inference_count.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.execution_count.load(Ordering::Relaxed), 1);
+        assert!(stats.last_inference_ms.load(Ordering::Relaxed) > 0);
+        let batches = stats.batch_totals();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].0, 4);
+        assert_eq!(batches[0].1.infer_ns, 5_000);
+    }
+}

@@ -1,0 +1,198 @@
+"""Fixtures: a temporary model repository and `nexus serve` processes to drive with tritonclient.
+
+The server binary is `$NEXUS_BIN` (default `<repo>/target/debug/nexus`). Each server listens on
+free ports of 127.0.0.1; its log goes to a file that is printed at the end of a failing run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+import support
+
+REPO = Path(__file__).resolve().parents[2]
+NEXUS_BIN = Path(os.environ.get("NEXUS_BIN", REPO / "target" / "debug" / "nexus"))
+READY_TIMEOUT_S = 60
+
+# Logs of every server started in this session, printed by pytest_terminal_summary on failure.
+_server_logs: list[Path] = []
+
+
+@dataclass
+class Server:
+    """A running `nexus serve` and where to reach it."""
+
+    http_url: str  # host:port, the form tritonclient.http wants
+    grpc_url: str  # host:port, the form tritonclient.grpc wants
+    metrics_url: str  # full URL of the Prometheus endpoint
+    repository: Path
+    log: Path
+
+    @property
+    def base(self) -> str:
+        """Base URL for raw HTTP requests."""
+        return f"http://{self.http_url}"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _log_tail(path: Path, lines: int = 200) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"(cannot read {path}: {e})"
+    return "\n".join(text[-lines:])
+
+
+def _start_server(repository: Path, log: Path, extra_args: list[str]):
+    """Start `nexus serve`, wait until it is ready, yield it, then stop it."""
+    if not NEXUS_BIN.is_file():
+        pytest.fail(f"server binary {NEXUS_BIN} not found: run `cargo build --bin nexus` or set NEXUS_BIN")
+    http, grpc, metrics = _free_ports(3)
+    cmd = [
+        str(NEXUS_BIN), "serve",
+        "--model-repository", str(repository),
+        "--address", "127.0.0.1",
+        "--http-port", str(http),
+        "--grpc-port", str(grpc),
+        "--metrics-port", str(metrics),
+        *extra_args,
+    ]  # fmt: skip
+    _server_logs.append(log)
+    with open(log, "wb") as out:
+        out.write(("$ " + " ".join(cmd) + "\n").encode())
+        out.flush()
+        # cwd = repo root, so the server finds .nexus/lib/libonnxruntime.so by default.
+        env = {**os.environ, "NO_COLOR": "1"}  # plain log lines
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    server = Server(
+        http_url=f"127.0.0.1:{http}",
+        grpc_url=f"127.0.0.1:{grpc}",
+        metrics_url=f"http://127.0.0.1:{metrics}/metrics",
+        repository=repository,
+        log=log,
+    )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last = "no answer"
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"nexus exited with {proc.returncode} before it was ready; log:\n{_log_tail(log)}")
+            try:
+                r = requests.get(f"{server.base}/v2/health/ready", timeout=2)
+                if r.status_code == 200:
+                    break
+                last = f"HTTP {r.status_code} {r.text[:200]}"
+            except requests.RequestException as e:
+                last = type(e).__name__
+            if time.monotonic() > deadline:
+                pytest.fail(f"nexus not ready after {READY_TIMEOUT_S}s (last: {last}); log:\n{_log_tail(log)}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory) -> Path:
+    """The example models, onnxruntime's shipped test models, and two models that cannot load."""
+    repo = tmp_path_factory.mktemp("model_repository")
+    subprocess.run(
+        [sys.executable, str(REPO / "examples" / "make_models.py"), "--out", str(repo)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    # onnxruntime's own test models, served with no config.pbtxt (completed from the model).
+    for name in support.ORT_DATASET_MODELS:
+        dest = repo / name / "1" / "model.onnx"
+        dest.parent.mkdir(parents=True)
+        shutil.copyfile(support.ort_dataset_path(name), dest)
+    # A valid config over a file that is not an ONNX model.
+    broken = repo / "broken"
+    (broken / "1").mkdir(parents=True)
+    (broken / "1" / "model.onnx").write_bytes(b"\x00\x01this is not an onnx model\xff" * 8)
+    (broken / "config.pbtxt").write_text('name: "broken"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n')
+    # A valid model under a config.pbtxt that is not protobuf text format.
+    badconfig = repo / "badconfig"
+    (badconfig / "1").mkdir(parents=True)
+    shutil.copyfile(repo / "dynamic_add" / "1" / "model.onnx", badconfig / "1" / "model.onnx")
+    (badconfig / "config.pbtxt").write_text('name: "badconfig"\nmax_batch_size: [ this is { not text format\n')
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(model_repository, tmp_path_factory):
+    """`nexus serve` in the default model control mode (none): everything loads at start."""
+    log = tmp_path_factory.mktemp("logs") / "nexus-serve.log"
+    yield from _start_server(model_repository, log, [])
+
+
+@pytest.fixture(scope="session")
+def explicit_server(model_repository, tmp_path_factory):
+    """`nexus serve --model-control-mode explicit`: nothing loads until asked to."""
+    log = tmp_path_factory.mktemp("logs") / "nexus-serve-explicit.log"
+    yield from _start_server(model_repository, log, ["--model-control-mode", "explicit"])
+
+
+def _client(server: Server, protocol: str) -> support.Client:
+    return support.Client.connect(protocol, server.http_url if protocol == "http" else server.grpc_url)
+
+
+@pytest.fixture(params=support.PROTOCOLS)
+def client(request, server):
+    """A tritonclient client of each protocol (http, grpc) against the default server."""
+    c = _client(server, request.param)
+    yield c
+    c.close()
+
+
+@pytest.fixture(params=support.TRANSPORTS)
+def transport(request, server):
+    """A client and tensor encoding: http with JSON tensors, http with binary tensors, grpc."""
+    protocol, binary = support.TRANSPORTS[request.param]
+    c = _client(server, protocol)
+    c.binary = binary
+    yield c
+    c.close()
+
+
+@pytest.fixture(params=support.PROTOCOLS)
+def explicit_client(request, explicit_server):
+    """A tritonclient client of each protocol against the explicit-mode server."""
+    c = _client(explicit_server, request.param)
+    yield c
+    c.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus):
+    if exitstatus == 0:
+        return
+    for log in _server_logs:
+        terminalreporter.section(f"server log: {log} (last 200 lines)")
+        terminalreporter.write_line(_log_tail(log))
