@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a checkout for building and testing Nexus. Idempotent and quick once done:
-#   - Python venv support (apt-get on Debian/Ubuntu when missing), Rust toolchain check
+#   - system packages (apt-get on Debian/Ubuntu when missing), Rust toolchain check
 #   - .venv with the pinned packages of requirements-dev.txt (re-installed only when it changes)
 #   - ONNX Runtime's shared library in .nexus/lib (scripts/install-onnxruntime.sh)
 #   - the example model repository (examples/make_models.py)
@@ -10,16 +10,24 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 python="${PYTHON:-python3}"
 
-# --- Python with venv + pip -------------------------------------------------
+# --- System packages (Debian/Ubuntu) -----------------------------------------
+# python3-venv/pip for the test venv; protobuf-compiler because the `triton-client`
+# dev-dependency compiles Triton's protos with the system protoc; gcc for C build scripts.
+missing=()
 if ! command -v "$python" >/dev/null 2>&1 || ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv python3-pip)
+fi
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+if [[ ${#missing[@]} -gt 0 ]]; then
     if command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing python3-venv and python3-pip with apt-get"
+        echo "setup: installing ${missing[*]} with apt-get"
         sudo=""
         [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
         $sudo apt-get update
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y python3-venv python3-pip
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
     else
-        echo "error: '$python -m venv' is not available; install Python 3 with venv and pip" >&2
+        echo "error: missing ${missing[*]}; install them with your package manager" >&2
         exit 1
     fi
 fi

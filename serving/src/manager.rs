@@ -5,6 +5,7 @@
 //! UNAVAILABLE with its reason; the others keep serving.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -58,6 +59,15 @@ pub struct LoadedVersion {
 enum VersionState {
     Ready(Arc<LoadedVersion>),
     Unavailable(String),
+}
+
+impl VersionState {
+    fn ready(&self) -> Option<Arc<LoadedVersion>> {
+        match self {
+            VersionState::Ready(l) => Some(Arc::clone(l)),
+            VersionState::Unavailable(_) => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -267,12 +277,17 @@ impl ModelManager {
         if available.is_empty() {
             return Err("no version folders (such as 1/) in the model directory".into());
         }
-        let selected = config::select_versions(&config, &available);
-        if selected.is_empty() {
+        let chosen = config::select_versions(&config, &available);
+        if chosen.is_empty() {
             return Err(format!(
                 "the version policy selects none of the versions on disk {available:?}"
             ));
         }
+        let selected: Vec<(u64, PathBuf)> = source
+            .versions
+            .into_iter()
+            .filter(|(v, _)| chosen.contains(v))
+            .collect();
         let platform = if config.platform.is_empty() {
             config::ONNX_PLATFORM.to_string()
         } else {
@@ -282,89 +297,62 @@ impl ModelManager {
 
         // Open the first instance of each version, newest first; the first model that opens
         // completes the config, and every version is then checked against it.
-        let mut opened: Vec<(u64, Box<dyn Backend>)> = Vec::new();
+        let mut opened: Vec<(u64, PathBuf, Box<dyn Backend>)> = Vec::new();
         let mut states = BTreeMap::new();
-        for version in selected.iter().rev() {
-            let path = &source
-                .versions
-                .iter()
-                .find(|(v, _)| v == version)
-                .expect("selected from available")
-                .1;
-            match backend::load(&platform, path, &plan[0]) {
-                Ok(b) => opened.push((*version, b)),
+        for (version, path) in selected.into_iter().rev() {
+            match backend::load(&platform, &path, &plan[0]) {
+                Ok(b) => opened.push((version, path, b)),
                 Err(e) => {
-                    states.insert(*version, VersionState::Unavailable(e.to_string()));
+                    states.insert(version, VersionState::Unavailable(e.to_string()));
                 }
             }
         }
-        let Some((_, first)) = opened.first() else {
+        let Some((_, _, first)) = opened.first() else {
             return Ok(states);
         };
+        let max_batch = self.options.default_max_batch_size;
         let signature = ModelSignature {
             inputs: first.inputs(),
             outputs: first.outputs(),
         };
-        config::complete(
-            &mut config,
-            name,
-            &signature,
-            self.options.default_max_batch_size,
-        )
-        .map_err(|e| e.to_string())?;
+        config::complete(&mut config, name, &signature, max_batch).map_err(|e| e.to_string())?;
         let config = Arc::new(config);
 
-        for (version, instance) in opened {
-            let mut check = (*config).clone();
+        for (version, path, instance) in opened {
             let signature = ModelSignature {
                 inputs: instance.inputs(),
                 outputs: instance.outputs(),
             };
-            let state = match config::complete(
-                &mut check,
-                name,
-                &signature,
-                self.options.default_max_batch_size,
-            ) {
+            let checked = config::complete(&mut (*config).clone(), name, &signature, max_batch);
+            let state = match checked {
                 Err(e) => VersionState::Unavailable(e.to_string()),
-                Ok(()) => match self.start_version(
-                    name,
-                    version,
-                    &platform,
-                    &source.versions,
-                    &plan,
-                    instance,
-                    &config,
-                ) {
-                    Ok(loaded) => VersionState::Ready(Arc::new(loaded)),
-                    Err(e) => VersionState::Unavailable(e.to_string()),
-                },
+                Ok(()) => {
+                    let mut instances = vec![instance];
+                    let started = plan[1..]
+                        .iter()
+                        .try_for_each(|options| {
+                            instances.push(backend::load(&platform, &path, options)?);
+                            Ok::<_, ServingError>(())
+                        })
+                        .and_then(|()| self.start_version(name, version, instances, &config));
+                    match started {
+                        Ok(loaded) => VersionState::Ready(Arc::new(loaded)),
+                        Err(e) => VersionState::Unavailable(e.to_string()),
+                    }
+                }
             };
             states.insert(version, state);
         }
         Ok(states)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn start_version(
         &self,
         name: &str,
         version: u64,
-        platform: &str,
-        paths: &[(u64, std::path::PathBuf)],
-        plan: &[LoadOptions],
-        first: Box<dyn Backend>,
+        instances: Vec<Box<dyn Backend>>,
         config: &Arc<ModelConfig>,
     ) -> Result<LoadedVersion, ServingError> {
-        let path = &paths
-            .iter()
-            .find(|(v, _)| *v == version)
-            .expect("opened from paths")
-            .1;
-        let mut instances = vec![first];
-        for options in &plan[1..] {
-            instances.push(backend::load(platform, path, options)?);
-        }
         let label = format!("{name}:{version}");
         let pool = InstancePool::start(&label, instances, self.options.queue_capacity)?;
         Ok(LoadedVersion {
@@ -422,10 +410,7 @@ impl ModelManager {
                 .versions
                 .values()
                 .rev()
-                .find_map(|s| match s {
-                    VersionState::Ready(l) => Some(Arc::clone(l)),
-                    VersionState::Unavailable(_) => None,
-                })
+                .find_map(VersionState::ready)
                 .ok_or_else(|| {
                     let why = entry.reason.as_deref().unwrap_or("no version loaded");
                     ServingError::Unavailable(format!("model '{name}' is not ready: {why}"))
@@ -450,7 +435,7 @@ impl ModelManager {
         self.models.read().get(name).map_or_else(Vec::new, |e| {
             e.versions
                 .iter()
-                .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
+                .filter(|(_, s)| s.ready().is_some())
                 .map(|(v, _)| *v)
                 .collect()
         })
@@ -462,10 +447,7 @@ impl ModelManager {
             .read()
             .values()
             .flat_map(|e| e.versions.values())
-            .filter_map(|s| match s {
-                VersionState::Ready(l) => Some(Arc::clone(l)),
-                VersionState::Unavailable(_) => None,
-            })
+            .filter_map(VersionState::ready)
             .collect()
     }
 
@@ -486,10 +468,7 @@ impl ModelManager {
         Ok(entry
             .versions
             .values()
-            .filter_map(|s| match s {
-                VersionState::Ready(l) => Some(Arc::clone(l)),
-                VersionState::Unavailable(_) => None,
-            })
+            .filter_map(VersionState::ready)
             .collect())
     }
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up a checkout (scripts/setup.sh), builds the release binary and runs `nexus up`
+# on the example models. Extra arguments go to `nexus up` (e.g. --address, --http-port).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+bash scripts/setup.sh
+cargo build --release --bin nexus
+exec target/release/nexus up "$@"
