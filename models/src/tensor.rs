@@ -163,6 +163,27 @@ pub enum TensorData {
     Bytes(Vec<Bytes>),
 }
 
+/// Expands `$m!(Variant, vec)` for whichever variant `$data` is.
+macro_rules! each_variant {
+    ($data:expr, $m:ident) => {
+        match $data {
+            TensorData::Bool(v) => $m!(Bool, v),
+            TensorData::U8(v) => $m!(U8, v),
+            TensorData::U16(v) => $m!(U16, v),
+            TensorData::U32(v) => $m!(U32, v),
+            TensorData::U64(v) => $m!(U64, v),
+            TensorData::I8(v) => $m!(I8, v),
+            TensorData::I16(v) => $m!(I16, v),
+            TensorData::I32(v) => $m!(I32, v),
+            TensorData::I64(v) => $m!(I64, v),
+            TensorData::F16(v) => $m!(F16, v),
+            TensorData::F32(v) => $m!(F32, v),
+            TensorData::F64(v) => $m!(F64, v),
+            TensorData::Bytes(v) => $m!(Bytes, v),
+        }
+    };
+}
+
 impl TensorData {
     /// The datatype of these elements.
     pub fn datatype(&self) -> DataType {
@@ -185,21 +206,12 @@ impl TensorData {
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        match self {
-            TensorData::Bool(v) => v.len(),
-            TensorData::U8(v) => v.len(),
-            TensorData::U16(v) => v.len(),
-            TensorData::U32(v) => v.len(),
-            TensorData::U64(v) => v.len(),
-            TensorData::I8(v) => v.len(),
-            TensorData::I16(v) => v.len(),
-            TensorData::I32(v) => v.len(),
-            TensorData::I64(v) => v.len(),
-            TensorData::F16(v) => v.len(),
-            TensorData::F32(v) => v.len(),
-            TensorData::F64(v) => v.len(),
-            TensorData::Bytes(v) => v.len(),
+        macro_rules! len {
+            ($variant:ident, $v:expr) => {
+                $v.len()
+            };
         }
+        each_variant!(self, len)
     }
 
     /// True when there are no elements.
@@ -333,6 +345,50 @@ impl TensorData {
                     .collect(),
             ),
         }
+    }
+}
+
+impl TensorData {
+    /// Joins parts of one datatype end to end, which is concatenation along dim 0 for
+    /// row-major tensors. `None` when there are no parts or their datatypes differ.
+    pub fn concat(parts: &[&TensorData]) -> Option<TensorData> {
+        let total = parts.iter().map(|p| p.len()).sum();
+        macro_rules! join {
+            ($variant:ident, $first:expr) => {{
+                let _ = $first;
+                let mut all = Vec::with_capacity(total);
+                for part in parts {
+                    let TensorData::$variant(v) = part else {
+                        return None;
+                    };
+                    all.extend_from_slice(v);
+                }
+                TensorData::$variant(all)
+            }};
+        }
+        Some(each_variant!(parts.first()?, join))
+    }
+
+    /// Cuts into consecutive pieces of `counts` elements; `None` when the counts do not
+    /// add up to the length.
+    pub fn split(&self, counts: &[usize]) -> Option<Vec<TensorData>> {
+        if counts.iter().sum::<usize>() != self.len() {
+            return None;
+        }
+        macro_rules! cut {
+            ($variant:ident, $v:expr) => {{
+                let mut start = 0;
+                counts
+                    .iter()
+                    .map(|c| {
+                        let piece = TensorData::$variant($v[start..start + c].to_vec());
+                        start += c;
+                        piece
+                    })
+                    .collect()
+            }};
+        }
+        Some(each_variant!(self, cut))
     }
 }
 
@@ -514,6 +570,23 @@ mod tests {
         assert_eq!(data.to_json(), json!(["a", "b"]));
         let data = TensorData::from_json("h", DataType::F16, &json!([0.5, 2])).unwrap();
         assert_eq!(data.to_json(), json!([0.5, 2.0]));
+    }
+
+    #[test]
+    fn concat_and_split_are_inverse() {
+        let a = TensorData::F32(vec![1.0, 2.0]);
+        let b = TensorData::F32(vec![3.0, 4.0, 5.0, 6.0]);
+        let joined = TensorData::concat(&[&a, &b]).unwrap();
+        assert_eq!(joined, TensorData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        assert_eq!(joined.split(&[2, 4]).unwrap(), vec![a.clone(), b]);
+        assert!(joined.split(&[2, 3]).is_none());
+        assert!(TensorData::concat(&[&a, &TensorData::I32(vec![1])]).is_none());
+        assert!(TensorData::concat(&[]).is_none());
+        let s = TensorData::Bytes(vec![Bytes::from_static(b"x"), Bytes::from_static(b"yz")]);
+        assert_eq!(
+            s.split(&[1, 1]).unwrap()[1],
+            TensorData::Bytes(vec![Bytes::from_static(b"yz")])
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use nexus_models::{BackendError, RepositoryError, TensorError};
 
 /// A failed request, classified by who is at fault and whether retrying can help.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ServingError {
     /// Unknown model or version (HTTP 404, gRPC NOT_FOUND).
     #[error("{0}")]

@@ -1,6 +1,6 @@
 //! One inference, independent of the protocol it arrived on: checks the request against
 //! the model's config (names, datatypes, shapes, batch size), applies `reshape`, runs it
-//! on the instance pool and records statistics.
+//! through the version's scheduler and records statistics.
 
 use std::time::Instant;
 
@@ -12,6 +12,7 @@ use crate::error::ServingError;
 use crate::manager::LoadedVersion;
 use crate::pb::ModelMetadataResponse;
 use crate::pb::model_metadata_response::TensorMetadata;
+use crate::scheduler::{Done, Work};
 
 /// A decoded inference request.
 #[derive(Debug, Default)]
@@ -78,32 +79,31 @@ impl LoadedVersion {
         let start = Instant::now();
         let result = self.run(request).await;
         match &result {
-            Ok((_, batch, executed)) => {
-                self.stats.record_execution(*batch, executed.compute);
-                self.stats.record_success(
-                    *batch,
-                    start.elapsed(),
-                    executed.queue,
-                    executed.compute,
-                );
+            Ok((_, rows, done)) => {
+                self.stats
+                    .record_success(*rows, start.elapsed(), done.queue, done.compute);
             }
             Err(_) => self.stats.record_failure(start.elapsed()),
         }
         result.map(|(response, _, _)| response)
     }
 
-    async fn run(
-        &self,
-        request: InferRequest,
-    ) -> Result<(InferResponse, u64, crate::instance::Executed), ServingError> {
-        let (inputs, batch) = self.check_inputs(request.inputs)?;
+    async fn run(&self, request: InferRequest) -> Result<(InferResponse, u64, Done), ServingError> {
+        let (inputs, rows) = self.check_inputs(request.inputs)?;
         let outputs = self.check_outputs(&request.outputs)?;
         let names = outputs.iter().map(|o| o.name.clone()).collect();
-        let mut executed = self.pool.execute(inputs, names).await?;
-        let tensors = std::mem::take(&mut executed.outputs)
+        let mut done = self
+            .scheduler
+            .run(Work {
+                inputs,
+                outputs: names,
+                rows,
+            })
+            .await?;
+        let tensors = std::mem::take(&mut done.outputs)
             .into_iter()
             .zip(&outputs)
-            .map(|(t, o)| self.to_outward(t, o, batch))
+            .map(|(t, o)| self.to_outward(t, o, rows))
             .collect();
         let response = InferResponse {
             model_name: self.name.clone(),
@@ -111,7 +111,7 @@ impl LoadedVersion {
             id: request.id,
             outputs: tensors,
         };
-        Ok((response, batch, executed))
+        Ok((response, rows, done))
     }
 
     /// Checks each input against the config and returns them in the config's order,

@@ -1,6 +1,7 @@
 //! Serving: KServe V2 inference over HTTP and gRPC with Triton's extensions, the model
 //! manager with its instance pools, and Prometheus metrics.
 
+pub mod batcher;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -8,6 +9,7 @@ pub mod infer;
 pub mod instance;
 pub mod manager;
 pub mod metrics;
+pub mod scheduler;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

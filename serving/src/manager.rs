@@ -21,6 +21,7 @@ use crate::error::ServingError;
 use crate::instance::InstancePool;
 use crate::metrics::VersionStats;
 use crate::pb::repository_index_response::ModelIndex;
+use crate::scheduler::Scheduler;
 
 /// How models get loaded, as Triton's `--model-control-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,8 +53,8 @@ pub struct LoadedVersion {
     pub name: String,
     pub version: u64,
     pub config: Arc<ModelConfig>,
-    pub stats: VersionStats,
-    pub(crate) pool: InstancePool,
+    pub stats: Arc<VersionStats>,
+    pub(crate) scheduler: Scheduler,
 }
 
 enum VersionState {
@@ -354,13 +355,15 @@ impl ModelManager {
         config: &Arc<ModelConfig>,
     ) -> Result<LoadedVersion, ServingError> {
         let label = format!("{name}:{version}");
-        let pool = InstancePool::start(&label, instances, self.options.queue_capacity)?;
+        let stats = Arc::new(VersionStats::new(name, version));
+        let queue = self.options.queue_capacity;
+        let pool = InstancePool::start(&label, instances, queue, Arc::clone(&stats))?;
         Ok(LoadedVersion {
             name: name.to_string(),
             version,
             config: Arc::clone(config),
-            stats: VersionStats::new(name, version),
-            pool,
+            scheduler: Scheduler::new(config, pool, Arc::clone(&stats), &label, queue),
+            stats,
         })
     }
 

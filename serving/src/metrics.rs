@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use metrics::Counter;
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
 
@@ -69,6 +69,8 @@ pub struct BatchTotals {
 }
 
 struct Counters {
+    pending: Gauge,
+    batch_size: Histogram,
     success: Counter,
     failure: Counter,
     inferences: Counter,
@@ -116,6 +118,8 @@ impl VersionStats {
             last_inference_ms: AtomicU64::new(0),
             batches: Mutex::new(BTreeMap::new()),
             counters: Counters {
+                pending: metrics::gauge!("nv_inference_pending_request_count", &labels),
+                batch_size: metrics::histogram!("nexus_batch_size", &labels),
                 success: counter("nv_inference_request_success"),
                 failure: counter("nv_inference_request_failure"),
                 inferences: counter("nv_inference_count"),
@@ -155,10 +159,21 @@ impl VersionStats {
         c.output_us.increment(micros(compute.output));
     }
 
+    /// Counts requests entering the queue.
+    pub fn queued(&self, requests: u64) {
+        self.counters.pending.increment(requests as f64);
+    }
+
+    /// Counts requests leaving the queue (to run, or refused).
+    pub fn dequeued(&self, requests: u64) {
+        self.counters.pending.decrement(requests as f64);
+    }
+
     /// Records one execution of the model on a batch of `batch_size`.
     pub fn record_execution(&self, batch_size: u64, compute: ComputeTimings) {
         self.execution_count.fetch_add(1, Ordering::Relaxed);
         self.counters.executions.increment(1);
+        self.counters.batch_size.record(batch_size as f64);
         let mut batches = self.batches.lock();
         let entry = batches.entry(batch_size).or_default();
         entry.count += 1;
