@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let serialize = "#[derive(serde::Serialize)]";
     let skip_empty = "#[serde(skip_serializing_if = \"String::is_empty\")]";
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .bytes(".inference")
         .type_attribute(".inference.ModelMetadataResponse", serialize)
         .type_attribute(".inference.ModelStatisticsResponse", serialize)

@@ -1,11 +1,12 @@
 //! `nexus`: the command line. It parses arguments and wires the crates together; the
-//! work happens in `nexus-serving` and `nexus-models`.
+//! work happens in `nexus-serving`, `nexus-models` and `nexus-bench`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use nexus_bench::BenchCommand;
 use nexus_serving::ServeArgs;
 
 /// Nexus: ML inference (KServe V2 / Triton protocol over HTTP and gRPC) in one binary.
@@ -42,6 +43,11 @@ enum Command {
         model_repository: PathBuf,
         #[command(flatten)]
         serve: ServeArgs,
+    },
+    /// Benchmark any KServe V2 server (HTTP JSON/binary, gRPC) or ONNX Runtime in-process.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
     },
 }
 
@@ -108,5 +114,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("nexus up failed")
         }
+        Command::Bench { command } => match command {
+            BenchCommand::Run(args) => nexus_bench::run(*args).await.map(|_| ()),
+            BenchCommand::Report(args) => {
+                print!("{}", nexus_bench::report::write(&args.dir, &args.title)?);
+                Ok(())
+            }
+        },
     }
 }

@@ -1,0 +1,264 @@
+//! `nexus bench`: a closed-loop load generator for any KServe V2 server, over HTTP
+//! (JSON or binary tensors) or gRPC, plus ONNX Runtime in-process as the floor. Each run
+//! is a concurrency sweep saved as JSON; `report` merges runs into a markdown table and
+//! a throughput/latency plot, so several servers can be compared side by side.
+
+pub mod load;
+pub mod report;
+pub mod target;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use nexus_models::DataType;
+
+use crate::load::{Level, Schedule};
+use crate::target::{InputSpec, OrtWorkers, Protocol, Request};
+
+/// `nexus bench` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Drive a server (or ONNX Runtime in-process) through a concurrency sweep and save the results.
+    Run(Box<RunArgs>),
+    /// Merge saved results into a markdown table and a throughput/latency plot.
+    Report(ReportArgs),
+}
+
+/// Options of `nexus bench run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Model name on the server (for --protocol ort: a label).
+    #[arg(long)]
+    pub model: String,
+    /// http-json, http-binary, grpc, or ort (in-process, needs --model-file).
+    #[arg(long, value_enum, default_value_t = Protocol::HttpBinary)]
+    pub protocol: Protocol,
+    /// Base URL of the V2 HTTP endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub http_url: String,
+    /// host:port of the V2 gRPC endpoint.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub grpc_addr: String,
+    /// ONNX file for --protocol ort.
+    #[arg(long, value_name = "PATH")]
+    pub model_file: Option<PathBuf>,
+    /// Intra-op threads per ONNX Runtime session for --protocol ort.
+    #[arg(long, default_value_t = 1)]
+    pub ort_threads: usize,
+    /// Rows per request: fills a dynamic first dimension.
+    #[arg(long, default_value_t = 1)]
+    pub batch: i64,
+    /// Full shape of an input, NAME=D1,D2,… (repeatable); overrides --batch for it.
+    #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = parse_shape)]
+    pub shapes: Vec<(String, Vec<i64>)>,
+    /// An input as NAME:DATATYPE:DIMS (repeatable), instead of reading model metadata.
+    #[arg(long = "input", value_name = "NAME:DATATYPE:DIMS", value_parser = parse_input)]
+    pub inputs: Vec<InputSpec>,
+    /// JSON file {"INPUT": [values…]} with the data to send; random data otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub input_data: Option<PathBuf>,
+    /// Concurrency levels to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub concurrency: Vec<usize>,
+    /// Warm-up before each level, in seconds (not measured).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_secs: f64,
+    /// Measured time per level, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Measure this many requests per level instead of a duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Name of this run in reports (default: the protocol).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Folder for results: <label>.json, report.md and throughput_latency.svg.
+    #[arg(long, default_value = "bench-results")]
+    pub output: PathBuf,
+}
+
+/// Options of `nexus bench report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Folder with the runs' JSON files; the report is written there too.
+    #[arg(long, default_value = "bench-results")]
+    pub dir: PathBuf,
+    /// Title of the report.
+    #[arg(long, default_value = "nexus bench")]
+    pub title: String,
+}
+
+/// One saved sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub label: String,
+    pub protocol: Protocol,
+    pub model: String,
+    pub batch: i64,
+    pub target: String,
+    pub levels: Vec<Level>,
+    pub machine: String,
+    pub date: String,
+}
+
+fn parse_dims(text: &str) -> Result<Vec<i64>, String> {
+    text.split(',')
+        .map(|d| {
+            d.trim()
+                .parse::<i64>()
+                .map_err(|_| format!("'{d}' is not a dimension"))
+        })
+        .collect()
+}
+
+fn parse_shape(text: &str) -> Result<(String, Vec<i64>), String> {
+    let (name, dims) = text.split_once('=').ok_or("expected NAME=D1,D2,…")?;
+    Ok((name.to_string(), parse_dims(dims)?))
+}
+
+fn parse_input(text: &str) -> Result<InputSpec, String> {
+    let mut parts = text.splitn(3, ':');
+    let (Some(name), Some(datatype), Some(dims)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err("expected NAME:DATATYPE:DIMS, e.g. input:FP32:-1,4".into());
+    };
+    let datatype =
+        DataType::parse(datatype).ok_or_else(|| format!("unknown datatype '{datatype}'"))?;
+    Ok(InputSpec {
+        name: name.to_string(),
+        datatype,
+        shape: parse_dims(dims)?,
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+/// Runs a sweep, saves it as `<output>/<label>.json` and rewrites the folder's report.
+pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
+    if args.concurrency.is_empty() || args.concurrency.contains(&0) {
+        bail!("--concurrency needs positive levels, e.g. 1,4,16");
+    }
+    let schedule = Schedule {
+        warmup: Duration::from_secs_f64(args.warmup_secs.max(0.0)),
+        duration: Duration::from_secs_f64(args.duration_secs.max(0.1)),
+        requests: args.requests,
+    };
+    let label = args
+        .label
+        .clone()
+        .unwrap_or_else(|| format!("{:?}", args.protocol).to_lowercase());
+    let workers = args.concurrency.iter().copied().max().unwrap_or(1);
+    let mut levels = Vec::new();
+    let target;
+    if args.protocol == Protocol::Ort {
+        let file = args
+            .model_file
+            .as_ref()
+            .context("--protocol ort needs --model-file")?;
+        target = file.display().to_string();
+        let (mut ort, discovered) = OrtWorkers::open(file, workers, args.ort_threads)?;
+        let mut specs = if args.inputs.is_empty() {
+            discovered
+        } else {
+            args.inputs.clone()
+        };
+        target::fill_shapes(&mut specs, args.batch, &args.shapes);
+        ort.inputs = tensors(&args, &specs)?;
+        for &c in &args.concurrency {
+            let level = load::run_ort(&mut ort, c, args.batch as u64, schedule, &label);
+            print_level(&label, &level);
+            levels.push(level);
+        }
+    } else {
+        target = match args.protocol {
+            Protocol::Grpc => args.grpc_addr.clone(),
+            _ => args.http_url.clone(),
+        };
+        let mut specs = if args.inputs.is_empty() {
+            target::discover_inputs(args.protocol, &args.http_url, &args.grpc_addr, &args.model)
+                .await?
+        } else {
+            args.inputs.clone()
+        };
+        target::fill_shapes(&mut specs, args.batch, &args.shapes);
+        let data = tensors(&args, &specs)?;
+        let request = Arc::new(
+            Request::prepare(
+                args.protocol,
+                &args.http_url,
+                &args.grpc_addr,
+                &args.model,
+                &data,
+                workers,
+            )
+            .await?,
+        );
+        request
+            .send(0)
+            .await
+            .map_err(|e| anyhow::anyhow!("a first request to {target} failed: {e}"))?;
+        for &c in &args.concurrency {
+            let level =
+                load::run_server(Arc::clone(&request), c, args.batch as u64, schedule, &label)
+                    .await;
+            print_level(&label, &level);
+            levels.push(level);
+        }
+    }
+    let result = RunResult {
+        label: label.clone(),
+        protocol: args.protocol,
+        model: args.model.clone(),
+        batch: args.batch,
+        target,
+        levels,
+        machine: machine(),
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let path = args.output.join(format!("{label}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    report::write(&args.output, "nexus bench")?;
+    Ok(result)
+}
+
+fn tensors(args: &RunArgs, specs: &[InputSpec]) -> anyhow::Result<Vec<nexus_models::Tensor>> {
+    match &args.input_data {
+        Some(path) => target::file_tensors(path, specs),
+        None => target::random_tensors(specs),
+    }
+}
+
+fn print_level(label: &str, level: &Level) {
+    println!(
+        "{label:>16} c={:<3} {:>10.1} infer/s {:>10.1} rows/s  p50 {:>7} µs  p90 {:>7} µs  p99 {:>7} µs  errors {}",
+        level.concurrency,
+        level.throughput,
+        level.rows_per_second,
+        level.p50_us,
+        level.p90_us,
+        level.p99_us,
+        level.errors
+    );
+    if let Some(e) = &level.first_error {
+        println!("{:>16} first error: {e}", "");
+    }
+}
