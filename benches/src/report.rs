@@ -113,7 +113,7 @@ pub fn plot(runs: &[RunResult], path: &Path, title: &str) -> anyhow::Result<()> 
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()?;
     root.present()?;
     Ok(())

@@ -143,6 +143,8 @@ pub enum TensorError {
     },
     #[error("tensor '{name}': shape {shape:?} has a negative dimension")]
     NegativeDim { name: String, shape: Vec<i64> },
+    #[error("tensor '{name}': shape {shape:?} holds more elements than can be addressed")]
+    Overflow { name: String, shape: Vec<i64> },
 }
 
 /// Typed tensor elements, row-major.
@@ -467,7 +469,10 @@ impl Tensor {
     ) -> Result<Self, TensorError> {
         let name = name.into();
         let Some(expected) = element_count(&shape) else {
-            return Err(TensorError::NegativeDim { name, shape });
+            if shape.iter().any(|d| *d < 0) {
+                return Err(TensorError::NegativeDim { name, shape });
+            }
+            return Err(TensorError::Overflow { name, shape });
         };
         if data.len() != expected {
             return Err(TensorError::ElementCount {
@@ -600,6 +605,10 @@ mod tests {
         assert!(matches!(
             Tensor::new("x", vec![-1], TensorData::F32(vec![])).unwrap_err(),
             TensorError::NegativeDim { .. }
+        ));
+        assert!(matches!(
+            Tensor::new("x", vec![i64::MAX, i64::MAX], TensorData::F32(vec![])).unwrap_err(),
+            TensorError::Overflow { .. }
         ));
     }
 

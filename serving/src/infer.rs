@@ -217,22 +217,27 @@ impl LoadedVersion {
         if requested.is_empty() {
             return Ok(self.config.output.clone());
         }
-        requested
-            .iter()
-            .map(|name| {
-                self.config
-                    .output
-                    .iter()
-                    .find(|o| &o.name == name)
-                    .cloned()
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "unexpected inference output '{name}' for model '{}'",
-                            self.name
-                        ))
-                    })
-            })
-            .collect()
+        let mut outputs = Vec::with_capacity(requested.len());
+        for (i, name) in requested.iter().enumerate() {
+            if requested[..i].contains(name) {
+                return Err(invalid(format!(
+                    "output '{name}' is requested more than once"
+                )));
+            }
+            let spec = self
+                .config
+                .output
+                .iter()
+                .find(|o| &o.name == name)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "unexpected inference output '{name}' for model '{}'",
+                        self.name
+                    ))
+                })?;
+            outputs.push(spec.clone());
+        }
+        Ok(outputs)
     }
 
     /// Gives an output the shape the config declares when the config reshapes it.

@@ -193,7 +193,13 @@ impl ModelManager {
         config_override: Option<ModelConfig>,
     ) -> Result<(), ServingError> {
         let _guard = self.changes.lock().await;
-        let fingerprint = self.repository.fingerprint(name);
+        let Some(fingerprint) = self.repository.fingerprint(name) else {
+            // Gone from disk (or never there): nothing to load, and nothing left serving.
+            self.models.write().remove(name);
+            return Err(ServingError::NotFound(format!(
+                "model '{name}' is not in the model repository"
+            )));
+        };
         self.models
             .write()
             .entry(name.to_string())
@@ -209,7 +215,7 @@ impl ModelManager {
         let mut models = self.models.write();
         let entry = models.entry(name.to_string()).or_default();
         entry.loading = false;
-        entry.fingerprint = fingerprint;
+        entry.fingerprint = Some(fingerprint);
         match outcome {
             Ok(versions) => {
                 let failures: Vec<String> = versions

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -82,6 +83,10 @@ pub fn router(state: Arc<HttpState>) -> Router {
             post(repository_unload),
         )
         .fallback(|| async { ServingError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            let body = json!({ "error": "method not allowed for this endpoint" });
+            (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
+        })
         .with_state(state)
 }
 
@@ -203,16 +208,38 @@ async fn version_infer(
     infer(&state, &model, &version, &headers, body).await
 }
 
-/// Reads a body up to the configured limit; larger bodies are refused, not buffered.
+/// Past the limit, how much more of a refused body is read and dropped, and for how long,
+/// so the client finishes sending and sees the 400 instead of a reset connection.
+const DRAIN_BYTES: usize = 16 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads a body up to the configured limit; larger bodies are refused, never buffered.
 async fn read_body(state: &HttpState, body: Body) -> Result<bytes::Bytes, ServingError> {
-    axum::body::to_bytes(body, state.max_request_bytes)
-        .await
-        .map_err(|e| {
-            ServingError::InvalidArgument(format!(
-                "request body rejected: {e} (the limit is {} bytes, set by --max-request-bytes)",
-                state.max_request_bytes
-            ))
-        })
+    let limit = state.max_request_bytes;
+    let mut stream = body.into_data_stream();
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ServingError::InvalidArgument(format!("cannot read the request body: {e}"))
+        })?;
+        if buffer.len() + chunk.len() > limit {
+            let mut drained = buffer.len() + chunk.len();
+            let drain = async {
+                while let Some(Ok(more)) = stream.next().await {
+                    drained += more.len();
+                    if drained > limit + DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(ServingError::InvalidArgument(format!(
+                "request body is larger than the limit of {limit} bytes (set by --max-request-bytes)"
+            )));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
 }
 
 async fn infer(
