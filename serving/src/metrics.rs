@@ -8,13 +8,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{Counter, Gauge, Histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
 
 use nexus_models::ComputeTimings;
 
 use crate::manager::LoadedVersion;
 use crate::pb;
+
+/// Buckets of the `nexus_batch_size` histogram (rows per execution).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 static PROMETHEUS: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -23,7 +26,8 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
     PROMETHEUS
         .get_or_init(|| {
             PrometheusBuilder::new()
-                .install_recorder()
+                .set_buckets_for_metric(Matcher::Full("nexus_batch_size".into()), BATCH_BUCKETS)
+                .and_then(|b| b.install_recorder())
                 .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))
         })
         .clone()
