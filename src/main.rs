@@ -6,8 +6,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use nexus_bench::BenchCommand;
-use nexus_serving::ServeArgs;
+use nexus_registry::RegistryArgs;
+use nexus_registry::client::{Reference, RegistryClient};
+use nexus_serving::remote::BoxFuture;
+use nexus_serving::{Extensions, ModelSource, ServeArgs};
 
 /// Nexus: ML inference (KServe V2 / Triton protocol over HTTP and gRPC) in one binary.
 #[derive(Parser)]
@@ -27,28 +33,200 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+enum ModelsCommand {
+    /// Upload a model file or folder and register it as a new version.
+    Push {
+        /// The model file (e.g. model.onnx) or a folder (model.onnx, config.pbtxt, …).
+        path: PathBuf,
+        /// Registered model name.
+        #[arg(long)]
+        name: String,
+        /// Alias to point at the new version (e.g. champion).
+        #[arg(long)]
+        alias: Option<String>,
+        /// Version tag KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// List registered models with their latest versions and aliases.
+    List,
+    /// Manage aliases.
+    Alias {
+        #[command(subcommand)]
+        command: AliasCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AliasCommand {
+    /// Point ALIAS of model NAME at VERSION.
+    Set {
+        name: String,
+        alias: String,
+        version: String,
+    },
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text.split_once('=').ok_or("expected KEY=VALUE")?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+#[derive(Subcommand)]
 enum Command {
-    /// Serve a Triton-layout model repository over KServe V2 HTTP and gRPC.
+    /// Serve Triton-layout model repositories and registry models over KServe V2 HTTP and gRPC.
     Serve {
-        /// Model repository: <repo>/<model>/[config.pbtxt] and <repo>/<model>/<version>/model.onnx.
+        /// Model repository: <repo>/<model>/[config.pbtxt] and <repo>/<model>/<version>/model.onnx
+        /// (repeatable; searched in order).
         #[arg(long, value_name = "PATH")]
-        model_repository: PathBuf,
+        model_repository: Vec<PathBuf>,
         #[command(flatten)]
         serve: ServeArgs,
     },
-    /// Everything on one machine with embedded defaults: serves the example models.
+    /// Everything on one machine with embedded defaults: serves the example models, with
+    /// the MLflow-compatible registry on the same HTTP port.
     Up {
         /// Model repository to serve (default: the examples made by scripts/setup.sh).
         #[arg(long, value_name = "PATH", default_value = "examples/models")]
         model_repository: PathBuf,
         #[command(flatten)]
         serve: ServeArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// The model registry and experiment tracking alone, speaking MLflow's REST API.
+    Registry {
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: IpAddr,
+        /// HTTP port (MLFLOW_TRACKING_URI=http://ADDRESS:PORT).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Push, list and alias models in a registry (Nexus's or MLflow's).
+    Models {
+        /// The registry's URL.
+        #[arg(
+            long,
+            global = true,
+            env = "MLFLOW_TRACKING_URI",
+            default_value = "http://127.0.0.1:8000"
+        )]
+        registry_url: String,
+        #[command(subcommand)]
+        command: ModelsCommand,
     },
     /// Benchmark any KServe V2 server (HTTP JSON/binary, gRPC) or ONNX Runtime in-process.
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+/// Serving's registry seam, answered by the MLflow REST client.
+struct RegistrySource(RegistryClient);
+
+impl ModelSource for RegistrySource {
+    fn resolve<'a>(
+        &'a self,
+        name: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let reference = match reference.parse::<u64>() {
+                Ok(_) => Reference::Version(reference.to_string()),
+                Err(_) => Reference::Alias(reference.to_string()),
+            };
+            self.0
+                .resolve(name, &reference)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+        dest: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .fetch_version(name, version, dest)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn registry_source(url: &str) -> Arc<dyn ModelSource> {
+    Arc::new(RegistrySource(RegistryClient::new(url)))
+}
+
+async fn models(client: &RegistryClient, command: ModelsCommand) -> anyhow::Result<()> {
+    match command {
+        ModelsCommand::Push {
+            path,
+            name,
+            alias,
+            tags,
+        } => {
+            let version = client.push(&path, &name, alias.as_deref(), &tags).await?;
+            match alias {
+                Some(alias) => {
+                    println!("{name} version {version} registered; {alias} -> {version}")
+                }
+                None => println!("{name} version {version} registered"),
+            }
+        }
+        ModelsCommand::List => {
+            println!("{:<32} {:>8}  ALIASES", "NAME", "LATEST");
+            for model in client.list_models().await? {
+                let latest = model["latest_versions"]
+                    .as_array()
+                    .and_then(|v| {
+                        v.iter()
+                            .filter_map(|m| m["version"].as_str()?.parse::<u64>().ok())
+                            .max()
+                    })
+                    .map_or_else(|| "-".to_string(), |v| v.to_string());
+                let aliases: Vec<String> = model["aliases"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|x| {
+                                format!(
+                                    "{}->{}",
+                                    x["alias"].as_str().unwrap_or(""),
+                                    x["version"].as_str().unwrap_or("")
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{:<32} {:>8}  {}",
+                    model["name"].as_str().unwrap_or(""),
+                    latest,
+                    aliases.join(" ")
+                );
+            }
+        }
+        ModelsCommand::Alias {
+            command:
+                AliasCommand::Set {
+                    name,
+                    alias,
+                    version,
+                },
+        } => {
+            client.set_alias(&name, &alias, &version).await?;
+            println!("{name}: {alias} -> {version}");
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -97,12 +275,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             model_repository,
             serve,
-        } => nexus_serving::serve(model_repository, serve, shutdown_signal())
-            .await
-            .context("nexus serve failed"),
+        } => {
+            let extensions = Extensions {
+                routes: axum::Router::new(),
+                source: serve.registry_url.as_deref().map(registry_source),
+            };
+            nexus_serving::serve(model_repository, serve, extensions, shutdown_signal())
+                .await
+                .context("nexus serve failed")
+        }
         Command::Up {
             model_repository,
             serve,
+            registry,
         } => {
             if !model_repository.is_dir() {
                 anyhow::bail!(
@@ -110,10 +295,31 @@ async fn main() -> anyhow::Result<()> {
                     model_repository.display()
                 );
             }
-            nexus_serving::serve(model_repository, serve, shutdown_signal())
+            let registry = nexus_registry::Registry::open(&registry)
+                .await
+                .context("opening the registry")?;
+            // Registry models come from this very server unless another registry is named.
+            let url = serve
+                .registry_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}:{}", serve.address, serve.http_port));
+            let extensions = Extensions {
+                routes: registry.router(),
+                source: Some(registry_source(&url)),
+            };
+            nexus_serving::serve(vec![model_repository], serve, extensions, shutdown_signal())
                 .await
                 .context("nexus up failed")
         }
+        Command::Registry {
+            address,
+            port,
+            registry,
+        } => nexus_registry::serve(&registry, address, port, shutdown_signal()).await,
+        Command::Models {
+            registry_url,
+            command,
+        } => models(&RegistryClient::new(&registry_url), command).await,
         Command::Bench { command } => match command {
             BenchCommand::Run(args) => nexus_bench::run(*args).await.map(|_| ()),
             BenchCommand::Report(args) => {

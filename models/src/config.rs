@@ -134,21 +134,32 @@ pub fn parse_json(text: &str) -> Result<ModelConfig, ConfigError> {
         .map_err(|e| ConfigError::Json(e.to_string()))
 }
 
-/// Renders a config as Triton's `/config` does: proto field names, enum names, every
-/// field present (clients index `max_batch_size` even when it is 0).
-pub fn to_json(config: &ModelConfig) -> serde_json::Value {
+/// The config as a reflective message, for the JSON and text renderings.
+fn dynamic(config: &ModelConfig) -> DynamicMessage {
     let mut dynamic = DynamicMessage::new(DESCRIPTOR.clone());
     // Encoding a prost message and decoding it against its own descriptor is lossless.
     dynamic
         .merge(config.encode_to_vec().as_slice())
         .expect("ModelConfig bytes decode against the ModelConfig descriptor");
+    dynamic
+}
+
+/// Renders a config as Triton's `/config` does: proto field names, enum names, every
+/// field present (clients index `max_batch_size` even when it is 0).
+pub fn to_json(config: &ModelConfig) -> serde_json::Value {
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .stringify_64_bit_integers(false)
         .skip_default_fields(false);
-    dynamic
+    dynamic(config)
         .serialize_with_options(serde_json::value::Serializer, &options)
         .expect("serialising a DynamicMessage into a JSON value cannot fail")
+}
+
+/// Renders a config as `config.pbtxt` text.
+pub fn to_text(config: &ModelConfig) -> String {
+    dynamic(config)
+        .to_text_format_with_options(&prost_reflect::text_format::FormatOptions::new().pretty(true))
 }
 
 /// What the model file itself declares, used to complete and check a config.
@@ -506,6 +517,7 @@ mod tests {
         assert_eq!(json["default_model_filename"], "");
         let back = parse_json(&json.to_string()).unwrap();
         assert_eq!(back, c);
+        assert_eq!(parse_text(&to_text(&c)).unwrap(), c);
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! <root>/<model>/config.pbtxt          optional
 //! <root>/<model>/<version>/model.onnx  one folder per numeric version
 //! ```
+//!
+//! Like Triton, a repository may span several roots; a model name is looked up in the
+//! roots in order.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -42,36 +45,45 @@ pub struct ModelSource {
     pub versions: Vec<(u64, PathBuf)>,
 }
 
-/// A directory of models in Triton's layout.
+/// Directories of models in Triton's layout.
 #[derive(Debug, Clone)]
 pub struct ModelRepository {
-    root: PathBuf,
+    roots: Vec<PathBuf>,
 }
 
 impl ModelRepository {
     /// Opens the repository at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, RepositoryError> {
-        let root = root.into();
-        if !root.is_dir() {
-            return Err(RepositoryError::Root(root.display().to_string()));
-        }
-        Ok(ModelRepository { root })
+        Self::open_all(vec![root.into()])
     }
 
-    /// The repository's directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Opens a repository spanning `roots` (searched in order).
+    pub fn open_all(roots: Vec<PathBuf>) -> Result<Self, RepositoryError> {
+        if let Some(missing) = roots.iter().find(|r| !r.is_dir()) {
+            return Err(RepositoryError::Root(missing.display().to_string()));
+        }
+        Ok(ModelRepository { roots })
+    }
+
+    /// The repository's directories.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
     }
 
     /// Names of the models present (sub-directories, hidden ones skipped), sorted.
     pub fn model_names(&self) -> Result<Vec<String>, RepositoryError> {
-        let mut names: Vec<String> = read_dir(&self.root)?
-            .into_iter()
-            .filter(|p| p.is_dir())
-            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
-            .filter(|n| !n.starts_with('.'))
-            .collect();
+        let mut names = Vec::new();
+        for root in &self.roots {
+            names.extend(
+                read_dir(root)?
+                    .into_iter()
+                    .filter(|p| p.is_dir())
+                    .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+                    .filter(|n| !n.starts_with('.')),
+            );
+        }
         names.sort();
+        names.dedup();
         Ok(names)
     }
 
@@ -134,12 +146,11 @@ impl ModelRepository {
 
     fn model_dir(&self, name: &str) -> Result<PathBuf, RepositoryError> {
         let valid = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\']);
-        let dir = self.root.join(name);
-        if valid && dir.is_dir() {
-            Ok(dir)
-        } else {
-            Err(RepositoryError::NotFound(name.to_string()))
-        }
+        self.roots
+            .iter()
+            .map(|root| root.join(name))
+            .find(|dir| valid && dir.is_dir())
+            .ok_or_else(|| RepositoryError::NotFound(name.to_string()))
     }
 }
 
@@ -210,5 +221,19 @@ mod tests {
         std::fs::write(m.join("1/model.onnx"), b"x").unwrap();
         assert_ne!(repo.fingerprint("bad"), Some(before));
         assert!(ModelRepository::open(root.path().join("nope")).is_err());
+    }
+
+    #[test]
+    fn several_roots_are_searched_in_order() {
+        let first = tempfile::tempdir().unwrap();
+        let second = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(first.path().join("a/1")).unwrap();
+        std::fs::create_dir_all(second.path().join("a/2")).unwrap();
+        std::fs::create_dir_all(second.path().join("b/1")).unwrap();
+        let repo =
+            ModelRepository::open_all(vec![first.path().into(), second.path().into()]).unwrap();
+        assert_eq!(repo.model_names().unwrap(), vec!["a", "b"]);
+        assert_eq!(repo.read("a").unwrap().versions[0].0, 1);
+        assert_eq!(repo.read("b").unwrap().versions[0].0, 1);
     }
 }

@@ -9,6 +9,7 @@ pub mod infer;
 pub mod instance;
 pub mod manager;
 pub mod metrics;
+pub mod remote;
 pub mod scheduler;
 
 use std::future::Future;
@@ -25,6 +26,7 @@ use nexus_models::{BackendError, ModelRepository, RepositoryError};
 
 pub use error::ServingError;
 pub use manager::{ControlMode, ManagerOptions, ModelManager};
+pub use remote::{ModelSource, RemoteSpec, Watcher};
 
 /// Messages and service of `inference.GRPCInferenceService` (grpc_service.proto).
 pub mod pb {
@@ -91,6 +93,19 @@ pub struct ServeArgs {
     /// Path of libonnxruntime.so (default: $ORT_DYLIB_PATH, then .nexus/lib/ found from here).
     #[arg(long, value_name = "PATH")]
     pub ort_library: Option<PathBuf>,
+    /// A registry model to serve, models:/NAME@ALIAS or models:/NAME/VERSION (repeatable);
+    /// an alias is followed: when it moves, the new version is swapped in without failing requests.
+    #[arg(long = "model", value_name = "URI")]
+    pub models: Vec<String>,
+    /// The registry holding --model references (MLflow REST; default: this server in `nexus up`).
+    #[arg(long, env = "MLFLOW_TRACKING_URI")]
+    pub registry_url: Option<String>,
+    /// Seconds between checks of where each --model alias points.
+    #[arg(long, default_value_t = 5)]
+    pub registry_poll_secs: u64,
+    /// Folder where registry models are downloaded.
+    #[arg(long, default_value = ".nexus/model-cache")]
+    pub model_cache: PathBuf,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -116,14 +131,55 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
         .map_err(|source| ServeError::Bind { what, addr, source })
 }
 
-/// Runs the inference server on `repository` until `shutdown` completes.
+/// What other components add to the server.
+#[derive(Default)]
+pub struct Extensions {
+    /// Routes served on the same HTTP port (the registry, in `nexus up`).
+    pub routes: axum::Router,
+    /// Where `--model models:/…` references are resolved.
+    pub source: Option<Arc<dyn ModelSource>>,
+}
+
+/// Runs the inference server on the model repositories `roots` (searched in order) and
+/// the registry models of `--model`, until `shutdown` completes.
 pub async fn serve(
-    repository: PathBuf,
+    roots: Vec<PathBuf>,
     args: ServeArgs,
+    extensions: Extensions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     nexus_models::onnx::init(args.ort_library.as_deref())?;
-    let repository = ModelRepository::open(repository)?;
+    let specs = args
+        .models
+        .iter()
+        .map(|uri| RemoteSpec::parse(uri))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ServeError::Server)?;
+    let mut roots = roots;
+    let source = match (specs.is_empty(), extensions.source) {
+        (true, _) => None,
+        (false, Some(source)) => {
+            std::fs::create_dir_all(&args.model_cache).map_err(|e| {
+                ServeError::Server(format!(
+                    "cannot create the model cache {}: {e}",
+                    args.model_cache.display()
+                ))
+            })?;
+            roots.push(args.model_cache.clone());
+            Some(source)
+        }
+        (false, None) => {
+            return Err(ServeError::Server(
+                "--model needs a registry (--registry-url)".into(),
+            ));
+        }
+    };
+    if roots.is_empty() {
+        return Err(ServeError::Server(
+            "nothing to serve: give --model-repository or --model".into(),
+        ));
+    }
+    let repository = ModelRepository::open_all(roots)?;
     let prometheus = metrics::prometheus().map_err(ServeError::Server)?;
 
     let http = bind("HTTP", SocketAddr::new(args.address, args.http_port)).await?;
@@ -135,7 +191,7 @@ pub async fn serve(
         http = %local(&http),
         grpc = %local(&grpc),
         metrics = %local(&metrics_listener),
-        repository = %repository.root().display(),
+        repository = ?repository.roots(),
         "nexus serving"
     );
 
@@ -154,11 +210,33 @@ pub async fn serve(
         let explicit = args.load_models.clone();
         let poll = (args.model_control_mode == ControlMode::Poll)
             .then(|| Duration::from_secs(args.repository_poll_secs.max(1)));
+        let watchers: Vec<Watcher> = source
+            .iter()
+            .flat_map(|source| {
+                specs.iter().map(|spec| {
+                    Watcher::new(
+                        spec.clone(),
+                        Arc::clone(source),
+                        Arc::clone(&manager),
+                        args.model_cache.clone(),
+                    )
+                })
+            })
+            .collect();
+        let interval = Duration::from_secs(args.registry_poll_secs.max(1));
         tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            for mut watcher in watchers {
+                if let Err(e) = watcher.sync().await {
+                    tracing::warn!(error = %e, "registry model not loaded; retrying");
+                }
+                running.spawn(watcher.watch(interval));
+            }
             manager.start(&explicit).await;
             if let Some(interval) = poll {
-                manager.poll(interval).await;
+                running.spawn(Arc::clone(&manager).poll(interval));
             }
+            running.join_all().await;
         })
     };
 
@@ -167,6 +245,7 @@ pub async fn serve(
         manager: Arc::clone(&manager),
         max_request_bytes: args.max_request_bytes,
     }))
+    .merge(extensions.routes)
     .layer(
         tower::ServiceBuilder::new()
             .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -118,8 +118,8 @@ impl ModelManager {
         }
     }
 
-    /// Loads the start-up set (everything, or `explicit` in explicit mode; `*` means all),
-    /// then marks the server ready.
+    /// Loads the start-up set (everything, or `explicit` in explicit mode; `*` means all)
+    /// except models already loaded, then marks the server ready.
     pub async fn start(self: &Arc<Self>, explicit: &[String]) {
         let names = match self.repository.model_names() {
             Ok(names) => names,
@@ -133,6 +133,9 @@ impl ModelManager {
             _ => names,
         };
         for name in wanted {
+            if self.models.read().contains_key(&name) {
+                continue;
+            }
             if let Err(e) = self.load(&name, None).await {
                 tracing::warn!(model = %name, error = %e, "model unavailable");
             }

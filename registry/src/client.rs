@@ -1,0 +1,474 @@
+//! A client for MLflow's REST API (Nexus's registry or MLflow's own server): what
+//! `nexus models` and serving's `models:/…` resolution use.
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+/// Why a registry call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the registry at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("{code}: {message}")]
+    Registry { code: String, message: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+impl ClientError {
+    /// The MLflow error code, when the registry answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Registry { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// What a `models:/` URI names: a version number or an alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    Version(String),
+    Alias(String),
+}
+
+/// Parses `models:/<name>@<alias>` or `models:/<name>/<version>`.
+pub fn parse_model_uri(uri: &str) -> Option<(String, Reference)> {
+    let rest = uri.strip_prefix("models:/")?;
+    if let Some((name, alias)) = rest.split_once('@') {
+        return (!name.is_empty() && !alias.is_empty())
+            .then(|| (name.to_string(), Reference::Alias(alias.to_string())));
+    }
+    let (name, version) = rest.rsplit_once('/')?;
+    let valid = !name.is_empty() && version.parse::<u64>().is_ok();
+    valid.then(|| (name.to_string(), Reference::Version(version.to_string())))
+}
+
+/// An MLflow REST client.
+#[derive(Clone)]
+pub struct RegistryClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+fn bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+impl RegistryClient {
+    /// A client for the registry at `base_url` (e.g. `http://127.0.0.1:8000`).
+    pub fn new(base_url: &str) -> Self {
+        RegistryClient {
+            http: reqwest::Client::new(),
+            base: base_url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let url = format!("{}/api/2.0/mlflow/{path}", self.base);
+        let mut request = self.http.request(method, &url).query(query);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|source| ClientError::Unreachable { url, source })?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(ClientError::Registry {
+                code: value["error_code"]
+                    .as_str()
+                    .unwrap_or(status.as_str())
+                    .to_string(),
+                message: value["message"]
+                    .as_str()
+                    .map_or(text.clone(), str::to_string),
+            });
+        }
+        Ok(value)
+    }
+
+    /// Creates a registered model unless it exists.
+    pub async fn ensure_registered_model(&self, name: &str) -> Result<()> {
+        match self
+            .call(
+                reqwest::Method::POST,
+                "registered-models/create",
+                &[],
+                Some(json!({ "name": name })),
+            )
+            .await
+        {
+            Err(e) if e.code() == Some("RESOURCE_ALREADY_EXISTS") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Registered models with their latest versions and aliases.
+    pub async fn list_models(&self) -> Result<Vec<Value>> {
+        let mut models = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut query = vec![("max_results", "1000")];
+            if !token.is_empty() {
+                query.push(("page_token", token.as_str()));
+            }
+            let page = self
+                .call(
+                    reqwest::Method::GET,
+                    "registered-models/search",
+                    &query,
+                    None,
+                )
+                .await?;
+            models.extend(
+                page["registered_models"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            match page["next_page_token"].as_str() {
+                Some(next) => token = next.to_string(),
+                None => return Ok(models),
+            }
+        }
+    }
+
+    /// Points `alias` of `name` at `version`.
+    pub async fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<()> {
+        let body = json!({ "name": name, "alias": alias, "version": version });
+        self.call(
+            reqwest::Method::POST,
+            "registered-models/alias",
+            &[],
+            Some(body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The version number a reference resolves to.
+    pub async fn resolve(&self, name: &str, reference: &Reference) -> Result<String> {
+        match reference {
+            Reference::Version(v) => {
+                let found = self
+                    .call(
+                        reqwest::Method::GET,
+                        "model-versions/get",
+                        &[("name", name), ("version", v)],
+                        None,
+                    )
+                    .await?;
+                Ok(found["model_version"]["version"]
+                    .as_str()
+                    .unwrap_or(v)
+                    .to_string())
+            }
+            Reference::Alias(alias) => {
+                let found = self
+                    .call(
+                        reqwest::Method::GET,
+                        "registered-models/alias",
+                        &[("name", name), ("alias", alias)],
+                        None,
+                    )
+                    .await?;
+                found["model_version"]["version"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        ClientError::Io(format!("alias {alias} of {name} has no version"))
+                    })
+            }
+        }
+    }
+
+    fn artifact_url(&self, uri: &str) -> Result<String> {
+        let path = uri.strip_prefix("mlflow-artifacts:/").ok_or_else(|| {
+            ClientError::Io(format!(
+                "artifact URI '{uri}' is not served by the registry (mlflow-artifacts:/…)"
+            ))
+        })?;
+        Ok(format!(
+            "{}/api/2.0/mlflow-artifacts/artifacts/{}",
+            self.base,
+            path.trim_start_matches('/')
+        ))
+    }
+
+    /// Uploads `file` to the artifact URI `uri`, streaming it with a progress bar.
+    pub async fn upload(&self, uri: &str, file: &Path, progress: &ProgressBar) -> Result<()> {
+        let url = self.artifact_url(uri)?;
+        let handle = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| ClientError::Io(format!("cannot open {}: {e}", file.display())))?;
+        let bar = progress.clone();
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(handle, 1 << 20).inspect(move |chunk| {
+                if let Ok(c) = chunk {
+                    bar.inc(c.len() as u64);
+                }
+            });
+        let response = self
+            .http
+            .put(&url)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        if !response.status().is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(ClientError::Io(format!(
+                "upload of {} failed: {text}",
+                file.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Pushes a model file or folder: uploads it as a logged model of the Default
+    /// experiment, registers a new version of `name` from it, tags it and points `alias`
+    /// at it. Returns the new version.
+    pub async fn push(
+        &self,
+        path: &Path,
+        name: &str,
+        alias: Option<&str>,
+        tags: &[(String, String)],
+    ) -> Result<String> {
+        let files = local_files(path)?;
+        let total: u64 = files.iter().map(|(_, size, _)| size).sum();
+        self.ensure_registered_model(name).await?;
+        let created = self
+            .call(
+                reqwest::Method::POST,
+                "logged-models",
+                &[],
+                Some(json!({ "experiment_id": "0", "name": name, "model_type": "nexus-push" })),
+            )
+            .await?;
+        let info = &created["model"]["info"];
+        let model_id = info["model_id"].as_str().unwrap_or_default().to_string();
+        let root = info["artifact_uri"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let progress = bar(total, &format!("pushing {name}"));
+        for (relative, _, absolute) in &files {
+            self.upload(&format!("{root}/{relative}"), absolute, &progress)
+                .await?;
+        }
+        progress.finish_and_clear();
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("logged-models/{model_id}"),
+            &[],
+            Some(json!({ "model_id": model_id, "status": "LOGGED_MODEL_READY" })),
+        )
+        .await?;
+        let tag_list: Vec<Value> = tags
+            .iter()
+            .map(|(k, v)| json!({ "key": k, "value": v }))
+            .collect();
+        let version = self
+            .call(
+                reqwest::Method::POST,
+                "model-versions/create",
+                &[],
+                Some(json!({ "name": name, "source": format!("models:/{model_id}"), "model_id": model_id, "tags": tag_list })),
+            )
+            .await?["model_version"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Some(alias) = alias {
+            self.set_alias(name, alias, &version).await?;
+        }
+        Ok(version)
+    }
+
+    /// Downloads every file of `name` version `version` into `dest` (replacing it).
+    pub async fn fetch_version(&self, name: &str, version: &str, dest: &Path) -> Result<()> {
+        let found = self
+            .call(
+                reqwest::Method::GET,
+                "model-versions/get-download-uri",
+                &[("name", name), ("version", version)],
+                None,
+            )
+            .await?;
+        let root = found["artifact_uri"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let staging = dest.with_extension("partial");
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        self.download_tree(&root, "", &staging).await?;
+        let _ = tokio::fs::remove_dir_all(dest).await;
+        tokio::fs::rename(&staging, dest)
+            .await
+            .map_err(|e| ClientError::Io(format!("cannot move {} into place: {e}", dest.display())))
+    }
+
+    async fn download_tree(&self, root: &str, relative: &str, dest: &Path) -> Result<()> {
+        let listed_path = format!(
+            "{}/{relative}",
+            root.trim_start_matches("mlflow-artifacts:/")
+        );
+        let url = format!("{}/api/2.0/mlflow-artifacts/artifacts", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .query(&[("path", listed_path.trim_end_matches('/'))])
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let listing: Value = response.json().await.unwrap_or(Value::Null);
+        tokio::fs::create_dir_all(dest)
+            .await
+            .map_err(|e| ClientError::Io(format!("cannot create {}: {e}", dest.display())))?;
+        for entry in listing["files"].as_array().cloned().unwrap_or_default() {
+            let Some(name) = entry["path"].as_str() else {
+                continue;
+            };
+            if name.contains("..") {
+                continue;
+            }
+            let child = if relative.is_empty() {
+                name.to_string()
+            } else {
+                format!("{relative}/{name}")
+            };
+            if entry["is_dir"].as_bool().unwrap_or(false) {
+                Box::pin(self.download_tree(root, &child, &dest.join(name))).await?;
+            } else {
+                self.download_file(&format!("{root}/{child}"), &dest.join(name))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn download_file(&self, uri: &str, dest: &Path) -> Result<()> {
+        let url = self.artifact_url(uri)?;
+        let response =
+            self.http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    url: url.clone(),
+                    source,
+                })?;
+        if !response.status().is_success() {
+            return Err(ClientError::Io(format!(
+                "download of {uri} failed: HTTP {}",
+                response.status()
+            )));
+        }
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| ClientError::Io(format!("cannot create {}: {e}", dest.display())))?;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| ClientError::Io(format!("cannot write {}: {e}", dest.display())))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))
+    }
+}
+
+/// The files to push: (path relative to the pushed folder, size, absolute path).
+fn local_files(path: &Path) -> Result<Vec<(String, u64, PathBuf)>> {
+    let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_file() {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("model.onnx")
+            .to_string();
+        return Ok(vec![(name, meta.len(), path.to_path_buf())]);
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let relative = p
+                    .strip_prefix(path)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                files.push((relative, entry.metadata().map_err(io)?.len(), p));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_uris() {
+        assert_eq!(
+            parse_model_uri("models:/fraud@champion"),
+            Some(("fraud".into(), Reference::Alias("champion".into())))
+        );
+        assert_eq!(
+            parse_model_uri("models:/fraud/3"),
+            Some(("fraud".into(), Reference::Version("3".into())))
+        );
+        assert_eq!(parse_model_uri("models:/fraud"), None);
+        assert_eq!(parse_model_uri("models:/fraud/latest"), None);
+        assert_eq!(parse_model_uri("runs:/x/y"), None);
+    }
+}

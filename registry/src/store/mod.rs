@@ -1,0 +1,959 @@
+//! The metadata store: experiments, runs, metrics, registered models, versions, aliases
+//! and logged models, in SQLite (the embedded default) or PostgreSQL through sqlx's `Any`
+//! driver. One schema and one set of queries serve both: the SQL used is what both accept,
+//! and the few differences (connection pragmas) are set when a connection opens.
+//!
+//! Every change that touches more than one row runs in a transaction, so a crash never
+//! leaves a half-created version or run visible.
+
+pub mod models;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row, SqlStr};
+
+use crate::error::RegistryError;
+use crate::search::{self, Bind, Entity};
+use crate::types::*;
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Sqlite,
+    Postgres,
+}
+
+/// The migrations, embedded in the binary so an installed `nexus` needs no files.
+#[derive(Debug)]
+struct Embedded;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> BoxFuture<'static, std::result::Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async {
+            Ok(vec![Migration::new(
+                1,
+                "registry".into(),
+                MigrationType::Simple,
+                SqlStr::from_static(include_str!("../../migrations/0001_registry.sql")),
+                false,
+            )])
+        })
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Largest page MLflow allows for most searches.
+const MAX_RESULTS: i64 = 50_000;
+
+fn page_size(max_results: Option<i64>, default: i64) -> Result<i64> {
+    match max_results {
+        None | Some(0) => Ok(default),
+        Some(n) if (1..=MAX_RESULTS).contains(&n) => Ok(n),
+        Some(n) => Err(RegistryError::Invalid(format!(
+            "Invalid value {n} for parameter 'max_results' supplied. It must be at most {MAX_RESULTS}"
+        ))),
+    }
+}
+
+/// The metadata store.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    database: Database,
+}
+
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    binds: Vec<Bind>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for b in binds {
+        query = match b {
+            Bind::Text(s) => query.bind(s),
+            Bind::Int(i) => query.bind(i),
+            Bind::Float(f) => query.bind(f),
+        };
+    }
+    query
+}
+
+fn kv(rows: Vec<AnyRow>) -> Result<Vec<KeyValue>> {
+    rows.iter()
+        .map(|r| {
+            Ok(KeyValue {
+                key: r.try_get("key")?,
+                value: r.try_get("value")?,
+            })
+        })
+        .collect()
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and applies the
+    /// migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let database = if url.starts_with("sqlite:") {
+            Database::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Database::Postgres
+        } else {
+            return Err(RegistryError::Invalid(format!(
+                "unsupported database URL '{url}': use sqlite://PATH or postgres://…"
+            )));
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if database == Database::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(3))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if database == Database::Sqlite {
+                        // WAL lets readers run beside the writer; LIKE is case-sensitive as in
+                        // MLflow; the busy timeout makes concurrent writers wait, not fail.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA case_sensitive_like = ON").await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = options.connect(url).await.map_err(|e| {
+            RegistryError::Unavailable(format!(
+                "cannot open the registry database {}: {e}",
+                redact(url)
+            ))
+        })?;
+        let migrator = Migrator::new(Embedded)
+            .await
+            .map_err(|e| RegistryError::Internal(format!("migrations: {e}")))?;
+        migrator.run(&pool).await.map_err(|e| {
+            RegistryError::Internal(format!("cannot migrate the registry database: {e}"))
+        })?;
+        Ok(Store { pool, database })
+    }
+
+    /// The database kind.
+    pub fn database(&self) -> Database {
+        self.database
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- experiments
+
+    /// Creates an experiment; `artifact_location` defaults to `mlflow-artifacts:/<id>`.
+    pub async fn create_experiment(
+        &self,
+        name: &str,
+        artifact_location: Option<&str>,
+        tags: &[KeyValue],
+    ) -> Result<String> {
+        if name.trim().is_empty() {
+            return Err(RegistryError::Invalid("Invalid experiment name: ''".into()));
+        }
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT experiment_id FROM experiments WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(RegistryError::AlreadyExists(format!(
+                "Experiment '{name}' already exists."
+            )));
+        }
+        let id: i64 = sqlx::query(
+            "UPDATE counters SET value = value + 1 WHERE name = 'experiment_id' RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let location = artifact_location
+            .filter(|l| !l.is_empty())
+            .map_or_else(|| format!("mlflow-artifacts:/{id}"), str::to_string);
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage, creation_time, last_update_time) \
+             VALUES ($1, $2, $3, 'active', $4, $4)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(&location)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for tag in tags {
+            sqlx::query(
+                "INSERT INTO experiment_tags (experiment_id, key, value) VALUES ($1, $2, $3)",
+            )
+            .bind(id)
+            .bind(&tag.key)
+            .bind(&tag.value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id.to_string())
+    }
+
+    fn experiment_id(id: &str) -> Result<i64> {
+        id.parse()
+            .map_err(|_| RegistryError::Invalid(format!("Invalid experiment ID: '{id}'")))
+    }
+
+    async fn experiment_from_row(&self, row: &AnyRow) -> Result<Experiment> {
+        let id: i64 = row.try_get("experiment_id")?;
+        let tags = sqlx::query(
+            "SELECT key, value FROM experiment_tags WHERE experiment_id = $1 ORDER BY key",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Experiment {
+            experiment_id: id.to_string(),
+            name: row.try_get("name")?,
+            artifact_location: row.try_get("artifact_location")?,
+            lifecycle_stage: row.try_get("lifecycle_stage")?,
+            last_update_time: row.try_get("last_update_time")?,
+            creation_time: row.try_get("creation_time")?,
+            tags: kv(tags)?,
+        })
+    }
+
+    /// An experiment by id.
+    pub async fn get_experiment(&self, id: &str) -> Result<Experiment> {
+        let row = sqlx::query("SELECT * FROM experiments WHERE experiment_id = $1")
+            .bind(Self::experiment_id(id)?)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("No Experiment with id={id} exists")))?;
+        self.experiment_from_row(&row).await
+    }
+
+    /// An experiment by name.
+    pub async fn get_experiment_by_name(&self, name: &str) -> Result<Experiment> {
+        let row = sqlx::query("SELECT * FROM experiments WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!("Could not find experiment with name '{name}'"))
+            })?;
+        self.experiment_from_row(&row).await
+    }
+
+    /// Experiments matching an MLflow filter, in pages.
+    pub async fn search_experiments(
+        &self,
+        view_type: ViewType,
+        filter: &str,
+        order_by: &[String],
+        max_results: Option<i64>,
+        page_token: Option<&str>,
+    ) -> Result<Page<Experiment>> {
+        let rows = self
+            .search_rows(
+                Entity::Experiments,
+                "experiments e",
+                "e",
+                view_type,
+                filter,
+                order_by,
+                max_results,
+                1000,
+                page_token,
+            )
+            .await?;
+        let (rows, next) = rows;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(self.experiment_from_row(row).await?);
+        }
+        Ok(Page {
+            items,
+            next_page_token: next,
+        })
+    }
+
+    /// Shared search: WHERE from the filter and lifecycle view, ORDER BY, LIMIT/OFFSET
+    /// from the page token. Returns the rows and the next page token.
+    #[allow(clippy::too_many_arguments)]
+    async fn search_rows(
+        &self,
+        entity: Entity,
+        from: &str,
+        alias: &str,
+        view_type: ViewType,
+        filter: &str,
+        order_by: &[String],
+        max_results: Option<i64>,
+        default_page: i64,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<AnyRow>, Option<String>)> {
+        self.search_rows_with(
+            entity,
+            from,
+            alias,
+            view_type,
+            filter,
+            order_by,
+            max_results,
+            default_page,
+            page_token,
+            None,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn search_rows_with(
+        &self,
+        entity: Entity,
+        from: &str,
+        alias: &str,
+        view_type: ViewType,
+        filter: &str,
+        order_by: &[String],
+        max_results: Option<i64>,
+        default_page: i64,
+        page_token: Option<&str>,
+        extra: Option<(String, Vec<Bind>)>,
+    ) -> Result<(Vec<AnyRow>, Option<String>)> {
+        let limit = page_size(max_results, default_page)?;
+        let offset = match page_token.filter(|t| !t.is_empty()) {
+            Some(t) => search::decode_page_token(t)?,
+            None => 0,
+        };
+        let mut binds = Vec::new();
+        let mut conditions = Vec::new();
+        if let Some(stage) = view_type.condition(alias) {
+            conditions.push(stage);
+        }
+        if let Some((sql, extra_binds)) = extra {
+            conditions.push(sql);
+            binds.extend(extra_binds);
+        }
+        let where_filter = search::filter(entity, filter, binds.len() + 1)?;
+        conditions.push(where_filter.text);
+        binds.extend(where_filter.binds);
+        let order = search::order_by(entity, order_by)?;
+        binds.extend(order.binds);
+        let sql = format!(
+            "SELECT {alias}.* FROM {from} WHERE {} ORDER BY {} LIMIT {} OFFSET {}",
+            conditions.join(" AND "),
+            order.text,
+            limit + 1,
+            offset
+        );
+        let mut rows = bind_all(sqlx::query(AssertSqlSafe(sql)), binds)
+            .fetch_all(&self.pool)
+            .await?;
+        let next = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            Some(search::encode_page_token(offset + limit as u64))
+        } else {
+            None
+        };
+        Ok((rows, next))
+    }
+
+    async fn set_experiment_stage(&self, id: &str, from: &str, to: &str) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE experiments SET lifecycle_stage = $1, last_update_time = $2 WHERE experiment_id = $3 AND lifecycle_stage = $4",
+        )
+        .bind(to)
+        .bind(now_ms())
+        .bind(Self::experiment_id(id)?)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            self.get_experiment(id).await?;
+            return Err(RegistryError::Invalid(format!(
+                "Cannot change experiment {id}: it is not {from}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks an experiment deleted (restorable), as MLflow does.
+    pub async fn delete_experiment(&self, id: &str) -> Result<()> {
+        if id == "0" {
+            return Err(RegistryError::Invalid(
+                "Cannot delete the default experiment '0'.".into(),
+            ));
+        }
+        self.set_experiment_stage(id, "active", "deleted").await
+    }
+
+    /// Restores a deleted experiment.
+    pub async fn restore_experiment(&self, id: &str) -> Result<()> {
+        self.set_experiment_stage(id, "deleted", "active").await
+    }
+
+    /// Renames an experiment.
+    pub async fn rename_experiment(&self, id: &str, new_name: &str) -> Result<()> {
+        if new_name.trim().is_empty() {
+            return Err(RegistryError::Invalid("Invalid experiment name: ''".into()));
+        }
+        self.get_experiment(id).await?;
+        sqlx::query(
+            "UPDATE experiments SET name = $1, last_update_time = $2 WHERE experiment_id = $3",
+        )
+        .bind(new_name)
+        .bind(now_ms())
+        .bind(Self::experiment_id(id)?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match RegistryError::from(e) {
+            RegistryError::AlreadyExists(_) => {
+                RegistryError::AlreadyExists(format!("Experiment '{new_name}' already exists."))
+            }
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    /// Sets an experiment tag.
+    pub async fn set_experiment_tag(&self, id: &str, key: &str, value: &str) -> Result<()> {
+        self.get_experiment(id).await?;
+        sqlx::query(
+            "INSERT INTO experiment_tags (experiment_id, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(Self::experiment_id(id)?)
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes an experiment tag.
+    pub async fn delete_experiment_tag(&self, id: &str, key: &str) -> Result<()> {
+        self.get_experiment(id).await?;
+        let done = sqlx::query("DELETE FROM experiment_tags WHERE experiment_id = $1 AND key = $2")
+            .bind(Self::experiment_id(id)?)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::NotFound(format!(
+                "No tag with name: {key} in experiment {id}"
+            )));
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- runs
+
+    /// Creates a run in an active experiment.
+    pub async fn create_run(
+        &self,
+        experiment_id: &str,
+        user_id: &str,
+        run_name: Option<&str>,
+        start_time: Option<i64>,
+        tags: &[KeyValue],
+    ) -> Result<Run> {
+        let experiment = self.get_experiment(experiment_id).await?;
+        if experiment.lifecycle_stage != "active" {
+            return Err(RegistryError::Invalid(format!(
+                "The experiment {experiment_id} must be in the 'active' state. Current state is {}.",
+                experiment.lifecycle_stage
+            )));
+        }
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        let tag_name = tags
+            .iter()
+            .find(|t| t.key == "mlflow.runName")
+            .map(|t| t.value.as_str());
+        let name = run_name
+            .filter(|n| !n.is_empty())
+            .or(tag_name)
+            .map_or_else(|| format!("run-{}", &run_id[..8]), str::to_string);
+        let artifact_uri = format!(
+            "{}/{run_id}/artifacts",
+            experiment.artifact_location.trim_end_matches('/')
+        );
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO runs (run_uuid, experiment_id, run_name, user_id, status, start_time, end_time, artifact_uri, lifecycle_stage) \
+             VALUES ($1, $2, $3, $4, 'RUNNING', $5, NULL, $6, 'active')",
+        )
+        .bind(&run_id)
+        .bind(Self::experiment_id(experiment_id)?)
+        .bind(&name)
+        .bind(user_id)
+        .bind(start_time.unwrap_or_else(now_ms))
+        .bind(&artifact_uri)
+        .execute(&mut *tx)
+        .await?;
+        let mut all_tags: Vec<KeyValue> = tags
+            .iter()
+            .filter(|t| t.key != "mlflow.runName")
+            .cloned()
+            .collect();
+        all_tags.push(KeyValue {
+            key: "mlflow.runName".into(),
+            value: name,
+        });
+        for tag in &all_tags {
+            upsert_tag(&mut tx, "run_tags", "run_uuid", &run_id, tag).await?;
+        }
+        tx.commit().await?;
+        self.get_run(&run_id).await
+    }
+
+    async fn run_row(&self, run_id: &str) -> Result<AnyRow> {
+        sqlx::query("SELECT * FROM runs WHERE run_uuid = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("Run with id={run_id} not found")))
+    }
+
+    async fn run_from_row(&self, row: &AnyRow) -> Result<Run> {
+        let run_id: String = row.try_get("run_uuid")?;
+        let experiment_id: i64 = row.try_get("experiment_id")?;
+        let metrics = sqlx::query("SELECT key, value, timestamp, step FROM latest_metrics WHERE run_uuid = $1 ORDER BY key")
+            .bind(&run_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Metric {
+                    key: r.try_get("key")?,
+                    value: r.try_get("value")?,
+                    timestamp: r.try_get("timestamp")?,
+                    step: r.try_get("step")?,
+                    model_id: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let params = sqlx::query("SELECT key, value FROM params WHERE run_uuid = $1 ORDER BY key")
+            .bind(&run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let tags = sqlx::query("SELECT key, value FROM run_tags WHERE run_uuid = $1 ORDER BY key")
+            .bind(&run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let io = sqlx::query(
+            "SELECT direction, kind, payload FROM run_io WHERE run_uuid = $1 ORDER BY identity",
+        )
+        .bind(&run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut inputs = RunInputs::default();
+        let mut outputs = RunOutputs::default();
+        for r in &io {
+            let payload: String = r.try_get("payload")?;
+            let value: serde_json::Value =
+                serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
+            let direction: String = r.try_get("direction")?;
+            let kind: String = r.try_get("kind")?;
+            match (direction.as_str(), kind.as_str()) {
+                ("input", "dataset") => inputs.dataset_inputs.push(value),
+                ("input", _) => inputs.model_inputs.push(value),
+                _ => outputs.model_outputs.push(value),
+            }
+        }
+        Ok(Run {
+            info: RunInfo {
+                run_uuid: run_id.clone(),
+                run_id,
+                run_name: row.try_get("run_name")?,
+                experiment_id: experiment_id.to_string(),
+                user_id: row.try_get("user_id")?,
+                status: row.try_get("status")?,
+                start_time: row.try_get("start_time")?,
+                end_time: row.try_get("end_time")?,
+                artifact_uri: row.try_get("artifact_uri")?,
+                lifecycle_stage: row.try_get("lifecycle_stage")?,
+            },
+            data: RunData {
+                metrics,
+                params: kv(params)?,
+                tags: kv(tags)?,
+            },
+            inputs,
+            outputs,
+        })
+    }
+
+    /// A run with its latest metrics, params, tags, inputs and outputs.
+    pub async fn get_run(&self, run_id: &str) -> Result<Run> {
+        let row = self.run_row(run_id).await?;
+        self.run_from_row(&row).await
+    }
+
+    async fn active_run(&self, run_id: &str) -> Result<()> {
+        let row = self.run_row(run_id).await?;
+        let stage: String = row.try_get("lifecycle_stage")?;
+        if stage != "active" {
+            return Err(RegistryError::Invalid(format!(
+                "The run {run_id} must be in the 'active' state. Current state is {stage}."
+            )));
+        }
+        Ok(())
+    }
+
+    /// Updates a run's status, end time or name.
+    pub async fn update_run(
+        &self,
+        run_id: &str,
+        status: Option<&str>,
+        end_time: Option<i64>,
+        run_name: Option<&str>,
+    ) -> Result<RunInfo> {
+        self.active_run(run_id).await?;
+        if let Some(s) = status {
+            const STATUSES: [&str; 5] = ["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"];
+            if !STATUSES.contains(&s) {
+                return Err(RegistryError::Invalid(format!("Invalid run status '{s}'")));
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE runs SET status = COALESCE($1, status), end_time = COALESCE($2, end_time), run_name = COALESCE($3, run_name) \
+             WHERE run_uuid = $4",
+        )
+        .bind(status)
+        .bind(end_time)
+        .bind(run_name.filter(|n| !n.is_empty()))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(name) = run_name.filter(|n| !n.is_empty()) {
+            let tag = KeyValue {
+                key: "mlflow.runName".into(),
+                value: name.into(),
+            };
+            upsert_tag(&mut tx, "run_tags", "run_uuid", run_id, &tag).await?;
+        }
+        tx.commit().await?;
+        Ok(self.get_run(run_id).await?.info)
+    }
+
+    async fn set_run_stage(&self, run_id: &str, stage: &str) -> Result<()> {
+        self.run_row(run_id).await?;
+        sqlx::query("UPDATE runs SET lifecycle_stage = $1 WHERE run_uuid = $2")
+            .bind(stage)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a run deleted (restorable).
+    pub async fn delete_run(&self, run_id: &str) -> Result<()> {
+        self.set_run_stage(run_id, "deleted").await
+    }
+
+    /// Restores a deleted run.
+    pub async fn restore_run(&self, run_id: &str) -> Result<()> {
+        self.set_run_stage(run_id, "active").await
+    }
+
+    /// Runs of the given experiments matching an MLflow filter, in pages.
+    pub async fn search_runs(
+        &self,
+        experiment_ids: &[String],
+        filter: &str,
+        view_type: ViewType,
+        max_results: Option<i64>,
+        order_by: &[String],
+        page_token: Option<&str>,
+    ) -> Result<Page<Run>> {
+        let ids = experiment_ids
+            .iter()
+            .map(|id| Self::experiment_id(id))
+            .collect::<Result<Vec<i64>>>()?;
+        let (scope, binds) = if ids.is_empty() {
+            ("1 = 0".to_string(), Vec::new())
+        } else {
+            let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+            (
+                format!("r.experiment_id IN ({})", marks.join(", ")),
+                ids.into_iter().map(Bind::Int).collect(),
+            )
+        };
+        let (rows, next) = self
+            .search_rows_with(
+                Entity::Runs,
+                "runs r",
+                "r",
+                view_type,
+                filter,
+                order_by,
+                max_results,
+                1000,
+                page_token,
+                Some((scope, binds)),
+            )
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(self.run_from_row(row).await?);
+        }
+        Ok(Page {
+            items,
+            next_page_token: next,
+        })
+    }
+
+    /// Logs metrics, params and tags in one transaction. A param may be logged again
+    /// only with the same value, as in MLflow.
+    pub async fn log_batch(
+        &self,
+        run_id: &str,
+        metrics: &[Metric],
+        params: &[KeyValue],
+        tags: &[KeyValue],
+    ) -> Result<()> {
+        self.active_run(run_id).await?;
+        let mut tx = self.pool.begin().await?;
+        for param in params {
+            let existing = sqlx::query("SELECT value FROM params WHERE run_uuid = $1 AND key = $2")
+                .bind(run_id)
+                .bind(&param.key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match existing {
+                Some(row) => {
+                    let old: String = row.try_get(0)?;
+                    if old != param.value {
+                        return Err(RegistryError::Invalid(format!(
+                            "Changing param values is not allowed. Param with key='{}' was already logged with value='{old}' for run ID='{run_id}'. Attempted logging new value '{}'.",
+                            param.key, param.value
+                        )));
+                    }
+                }
+                None => {
+                    sqlx::query("INSERT INTO params (run_uuid, key, value) VALUES ($1, $2, $3)")
+                        .bind(run_id)
+                        .bind(&param.key)
+                        .bind(&param.value)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        for metric in metrics {
+            if !metric.value.is_finite() {
+                return Err(RegistryError::Invalid(format!(
+                    "metric '{}' has value {}, which cannot be stored",
+                    metric.key, metric.value
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO metrics (run_uuid, key, value, timestamp, step, model_id) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (run_uuid, key, timestamp, step, value) DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(&metric.key)
+            .bind(metric.value)
+            .bind(metric.timestamp)
+            .bind(metric.step)
+            .bind(metric.model_id.clone().unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO latest_metrics (run_uuid, key, value, timestamp, step) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (run_uuid, key) DO UPDATE SET value = excluded.value, timestamp = excluded.timestamp, step = excluded.step \
+                 WHERE excluded.step > latest_metrics.step \
+                    OR (excluded.step = latest_metrics.step AND excluded.timestamp > latest_metrics.timestamp) \
+                    OR (excluded.step = latest_metrics.step AND excluded.timestamp = latest_metrics.timestamp AND excluded.value > latest_metrics.value)",
+            )
+            .bind(run_id)
+            .bind(&metric.key)
+            .bind(metric.value)
+            .bind(metric.timestamp)
+            .bind(metric.step)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for tag in tags {
+            upsert_tag(&mut tx, "run_tags", "run_uuid", run_id, tag).await?;
+            if tag.key == "mlflow.runName" {
+                sqlx::query("UPDATE runs SET run_name = $1 WHERE run_uuid = $2")
+                    .bind(&tag.value)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a run tag.
+    pub async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()> {
+        self.active_run(run_id).await?;
+        let done = sqlx::query("DELETE FROM run_tags WHERE run_uuid = $1 AND key = $2")
+            .bind(run_id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::NotFound(format!(
+                "No tag with name: {key} in run with id {run_id}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every logged point of a metric, oldest step first (empty for an unknown run, as in MLflow).
+    pub async fn metric_history(
+        &self,
+        run_id: &str,
+        key: &str,
+        max_results: Option<i64>,
+        page_token: Option<&str>,
+    ) -> Result<Page<Metric>> {
+        let limit = page_size(max_results, 25_000)?;
+        let offset = match page_token.filter(|t| !t.is_empty()) {
+            Some(t) => search::decode_page_token(t)?,
+            None => 0,
+        };
+        let sql = format!(
+            "SELECT key, value, timestamp, step, model_id FROM metrics WHERE run_uuid = $1 AND key = $2 \
+             ORDER BY step, timestamp, value LIMIT {} OFFSET {offset}",
+            limit + 1
+        );
+        let mut rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(run_id)
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await?;
+        let next = (rows.len() as i64 > limit).then(|| {
+            rows.truncate(limit as usize);
+            search::encode_page_token(offset + limit as u64)
+        });
+        let items = rows
+            .iter()
+            .map(|r| {
+                let model_id: String = r.try_get("model_id")?;
+                Ok(Metric {
+                    key: r.try_get("key")?,
+                    value: r.try_get("value")?,
+                    timestamp: r.try_get("timestamp")?,
+                    step: r.try_get("step")?,
+                    model_id: (!model_id.is_empty()).then_some(model_id),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page {
+            items,
+            next_page_token: next,
+        })
+    }
+
+    /// Records dataset or model inputs/outputs of a run (kept as the JSON the client sent).
+    pub async fn log_run_io(
+        &self,
+        run_id: &str,
+        direction: &str,
+        entries: &[(String, String, serde_json::Value)],
+    ) -> Result<()> {
+        self.active_run(run_id).await?;
+        let mut tx = self.pool.begin().await?;
+        for (kind, identity, payload) in entries {
+            sqlx::query(
+                "INSERT INTO run_io (run_uuid, direction, kind, identity, payload) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (run_uuid, direction, kind, identity) DO UPDATE SET payload = excluded.payload",
+            )
+            .bind(run_id)
+            .bind(direction)
+            .bind(kind)
+            .bind(identity)
+            .bind(payload.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Inserts or replaces a tag in `table` keyed by `id_column`.
+async fn upsert_tag(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    table: &str,
+    id_column: &str,
+    id: &str,
+    tag: &KeyValue,
+) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO {table} ({id_column}, key, value) VALUES ($1, $2, $3) \
+         ON CONFLICT ({id_column}, key) DO UPDATE SET value = excluded.value"
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .bind(&tag.key)
+        .bind(&tag.value)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Which lifecycle stages a search includes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ViewType {
+    #[default]
+    ActiveOnly,
+    DeletedOnly,
+    All,
+}
+
+impl ViewType {
+    /// Parses MLflow's view type names (`ACTIVE_ONLY`, `DELETED_ONLY`, `ALL`) or numbers (1, 2, 3).
+    pub fn parse(text: Option<&str>) -> Result<Self> {
+        match text.unwrap_or("") {
+            "" | "ACTIVE_ONLY" | "1" => Ok(ViewType::ActiveOnly),
+            "DELETED_ONLY" | "2" => Ok(ViewType::DeletedOnly),
+            "ALL" | "3" => Ok(ViewType::All),
+            other => Err(RegistryError::Invalid(format!(
+                "Invalid view type '{other}'"
+            ))),
+        }
+    }
+
+    fn condition(self, alias: &str) -> Option<String> {
+        match self {
+            ViewType::ActiveOnly => Some(format!("{alias}.lifecycle_stage = 'active'")),
+            ViewType::DeletedOnly => Some(format!("{alias}.lifecycle_stage = 'deleted'")),
+            ViewType::All => None,
+        }
+    }
+}
+
+/// Hides a password in a database URL for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

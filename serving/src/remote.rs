@@ -1,0 +1,246 @@
+//! Serving models from a registry: `models:/<name>@<alias>` or `models:/<name>/<version>`.
+//!
+//! A watcher per model resolves the reference, downloads the version's files into a
+//! local cache laid out as a model repository, writes a config that selects exactly that
+//! version, and asks the manager to load it. The manager swaps the new version in
+//! atomically while the old one finishes its in-flight requests, so an alias move never
+//! fails a request.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_models::config::{self, pb};
+use nexus_models::repository::{CONFIG_FILE, DEFAULT_MODEL_FILE};
+
+use crate::manager::ModelManager;
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where `models:/` references are resolved and model files fetched: the registry seam.
+pub trait ModelSource: Send + Sync {
+    /// The version `reference` (an alias, or a version number) of `name` names now.
+    fn resolve<'a>(
+        &'a self,
+        name: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<String, String>>;
+    /// Downloads every file of `name` version `version` into the folder `dest`.
+    fn fetch<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A `models:/` URI taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSpec {
+    pub name: String,
+    /// An alias, or a version number.
+    pub reference: String,
+}
+
+impl RemoteSpec {
+    /// Parses `models:/<name>@<alias>` or `models:/<name>/<version>`.
+    pub fn parse(uri: &str) -> Result<Self, String> {
+        let bad = || format!("'{uri}' is not models:/<name>@<alias> or models:/<name>/<version>");
+        let rest = uri.strip_prefix("models:/").ok_or_else(bad)?;
+        let (name, reference) = match rest.split_once('@') {
+            Some((name, alias)) => (name, alias),
+            None => {
+                let (name, version) = rest.rsplit_once('/').ok_or_else(bad)?;
+                version.parse::<u64>().map_err(|_| bad())?;
+                (name, version)
+            }
+        };
+        let valid_name = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\']);
+        if !valid_name || reference.is_empty() {
+            return Err(bad());
+        }
+        Ok(RemoteSpec {
+            name: name.to_string(),
+            reference: reference.to_string(),
+        })
+    }
+}
+
+/// Keeps one registry model loaded at the version its reference names.
+pub struct Watcher {
+    spec: RemoteSpec,
+    source: Arc<dyn ModelSource>,
+    manager: Arc<ModelManager>,
+    cache: PathBuf,
+    current: Option<String>,
+}
+
+impl Watcher {
+    /// A watcher for `spec`, caching files under `cache` (a root of the manager's repository).
+    pub fn new(
+        spec: RemoteSpec,
+        source: Arc<dyn ModelSource>,
+        manager: Arc<ModelManager>,
+        cache: PathBuf,
+    ) -> Self {
+        Watcher {
+            spec,
+            source,
+            manager,
+            cache,
+            current: None,
+        }
+    }
+
+    /// Resolves the reference once and, when it names a new version, fetches and loads it.
+    pub async fn sync(&mut self) -> Result<(), String> {
+        let name = self.spec.name.clone();
+        let version = self.source.resolve(&name, &self.spec.reference).await?;
+        if self.current.as_deref() == Some(version.as_str()) {
+            return Ok(());
+        }
+        let number: u64 = version.parse().map_err(|_| {
+            format!("registry answered version '{version}' for {name}, not a number")
+        })?;
+        let model_dir = self.cache.join(&name);
+        let version_dir = model_dir.join(&version);
+        if !version_dir.join(DEFAULT_MODEL_FILE).exists() {
+            let staging = model_dir.join(format!(".fetch-{version}"));
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+            self.source.fetch(&name, &version, &staging).await?;
+            let config = arrange(&staging, &name, number).await?;
+            tokio::fs::write(staging.join(CONFIG_FILE), config)
+                .await
+                .map_err(|e| format!("cannot write the config of {name}: {e}"))?;
+            let _ = tokio::fs::remove_dir_all(&version_dir).await;
+            tokio::fs::rename(staging.join("model"), &version_dir)
+                .await
+                .map_err(|e| format!("cannot move {name} version {version} into the cache: {e}"))?;
+            tokio::fs::rename(staging.join(CONFIG_FILE), model_dir.join(CONFIG_FILE))
+                .await
+                .map_err(|e| format!("cannot install the config of {name}: {e}"))?;
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+        } else {
+            let config = select_version(&model_dir.join(CONFIG_FILE), &name, number).await?;
+            tokio::fs::write(model_dir.join(CONFIG_FILE), config)
+                .await
+                .map_err(|e| format!("cannot write the config of {name}: {e}"))?;
+        }
+        self.manager
+            .load(&name, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(model = %name, reference = %self.spec.reference, %version, "serving registry version");
+        if let Some(old) = self.current.replace(version) {
+            // The manager already serves the new version; the old files are no longer read.
+            let _ = tokio::fs::remove_dir_all(model_dir.join(old)).await;
+        }
+        Ok(())
+    }
+
+    /// Syncs every `interval` until the task is dropped; failures are logged and retried.
+    pub async fn watch(mut self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            if let Err(e) = self.sync().await {
+                tracing::warn!(model = %self.spec.name, error = %e, "registry sync failed; still serving the current version");
+            }
+        }
+    }
+}
+
+/// Lays out fetched files as `<staging>/model/model.onnx` and returns the config text:
+/// the fetched `config.pbtxt` if any, renamed to `name`, selecting only `version`.
+async fn arrange(staging: &Path, name: &str, version: u64) -> Result<String, String> {
+    let onnx = find_onnx(staging)
+        .ok_or_else(|| format!("the registry version of {name} holds no .onnx file"))?;
+    let model = staging.join("model");
+    tokio::fs::create_dir_all(&model)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", model.display()))?;
+    tokio::fs::rename(&onnx, model.join(DEFAULT_MODEL_FILE))
+        .await
+        .map_err(|e| format!("cannot move {}: {e}", onnx.display()))?;
+    select_version(&staging.join(CONFIG_FILE), name, version).await
+}
+
+/// The config at `path` (or an empty one) with `name` and a policy serving only `version`.
+async fn select_version(path: &Path, name: &str, version: u64) -> Result<String, String> {
+    let mut parsed = match tokio::fs::read_to_string(path).await {
+        Ok(text) => config::parse_text(&text).map_err(|e| format!("{name}: {e}"))?,
+        Err(_) => pb::ModelConfig::default(),
+    };
+    parsed.name = name.to_string();
+    parsed.default_model_filename = String::new();
+    parsed.version_policy = Some(pb::ModelVersionPolicy {
+        policy_choice: Some(pb::model_version_policy::PolicyChoice::Specific(
+            pb::model_version_policy::Specific {
+                versions: vec![version as i64],
+            },
+        )),
+    });
+    Ok(config::to_text(&parsed))
+}
+
+/// The model file among fetched files: `model.onnx` when present, else the only `.onnx`
+/// (MLflow's ONNX flavour stores `model.onnx` next to `MLmodel`).
+fn find_onnx(dir: &Path) -> Option<PathBuf> {
+    let preferred = dir.join(DEFAULT_MODEL_FILE);
+    if preferred.is_file() {
+        return Some(preferred);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    (found.len() == 1).then(|| found.remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_model_uris() {
+        let spec = RemoteSpec::parse("models:/fraud@champion").unwrap();
+        assert_eq!(
+            (spec.name.as_str(), spec.reference.as_str()),
+            ("fraud", "champion")
+        );
+        let spec = RemoteSpec::parse("models:/fraud/3").unwrap();
+        assert_eq!(spec.reference, "3");
+        for bad in [
+            "models:/fraud",
+            "models:/@x",
+            "runs:/a/b",
+            "models:/a/b/latest",
+            "models:/../x@y",
+        ] {
+            assert!(RemoteSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn fetched_files_become_one_selected_version() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.onnx"), b"onnx").unwrap();
+        std::fs::write(dir.path().join("MLmodel"), b"flavors: {}").unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "name: \"other\" max_batch_size: 4",
+        )
+        .unwrap();
+        let text = arrange(dir.path(), "fraud", 7).await.unwrap();
+        let config = config::parse_text(&text).unwrap();
+        assert_eq!(config.name, "fraud");
+        assert_eq!(config.max_batch_size, 4);
+        assert_eq!(config::select_versions(&config, &[1, 7, 9]), vec![7]);
+        assert!(dir.path().join("model/model.onnx").is_file());
+    }
+}
