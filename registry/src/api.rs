@@ -253,6 +253,8 @@ pub fn router(state: Arc<Registry>) -> Router {
                 .get(download_artifact)
                 .delete(delete_artifact),
         );
+    let ready = axum::middleware::from_fn_with_state(Arc::clone(&state), database_ready);
+    let mlflow = mlflow.route_layer(ready);
     Router::new()
         .nest("/api/2.0/mlflow", mlflow.clone())
         .nest("/ajax-api/2.0/mlflow", mlflow.clone())
@@ -264,6 +266,18 @@ pub fn router(state: Arc<Registry>) -> Router {
         .route("/health", get(health))
         .route("/version", get(|| async { env!("CARGO_PKG_VERSION") }))
         .with_state(state)
+}
+
+/// Answers 503 with the cause while the database is down (or not yet migrated).
+async fn database_ready(
+    State(registry): AppState,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match registry.store.ready().await {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn health(State(registry): AppState) -> Response {

@@ -2689,7 +2689,8 @@ mod tests {
             assert_eq!(runs(&pool, "end_time < 1000", &[]).await, ["r1"]);
             assert_eq!(
                 runs(&pool, "", &["end_time DESC", "run_name"]).await,
-                ["r1", "r2", "r3"]
+                ["r1", "r3", "r2"],
+                "no end time last, then by name (binary: 'Third' < 'second')"
             );
             assert_eq!(
                 runs(&pool, "user_id = 'bob'", &["tags.`my key`"]).await,
@@ -2715,7 +2716,10 @@ mod tests {
                 }
             };
             assert_eq!(exps("", &[]).await, ["Beta", "alpha", "Default"]);
-            assert_eq!(exps("name ILIKE '%A%'", &["name"]).await, ["Beta", "alpha"]);
+            assert_eq!(
+                exps("name ILIKE '%A%'", &["name"]).await,
+                ["Default", "alpha", "Beta"]
+            );
             assert_eq!(exps("name LIKE '%A%'", &[]).await, Vec::<String>::new());
             assert_eq!(exps("tags.team = 'ml'", &[]).await, ["Beta"]);
             assert_eq!(

@@ -8,12 +8,13 @@
 
 pub mod models;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::{AnyPool, AssertSqlSafe, Executor, Row, SqlStr};
+use sqlx::{AnyPool, AssertSqlSafe, Connection, Executor, Row, SqlStr};
 
 use crate::error::RegistryError;
 use crate::search::{self, Bind, Entity};
@@ -74,6 +75,9 @@ fn page_size(max_results: Option<i64>, default: i64) -> Result<i64> {
 pub struct Store {
     pool: AnyPool,
     database: Database,
+    migrated: Arc<tokio::sync::OnceCell<()>>,
+    /// The database URL, to find out why it cannot be reached.
+    url: String,
 }
 
 fn bind_all<'q>(
@@ -132,19 +136,73 @@ impl Store {
                     Ok(())
                 })
             });
-        let pool = options.connect(url).await.map_err(|e| {
-            RegistryError::Unavailable(format!(
-                "cannot open the registry database {}: {e}",
-                redact(url)
-            ))
+        let pool = options.connect_lazy(url).map_err(|e| {
+            RegistryError::Invalid(format!("invalid database URL {}: {e}", redact(url)))
         })?;
-        let migrator = Migrator::new(Embedded)
+        let store = Store {
+            pool,
+            database,
+            migrated: Arc::new(tokio::sync::OnceCell::new()),
+            url: url.to_string(),
+        };
+        match store.ready().await {
+            Err(RegistryError::Unavailable(why)) => {
+                tracing::warn!(%why, "registry database unavailable; registry requests answer 503 until it is back");
+            }
+            other => other?,
+        }
+        Ok(store)
+    }
+
+    /// Connects and applies the migrations once; until that succeeds every call retries,
+    /// so a database that was down at start-up is picked up when it comes back.
+    pub async fn ready(&self) -> Result<()> {
+        match self
+            .migrated
+            .get_or_try_init(|| async {
+                let migrator = Migrator::new(Embedded)
+                    .await
+                    .map_err(|e| RegistryError::Internal(format!("migrations: {e}")))?;
+                migrator.run(&self.pool).await.map_err(|e| match e {
+                    sqlx::migrate::MigrateError::Execute(inner) => match RegistryError::from(inner)
+                    {
+                        RegistryError::Unavailable(why) => RegistryError::Unavailable(why),
+                        other => RegistryError::Internal(format!(
+                            "cannot migrate the registry database: {other}"
+                        )),
+                    },
+                    other => RegistryError::Internal(format!(
+                        "cannot migrate the registry database: {other}"
+                    )),
+                })
+            })
             .await
-            .map_err(|e| RegistryError::Internal(format!("migrations: {e}")))?;
-        migrator.run(&pool).await.map_err(|e| {
-            RegistryError::Internal(format!("cannot migrate the registry database: {e}"))
-        })?;
-        Ok(Store { pool, database })
+            .map(|_| ())
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.explain(e).await),
+        }
+    }
+
+    /// Turns "the pool timed out" into why the database cannot be reached, by trying one
+    /// connection directly.
+    async fn explain(&self, e: RegistryError) -> RegistryError {
+        let RegistryError::Unavailable(why) = e else {
+            return e;
+        };
+        let direct = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::AnyConnection::connect(&self.url),
+        )
+        .await;
+        let cause = match direct {
+            Ok(Err(cause)) => cause.to_string(),
+            Ok(Ok(_)) | Err(_) => why,
+        };
+        RegistryError::Unavailable(format!(
+            "registry database {} is unavailable: {cause}",
+            redact(&self.url)
+        ))
     }
 
     /// The database kind.
@@ -154,7 +212,10 @@ impl Store {
 
     /// Checks the database answers.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        self.ready().await?;
+        if let Err(e) = sqlx::query("SELECT 1").fetch_one(&self.pool).await {
+            return Err(self.explain(e.into()).await);
+        }
         Ok(())
     }
 
