@@ -8,6 +8,10 @@ cd "$repo"
 
 bash scripts/setup.sh
 
+# PostgreSQL runs on every machine (trust auth); tests that need it make their own
+# database or schema there.
+export NEXUS_TEST_POSTGRES_URL="${NEXUS_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+
 cargo build --bin nexus
 cargo test --workspace
 

@@ -4,8 +4,9 @@
 //!
 //! The fragments refer to these table aliases, which the calling queries must use:
 //! `runs r`, `experiments e`, `registered_models m`, `model_versions v`, `logged_models l`.
-//! Placeholders are `$1, $2, …` (accepted by both SQLite and PostgreSQL); `filter` and
-//! `order_by` take the number of their first placeholder so that a query can combine them.
+//! Placeholders are `$1, $2, …` (accepted by both SQLite and PostgreSQL); `filter` takes the
+//! number of its first placeholder so that it can follow other conditions. `order_by` binds
+//! nothing: the keys its subqueries look up are SQL string literals with quotes doubled.
 //!
 //! The expression is tokenized and parsed by `sqlparser`; as in MLflow, only an
 //! `AND`-conjunction of comparisons `<identifier> <op> <value>` is accepted. Identifiers are
@@ -2527,13 +2528,16 @@ mod tests {
 
     // ---- executable check on SQLite
 
-    mod sqlite {
+    /// Runs generated SELECTs on a real database: in-memory SQLite always, and PostgreSQL too
+    /// when `NEXUS_TEST_POSTGRES_URL` names one (the test works in a schema it then drops).
+    mod database {
         use super::super::*;
         use sqlx::any::{AnyPoolOptions, install_default_drivers};
         use sqlx::{AnyPool, AssertSqlSafe};
 
-        async fn pool() -> AnyPool {
+        async fn sqlite() -> AnyPool {
             install_default_drivers();
+            // One connection: each connection to `sqlite::memory:` is its own database.
             let pool = AnyPoolOptions::new()
                 .max_connections(1)
                 .connect("sqlite::memory:")
@@ -2543,12 +2547,45 @@ mod tests {
                 .execute(&pool)
                 .await
                 .unwrap();
-            sqlx::raw_sql(include_str!("../migrations/0001_registry.sql"))
+            seed(&pool).await;
+            pool
+        }
+
+        /// A pool on PostgreSQL whose single connection works in a fresh `schema`.
+        async fn postgres(schema: &str) -> Option<AnyPool> {
+            let url = std::env::var("NEXUS_TEST_POSTGRES_URL").ok()?;
+            install_default_drivers();
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .unwrap();
+            let setup = format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; \
+                 SET search_path TO {schema}"
+            );
+            sqlx::raw_sql(AssertSqlSafe(setup))
                 .execute(&pool)
                 .await
                 .unwrap();
-            sqlx::raw_sql(SEED).execute(&pool).await.unwrap();
-            pool
+            seed(&pool).await;
+            Some(pool)
+        }
+
+        async fn drop_schema(pool: &AnyPool, schema: &str) {
+            let sql = format!("DROP SCHEMA {schema} CASCADE");
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+
+        async fn seed(pool: &AnyPool) {
+            sqlx::raw_sql(include_str!("../migrations/0001_registry.sql"))
+                .execute(pool)
+                .await
+                .unwrap();
+            sqlx::raw_sql(SEED).execute(pool).await.unwrap();
         }
 
         const SEED: &str = "
@@ -2636,7 +2673,27 @@ mod tests {
 
         #[tokio::test]
         async fn runs_on_sqlite() {
-            let pool = pool().await;
+            check_runs(&sqlite().await).await;
+        }
+
+        #[tokio::test]
+        async fn others_on_sqlite() {
+            check_others(&sqlite().await).await;
+        }
+
+        #[tokio::test]
+        async fn on_postgres_when_configured() {
+            let schema = format!("nexus_search_test_{}", std::process::id());
+            let Some(pool) = postgres(&schema).await else {
+                return;
+            };
+            check_runs(&pool).await;
+            check_others(&pool).await;
+            drop_schema(&pool, &schema).await;
+        }
+
+        async fn check_runs(pool: &AnyPool) {
+            let pool = pool.clone();
             assert_eq!(runs(&pool, "", &[]).await, ["r3", "r2", "r1"]);
             assert_eq!(runs(&pool, "metrics.acc > 0.6", &[]).await, ["r1"]);
             assert_eq!(runs(&pool, "metrics.acc != 0.9", &[]).await, ["r2"]);
@@ -2688,9 +2745,9 @@ mod tests {
             );
             assert_eq!(runs(&pool, "end_time < 1000", &[]).await, ["r1"]);
             assert_eq!(
-                runs(&pool, "", &["end_time DESC", "run_name"]).await,
+                runs(&pool, "", &["end_time DESC", "run_id DESC"]).await,
                 ["r1", "r3", "r2"],
-                "no end time last, then by name (binary: 'Third' < 'second')"
+                "no end time last"
             );
             assert_eq!(
                 runs(&pool, "user_id = 'bob'", &["tags.`my key`"]).await,
@@ -2698,9 +2755,8 @@ mod tests {
             );
         }
 
-        #[tokio::test]
-        async fn experiments_and_registry_on_sqlite() {
-            let pool = pool().await;
+        async fn check_others(pool: &AnyPool) {
+            let pool = pool.clone();
             let exps = |f: &'static str, o: &'static [&'static str]| {
                 let pool = pool.clone();
                 async move {
@@ -2717,7 +2773,7 @@ mod tests {
             };
             assert_eq!(exps("", &[]).await, ["Beta", "alpha", "Default"]);
             assert_eq!(
-                exps("name ILIKE '%A%'", &["name"]).await,
+                exps("name ILIKE '%A%'", &["experiment_id"]).await,
                 ["Default", "alpha", "Beta"]
             );
             assert_eq!(exps("name LIKE '%A%'", &[]).await, Vec::<String>::new());
@@ -2817,7 +2873,10 @@ mod tests {
             assert_eq!(logged("", &["metrics.acc"]).await, ["lm1", "lm2", "lm3"]);
             assert_eq!(logged("params.depth = '3'", &[]).await, ["lm1"]);
             assert_eq!(logged("tags.env IN ('prod')", &[]).await, ["lm2"]);
-            assert_eq!(logged("name ILIKE 'net%'", &["name"]).await, ["lm3", "lm1"]);
+            assert_eq!(
+                logged("name ILIKE 'net%'", &["creation_time"]).await,
+                ["lm1", "lm3"]
+            );
             assert_eq!(
                 logged("model_type = 'torch' AND creation_timestamp < 250", &[]).await,
                 ["lm1"]

@@ -37,13 +37,21 @@ pub trait ModelSource: Send + Sync {
     ) -> BoxFuture<'a, Result<(), String>>;
 }
 
-/// A `models:/` URI taken apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A `models:/` URI taken apart, and how to serve it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteSpec {
+    /// The registered model's name.
     pub name: String,
     /// An alias, or a version number.
     pub reference: String,
+    /// The name clients use (the registered name, or the repository entry's folder).
+    pub serve_as: String,
+    /// The config to serve it with (a repository entry's), instead of the one fetched.
+    pub config: Option<pb::ModelConfig>,
 }
+
+/// Config parameter that makes a repository entry a pointer to a registry model.
+pub const SOURCE_PARAMETER: &str = "source";
 
 impl RemoteSpec {
     /// Parses `models:/<name>@<alias>` or `models:/<name>/<version>`.
@@ -65,7 +73,38 @@ impl RemoteSpec {
         Ok(RemoteSpec {
             name: name.to_string(),
             reference: reference.to_string(),
+            serve_as: name.to_string(),
+            config: None,
         })
+    }
+
+    /// The repository entries under `roots` whose config.pbtxt points at a registry model
+    /// with `parameters { key: "source" value: { string_value: "models:/…" } }`; the entry's
+    /// folder name is the served name and the rest of its config applies.
+    pub fn discover(roots: &[PathBuf]) -> Result<Vec<Self>, String> {
+        let mut found = Vec::new();
+        for root in roots {
+            let Ok(entries) = std::fs::read_dir(root) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path().join(CONFIG_FILE)) else {
+                    continue;
+                };
+                let Ok(mut parsed) = config::parse_text(&text) else {
+                    continue;
+                };
+                let Some(source) = parsed.parameters.remove(SOURCE_PARAMETER) else {
+                    continue;
+                };
+                let mut spec = Self::parse(&source.string_value)
+                    .map_err(|e| format!("{}: {e}", entry.path().join(CONFIG_FILE).display()))?;
+                spec.serve_as = entry.file_name().to_string_lossy().into_owned();
+                spec.config = Some(parsed);
+                found.push(spec);
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -97,8 +136,12 @@ impl Watcher {
 
     /// Resolves the reference once and, when it names a new version, fetches and loads it.
     pub async fn sync(&mut self) -> Result<(), String> {
-        let name = self.spec.name.clone();
-        let version = self.source.resolve(&name, &self.spec.reference).await?;
+        let registered = self.spec.name.clone();
+        let name = self.spec.serve_as.clone();
+        let version = self
+            .source
+            .resolve(&registered, &self.spec.reference)
+            .await?;
         if self.current.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
@@ -110,8 +153,8 @@ impl Watcher {
         if !version_dir.join(DEFAULT_MODEL_FILE).exists() {
             let staging = model_dir.join(format!(".fetch-{version}"));
             let _ = tokio::fs::remove_dir_all(&staging).await;
-            self.source.fetch(&name, &version, &staging).await?;
-            let config = arrange(&staging, &name, number).await?;
+            self.source.fetch(&registered, &version, &staging).await?;
+            let config = arrange(&staging, &name, number, self.spec.config.as_ref()).await?;
             tokio::fs::write(staging.join(CONFIG_FILE), config)
                 .await
                 .map_err(|e| format!("cannot write the config of {name}: {e}"))?;
@@ -124,7 +167,8 @@ impl Watcher {
                 .map_err(|e| format!("cannot install the config of {name}: {e}"))?;
             let _ = tokio::fs::remove_dir_all(&staging).await;
         } else {
-            let config = select_version(&model_dir.join(CONFIG_FILE), &name, number).await?;
+            let base = self.spec.config.as_ref();
+            let config = select_version(&model_dir.join(CONFIG_FILE), &name, number, base).await?;
             tokio::fs::write(model_dir.join(CONFIG_FILE), config)
                 .await
                 .map_err(|e| format!("cannot write the config of {name}: {e}"))?;
@@ -155,8 +199,13 @@ impl Watcher {
 }
 
 /// Lays out fetched files as `<staging>/model/model.onnx` and returns the config text:
-/// the fetched `config.pbtxt` if any, renamed to `name`, selecting only `version`.
-async fn arrange(staging: &Path, name: &str, version: u64) -> Result<String, String> {
+/// `base`, else the fetched `config.pbtxt` if any, renamed to `name`, selecting only `version`.
+async fn arrange(
+    staging: &Path,
+    name: &str,
+    version: u64,
+    base: Option<&pb::ModelConfig>,
+) -> Result<String, String> {
     let onnx = find_onnx(staging)
         .ok_or_else(|| format!("the registry version of {name} holds no .onnx file"))?;
     let model = staging.join("model");
@@ -166,14 +215,21 @@ async fn arrange(staging: &Path, name: &str, version: u64) -> Result<String, Str
     tokio::fs::rename(&onnx, model.join(DEFAULT_MODEL_FILE))
         .await
         .map_err(|e| format!("cannot move {}: {e}", onnx.display()))?;
-    select_version(&staging.join(CONFIG_FILE), name, version).await
+    select_version(&staging.join(CONFIG_FILE), name, version, base).await
 }
 
-/// The config at `path` (or an empty one) with `name` and a policy serving only `version`.
-async fn select_version(path: &Path, name: &str, version: u64) -> Result<String, String> {
-    let mut parsed = match tokio::fs::read_to_string(path).await {
-        Ok(text) => config::parse_text(&text).map_err(|e| format!("{name}: {e}"))?,
-        Err(_) => pb::ModelConfig::default(),
+/// `base`, else the config at `path` (or an empty one), with `name` and a policy serving
+/// only `version`.
+async fn select_version(
+    path: &Path,
+    name: &str,
+    version: u64,
+    base: Option<&pb::ModelConfig>,
+) -> Result<String, String> {
+    let mut parsed = match (base, tokio::fs::read_to_string(path).await) {
+        (Some(base), _) => base.clone(),
+        (None, Ok(text)) => config::parse_text(&text).map_err(|e| format!("{name}: {e}"))?,
+        (None, Err(_)) => pb::ModelConfig::default(),
     };
     parsed.name = name.to_string();
     parsed.default_model_filename = String::new();
@@ -236,11 +292,33 @@ mod tests {
             "name: \"other\" max_batch_size: 4",
         )
         .unwrap();
-        let text = arrange(dir.path(), "fraud", 7).await.unwrap();
+        let text = arrange(dir.path(), "fraud", 7, None).await.unwrap();
         let config = config::parse_text(&text).unwrap();
         assert_eq!(config.name, "fraud");
         assert_eq!(config.max_batch_size, 4);
         assert_eq!(config::select_versions(&config, &[1, 7, 9]), vec![7]);
         assert!(dir.path().join("model/model.onnx").is_file());
+    }
+
+    #[test]
+    fn repository_entries_can_point_at_the_registry() {
+        let root = tempfile::tempdir().unwrap();
+        let entry = root.path().join("fraud");
+        std::fs::create_dir_all(&entry).unwrap();
+        std::fs::write(
+            entry.join(CONFIG_FILE),
+            "max_batch_size: 8\nparameters { key: \"source\" value: { string_value: \"models:/fraud-detector@champion\" } }",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.path().join("plain/1")).unwrap();
+        let specs = RemoteSpec::discover(&[root.path().to_path_buf()]).unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(
+            (specs[0].name.as_str(), specs[0].serve_as.as_str()),
+            ("fraud-detector", "fraud")
+        );
+        let config = specs[0].config.as_ref().unwrap();
+        assert_eq!(config.max_batch_size, 8);
+        assert!(config.parameters.is_empty());
     }
 }
