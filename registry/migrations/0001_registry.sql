@@ -46,14 +46,16 @@ CREATE TABLE params (
 );
 
 -- Every logged point, for metrics/get-history; an exact repeat is stored once, as MLflow does.
+-- NaN is kept as is_nan = 1 with value 0 (SQLite would turn a NaN into NULL).
 CREATE TABLE metrics (
     run_uuid  TEXT NOT NULL REFERENCES runs (run_uuid),
     key       TEXT NOT NULL,
     value     DOUBLE PRECISION NOT NULL,
+    is_nan    INTEGER NOT NULL,
     timestamp BIGINT NOT NULL,
     step      BIGINT NOT NULL,
     model_id  TEXT NOT NULL,
-    PRIMARY KEY (run_uuid, key, timestamp, step, value)
+    PRIMARY KEY (run_uuid, key, timestamp, step, value, is_nan)
 );
 
 -- The value with the highest (step, timestamp) per run and key: what runs/get returns
@@ -62,6 +64,7 @@ CREATE TABLE latest_metrics (
     run_uuid  TEXT NOT NULL REFERENCES runs (run_uuid),
     key       TEXT NOT NULL,
     value     DOUBLE PRECISION NOT NULL,
+    is_nan    INTEGER NOT NULL,
     timestamp BIGINT NOT NULL,
     step      BIGINT NOT NULL,
     PRIMARY KEY (run_uuid, key)

@@ -713,17 +713,34 @@ async fn origin(
     model_id: &str,
     run_id: &str,
 ) -> Result<(String, String)> {
-    let logged = source
-        .strip_prefix("models:/")
-        .map(|rest| rest.trim_end_matches('/'));
-    if let Some(id) = (!model_id.is_empty()).then_some(model_id).or(logged) {
-        let (location, source_run) = r.store.logged_model_origin(id).await?;
-        let run = if run_id.is_empty() {
-            source_run
+    let pick_run = |found: String| {
+        if run_id.is_empty() {
+            found
         } else {
             run_id.to_string()
+        }
+    };
+    let models_ref = source
+        .strip_prefix("models:/")
+        .map(|rest| rest.trim_end_matches('/'));
+    // `models:/<name>/<version>` or `models:/<name>@<alias>`: a copy of a registered version.
+    if let Some(reference) = models_ref.filter(|r| model_id.is_empty() && r.contains(['/', '@'])) {
+        let version = match reference.rsplit_once('@') {
+            Some((name, alias)) => r.store.get_version_by_alias(name, alias).await?,
+            None => {
+                let (name, number) = reference.rsplit_once('/').unwrap_or((reference, ""));
+                r.store.get_model_version(name, number).await?
+            }
         };
-        return Ok((location, run));
+        let location = r
+            .store
+            .version_storage_location(&version.name, &version.version)
+            .await?;
+        return Ok((location, pick_run(version.run_id)));
+    }
+    if let Some(id) = (!model_id.is_empty()).then_some(model_id).or(models_ref) {
+        let (location, source_run) = r.store.logged_model_origin(id).await?;
+        return Ok((location, pick_run(source_run)));
     }
     if let Some(rest) = source.strip_prefix("runs:/") {
         let (run, path) = rest.split_once('/').unwrap_or((rest, ""));

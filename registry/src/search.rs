@@ -2596,9 +2596,9 @@ mod tests {
             INSERT INTO runs VALUES ('r2', 1, 'second', 'bob', 'FINISHED', 200, NULL, 'x', 'active');
             INSERT INTO runs VALUES ('r3', 1, 'Third', 'bob', 'RUNNING', 300, NULL, 'x', 'active');
             INSERT INTO runs VALUES ('r4', 2, 'other', 'bob', 'RUNNING', 300, NULL, 'x', 'active');
-            INSERT INTO latest_metrics VALUES ('r1', 'acc', 0.9, 1, 1);
-            INSERT INTO latest_metrics VALUES ('r2', 'acc', 0.5, 1, 1);
-            INSERT INTO latest_metrics VALUES ('r4', 'acc', 0.7, 1, 1);
+            INSERT INTO latest_metrics (run_uuid, key, value, timestamp, step, is_nan) VALUES ('r1', 'acc', 0.9, 1, 1, 0);
+            INSERT INTO latest_metrics (run_uuid, key, value, timestamp, step, is_nan) VALUES ('r2', 'acc', 0.5, 1, 1, 0);
+            INSERT INTO latest_metrics (run_uuid, key, value, timestamp, step, is_nan) VALUES ('r4', 'acc', 0.7, 1, 1, 0);
             INSERT INTO params VALUES ('r1', 'lr', '0.1');
             INSERT INTO params VALUES ('r2', 'lr', '0.01');
             INSERT INTO run_tags VALUES ('r1', 'owner', 'Alice');
@@ -2620,9 +2620,9 @@ mod tests {
             INSERT INTO logged_models VALUES ('lm3', 1, 'Net2', 'a', 300, 300, 'PENDING', 'active', 'torch', 'r2', '');
             INSERT INTO logged_model_params VALUES ('lm1', 'depth', '3');
             INSERT INTO logged_model_tags VALUES ('lm2', 'env', 'prod');
-            INSERT INTO metrics VALUES ('r1', 'acc', 0.8, 1, 0, 'lm1');
-            INSERT INTO metrics VALUES ('r1', 'acc', 0.6, 2, 1, 'lm1');
-            INSERT INTO metrics VALUES ('r2', 'acc', 0.7, 1, 0, 'lm2');
+            INSERT INTO metrics (run_uuid, key, value, timestamp, step, model_id, is_nan) VALUES ('r1', 'acc', 0.8, 1, 0, 'lm1', 0);
+            INSERT INTO metrics (run_uuid, key, value, timestamp, step, model_id, is_nan) VALUES ('r1', 'acc', 0.6, 2, 1, 'lm1', 0);
+            INSERT INTO metrics (run_uuid, key, value, timestamp, step, model_id, is_nan) VALUES ('r2', 'acc', 0.7, 1, 0, 'lm2', 0);
         ";
 
         /// Runs `SELECT <id> FROM <from> WHERE <prefix> AND <filter> ORDER BY <order>`.

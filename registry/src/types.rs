@@ -25,6 +25,11 @@ pub struct Experiment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
     pub key: String,
+    /// NaN and infinities travel as the strings "NaN", "Infinity", "-Infinity", as in MLflow.
+    #[serde(
+        serialize_with = "float::serialize",
+        deserialize_with = "float::deserialize"
+    )]
     pub value: f64,
     #[serde(default)]
     pub timestamp: i64,
@@ -139,6 +144,36 @@ pub struct LoggedModelData {
 pub struct LoggedModel {
     pub info: LoggedModelInfo,
     pub data: LoggedModelData,
+}
+
+/// Protobuf's JSON form of doubles: numbers, or strings for the values JSON lacks.
+mod float {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_nan() => s.serialize_str("NaN"),
+            f64::INFINITY => s.serialize_str("Infinity"),
+            f64::NEG_INFINITY => s.serialize_str("-Infinity"),
+            v => s.serialize_f64(v),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Number {
+            Float(f64),
+            Text(String),
+        }
+        match Number::deserialize(d)? {
+            Number::Float(f) => Ok(f),
+            Number::Text(t) => t
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| serde::de::Error::custom(format!("'{t}' is not a number"))),
+        }
+    }
 }
 
 /// A page of results and the token for the next one (absent on the last page).

@@ -196,3 +196,59 @@ def pytest_terminal_summary(terminalreporter, exitstatus):
     for log in _server_logs:
         terminalreporter.section(f"server log: {log} (last 200 lines)")
         terminalreporter.write_line(_log_tail(log))
+
+
+# --- MLflow registry/tracking server (test_mlflow_*.py) -----------------------------------------
+# `NEXUS_REGISTRY_SERVER=nexus` (default) runs `nexus registry` on sqlite and on a fresh
+# PostgreSQL database; `NEXUS_REGISTRY_SERVER=mlflow` runs the reference `mlflow server` (sqlite).
+# See mlflow_support.py.
+
+import mlflow_support  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=mlflow_support.DATABASES)
+def registry_server(request, tmp_path_factory):
+    """A registry server of the selected kind on each database, one per session."""
+    kind, database = mlflow_support.SERVER_KIND, request.param
+    workdir = tmp_path_factory.mktemp(f"registry-{kind}-{database}")
+    log = workdir / f"{kind}-{database}.log"
+    _server_logs.append(log)
+
+    def fail(msg):
+        pytest.fail(msg, pytrace=False)
+
+    try:
+        gen = mlflow_support.start_server(kind, database, workdir, fail)
+        server = next(gen)
+    except RuntimeError as e:  # PostgreSQL unreachable
+        pytest.skip(f"{database}: {e}")
+    yield server
+    next(gen, None)
+
+
+@pytest.fixture
+def tracking_uri(registry_server, monkeypatch):
+    """The server's URL, set as the global tracking and registry URI for this test only."""
+    import mlflow
+
+    mlflow_support.reset_mlflow_client_state()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast instead of retrying 5xx
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    mlflow.set_tracking_uri(registry_server.url)
+    mlflow.set_registry_uri(registry_server.url)
+    yield registry_server.url
+    mlflow_support.reset_mlflow_client_state()
+
+
+@pytest.fixture
+def mlflow_client(tracking_uri):
+    """An MlflowClient bound explicitly to the server under test."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@pytest.fixture
+def experiment_id(mlflow_client):
+    """A fresh experiment for one test."""
+    return mlflow_client.create_experiment(mlflow_support.unique("exp"))

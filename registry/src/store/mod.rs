@@ -595,21 +595,15 @@ impl Store {
     async fn run_from_row(&self, row: &AnyRow) -> Result<Run> {
         let run_id: String = row.try_get("run_uuid")?;
         let experiment_id: i64 = row.try_get("experiment_id")?;
-        let metrics = sqlx::query("SELECT key, value, timestamp, step FROM latest_metrics WHERE run_uuid = $1 ORDER BY key")
-            .bind(&run_id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(Metric {
-                    key: r.try_get("key")?,
-                    value: r.try_get("value")?,
-                    timestamp: r.try_get("timestamp")?,
-                    step: r.try_get("step")?,
-                    model_id: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let metrics = sqlx::query(
+            "SELECT key, value, is_nan, timestamp, step, '' AS model_id FROM latest_metrics WHERE run_uuid = $1 ORDER BY key",
+        )
+        .bind(&run_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(metric_from_row)
+        .collect::<Result<Vec<_>>>()?;
         let params = sqlx::query("SELECT key, value FROM params WHERE run_uuid = $1 ORDER BY key")
             .bind(&run_id)
             .fetch_all(&self.pool)
@@ -820,34 +814,38 @@ impl Store {
             }
         }
         for metric in metrics {
-            if !metric.value.is_finite() {
-                return Err(RegistryError::Invalid(format!(
-                    "metric '{}' has value {}, which cannot be stored",
-                    metric.key, metric.value
-                )));
-            }
+            // As MLflow: NaN is flagged, infinities are clamped to the largest finite values.
+            let is_nan = i32::from(metric.value.is_nan());
+            let value = if metric.value.is_nan() {
+                0.0
+            } else {
+                metric.value.clamp(f64::MIN, f64::MAX)
+            };
             sqlx::query(
-                "INSERT INTO metrics (run_uuid, key, value, timestamp, step, model_id) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (run_uuid, key, timestamp, step, value) DO NOTHING",
+                "INSERT INTO metrics (run_uuid, key, value, is_nan, timestamp, step, model_id) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (run_uuid, key, timestamp, step, value, is_nan) DO NOTHING",
             )
             .bind(run_id)
             .bind(&metric.key)
-            .bind(metric.value)
+            .bind(value)
+            .bind(is_nan)
             .bind(metric.timestamp)
             .bind(metric.step)
             .bind(metric.model_id.clone().unwrap_or_default())
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "INSERT INTO latest_metrics (run_uuid, key, value, timestamp, step) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (run_uuid, key) DO UPDATE SET value = excluded.value, timestamp = excluded.timestamp, step = excluded.step \
+                "INSERT INTO latest_metrics (run_uuid, key, value, is_nan, timestamp, step) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (run_uuid, key) DO UPDATE SET value = excluded.value, is_nan = excluded.is_nan, \
+                 timestamp = excluded.timestamp, step = excluded.step \
                  WHERE excluded.step > latest_metrics.step \
                     OR (excluded.step = latest_metrics.step AND excluded.timestamp > latest_metrics.timestamp) \
                     OR (excluded.step = latest_metrics.step AND excluded.timestamp = latest_metrics.timestamp AND excluded.value > latest_metrics.value)",
             )
             .bind(run_id)
             .bind(&metric.key)
-            .bind(metric.value)
+            .bind(value)
+            .bind(is_nan)
             .bind(metric.timestamp)
             .bind(metric.step)
             .execute(&mut *tx)
@@ -897,7 +895,7 @@ impl Store {
             None => 0,
         };
         let sql = format!(
-            "SELECT key, value, timestamp, step, model_id FROM metrics WHERE run_uuid = $1 AND key = $2 \
+            "SELECT key, value, is_nan, timestamp, step, model_id FROM metrics WHERE run_uuid = $1 AND key = $2 \
              ORDER BY step, timestamp, value LIMIT {} OFFSET {offset}",
             limit + 1
         );
@@ -912,16 +910,7 @@ impl Store {
         });
         let items = rows
             .iter()
-            .map(|r| {
-                let model_id: String = r.try_get("model_id")?;
-                Ok(Metric {
-                    key: r.try_get("key")?,
-                    value: r.try_get("value")?,
-                    timestamp: r.try_get("timestamp")?,
-                    step: r.try_get("step")?,
-                    model_id: (!model_id.is_empty()).then_some(model_id),
-                })
-            })
+            .map(metric_from_row)
             .collect::<Result<Vec<_>>>()?;
         Ok(Page {
             items,
@@ -954,6 +943,23 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// A metric point from a row with key, value, is_nan, timestamp, step and model_id.
+fn metric_from_row(r: &AnyRow) -> Result<Metric> {
+    let model_id: String = r.try_get("model_id")?;
+    let is_nan: i32 = r.try_get("is_nan")?;
+    Ok(Metric {
+        key: r.try_get("key")?,
+        value: if is_nan != 0 {
+            f64::NAN
+        } else {
+            r.try_get("value")?
+        },
+        timestamp: r.try_get("timestamp")?,
+        step: r.try_get("step")?,
+        model_id: (!model_id.is_empty()).then_some(model_id),
+    })
 }
 
 /// Inserts or replaces a tag in `table` keyed by `id_column`.

@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Result, Store, ViewType, kv, now_ms, upsert_tag};
+use super::{Result, Store, ViewType, kv, metric_from_row, now_ms, upsert_tag};
 use crate::error::RegistryError;
 use crate::search::{Bind, Entity};
 use crate::types::*;
@@ -283,12 +283,13 @@ impl Store {
     /// Points `alias` at a version of `name`.
     pub async fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<()> {
         let number = version_number(version)?;
-        if alias.is_empty()
-            || alias.eq_ignore_ascii_case("latest")
-            || (alias.starts_with('v') && alias[1..].parse::<u64>().is_ok())
-        {
+        let lower = alias.to_ascii_lowercase();
+        let version_like = lower
+            .strip_prefix('v')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if alias.is_empty() || lower == "latest" || version_like {
             return Err(RegistryError::Invalid(format!(
-                "'{alias}' alias name (case insensitive) is reserved or invalid."
+                "Version alias name '{alias}' is reserved."
             )));
         }
         self.version_row(name, version).await?;
@@ -712,21 +713,13 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let metrics = sqlx::query(
-            "SELECT key, value, timestamp, step, model_id FROM metrics WHERE model_id = $1 ORDER BY key, step, timestamp",
+            "SELECT key, value, is_nan, timestamp, step, model_id FROM metrics WHERE model_id = $1 ORDER BY key, step, timestamp",
         )
         .bind(&model_id)
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| {
-            Ok(Metric {
-                key: r.try_get("key")?,
-                value: r.try_get("value")?,
-                timestamp: r.try_get("timestamp")?,
-                step: r.try_get("step")?,
-                model_id: Some(r.try_get("model_id")?),
-            })
-        })
+        .map(metric_from_row)
         .collect::<Result<Vec<_>>>()?;
         let experiment_id: i64 = row.try_get("experiment_id")?;
         Ok(LoggedModel {
