@@ -11,7 +11,7 @@ pub mod models;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, try_join_all};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{AnyPool, AssertSqlSafe, Connection, Executor, Row, SqlStr};
@@ -344,12 +344,8 @@ impl Store {
             )
             .await?;
         let (rows, next) = rows;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in &rows {
-            items.push(self.experiment_from_row(row).await?);
-        }
         Ok(Page {
-            items,
+            items: try_join_all(rows.iter().map(|row| self.experiment_from_row(row))).await?,
             next_page_token: next,
         })
     }
@@ -766,12 +762,8 @@ impl Store {
                 Some((scope, binds)),
             )
             .await?;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in &rows {
-            items.push(self.run_from_row(row).await?);
-        }
         Ok(Page {
-            items,
+            items: try_join_all(rows.iter().map(|row| self.run_from_row(row))).await?,
             next_page_token: next,
         })
     }

@@ -3,6 +3,8 @@
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use futures::future::try_join_all;
+
 use super::{Result, Store, ViewType, kv, metric_from_row, now_ms, upsert_tag};
 use crate::error::RegistryError;
 use crate::search::{Bind, Entity};
@@ -244,12 +246,8 @@ impl Store {
                 page_token,
             )
             .await?;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in &rows {
-            items.push(self.model_from_row(row).await?);
-        }
         Ok(Page {
-            items,
+            items: try_join_all(rows.iter().map(|row| self.model_from_row(row))).await?,
             next_page_token: next,
         })
     }
@@ -597,12 +595,8 @@ impl Store {
                 Some(hidden),
             )
             .await?;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in &rows {
-            items.push(self.version_from_row(row).await?);
-        }
         Ok(Page {
-            items,
+            items: try_join_all(rows.iter().map(|row| self.version_from_row(row))).await?,
             next_page_token: next,
         })
     }
@@ -842,12 +836,8 @@ impl Store {
                 scope,
             )
             .await?;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in &rows {
-            items.push(self.logged_model_from_row(row).await?);
-        }
         Ok(Page {
-            items,
+            items: try_join_all(rows.iter().map(|row| self.logged_model_from_row(row))).await?,
             next_page_token: next,
         })
     }
