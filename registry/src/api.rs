@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use futures::StreamExt;
@@ -274,10 +274,17 @@ async fn database_ready(
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match registry.store.ready().await {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
+    if let Err(e) = registry.store.ready().await {
+        return e.into_response();
     }
+    let response = next.run(request).await;
+    // A database lost mid-request shows as a pool timeout; say which database and why.
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && let Err(e) = registry.store.ping().await
+    {
+        return e.into_response();
+    }
+    response
 }
 
 async fn health(State(registry): AppState) -> Response {

@@ -48,6 +48,7 @@ impl Artifacts {
             None | Some(("file", _)) => {
                 let folder = destination.strip_prefix("file://").unwrap_or(destination);
                 std::fs::create_dir_all(folder).map_err(|e| invalid(e.to_string()))?;
+                remove_staging(std::path::Path::new(folder));
                 let local = LocalFileSystem::new_with_prefix(folder)
                     .map_err(|e| invalid(e.to_string()))?
                     .with_fsync(true);
@@ -219,6 +220,23 @@ impl Artifacts {
     pub async fn ping(&self) -> Result<(), RegistryError> {
         self.store.list_with_delimiter(Some(&self.root)).await?;
         Ok(())
+    }
+}
+
+/// Deletes uploads a crashed process left half written (the local store stages them as
+/// `name#n` next to their final name); nothing else writes this folder while it opens.
+fn remove_staging(folder: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_staging(&path);
+        } else if entry.file_name().to_string_lossy().contains('#') {
+            tracing::info!(file = %path.display(), "removing an upload interrupted by a crash");
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 

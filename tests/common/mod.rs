@@ -2,6 +2,8 @@
 //! and drives it like a client would. Each test file uses part of this module.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::fs;
 use std::future::Future;
 use std::net::TcpListener;
@@ -16,12 +18,55 @@ use tempfile::TempDir;
 /// How long a server may take to report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Interval of every polling loop.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Attempts at starting a server when another process took one of its ports first.
-const START_ATTEMPTS: usize = 3;
+pub const START_ATTEMPTS: usize = 3;
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the Python `script` (relative to the project root, under `.venv`), which takes
+/// `--out DIR`, on a new temporary directory; returns that directory.
+pub fn python_fixture(script: &str) -> Result<TempDir> {
+    let dir = tempfile::tempdir()?;
+    let python = manifest_dir().join(".venv/bin/python");
+    let output = Command::new(&python)
+        .arg(manifest_dir().join(script))
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .with_context(|| format!("cannot run {} (run scripts/setup.sh)", python.display()))?;
+    ensure!(
+        output.status.success(),
+        "{script} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(dir)
+}
+
+/// Runs the `nexus` command line with `args` (off the async runtime's threads) and
+/// returns its stdout; fails with its stderr when it exits non-zero.
+pub async fn nexus(args: &[&str]) -> Result<String> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let shown = args.join(" ");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_nexus"))
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+    })
+    .await?
+    .with_context(|| format!("cannot run nexus {shown}"))?;
+    ensure!(
+        output.status.success(),
+        "nexus {shown} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// A Triton-layout model repository in a temporary directory.
@@ -43,21 +88,9 @@ impl Repository {
     /// A repository written by the Python `script` (relative to the project root), which
     /// takes `--out DIR`.
     fn from_script(script: &str) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let python = manifest_dir().join(".venv/bin/python");
-        let output = Command::new(&python)
-            .arg(manifest_dir().join(script))
-            .arg("--out")
-            .arg(dir.path())
-            .output()
-            .with_context(|| format!("cannot run {} (run scripts/setup.sh)", python.display()))?;
-        ensure!(
-            output.status.success(),
-            "{script} failed: {}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(Repository { dir })
+        Ok(Repository {
+            dir: python_fixture(script)?,
+        })
     }
 
     /// An empty repository.
@@ -136,6 +169,11 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// Three ports that were free a moment ago.
 fn free_ports() -> Result<[u16; 3]> {
     // Hold all three listeners at once so the kernel hands out three different ports.
@@ -151,7 +189,26 @@ fn free_ports() -> Result<[u16; 3]> {
     Ok(ports)
 }
 
-/// A `nexus serve` process; killed when dropped, its stderr printed if the test panicked.
+/// Which `nexus` command a [`Server`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `nexus serve`: serving only.
+    Serve,
+    /// `nexus up`: serving, with the registry on the same HTTP port.
+    Up,
+}
+
+impl Mode {
+    fn command(self) -> &'static str {
+        match self {
+            Mode::Serve => "serve",
+            Mode::Up => "up",
+        }
+    }
+}
+
+/// A `nexus serve` (or `nexus up`) process; killed when dropped, its stderr printed if
+/// the test panicked.
 pub struct Server {
     child: Child,
     pub http_port: u16,
@@ -167,9 +224,21 @@ impl Server {
     /// Starts `nexus serve` over `repository` with `args` appended, and waits until
     /// `/v2/health/ready` answers 200.
     pub async fn start(repository: Repository, args: &[&str]) -> Result<Server> {
+        Server::start_as(Mode::Serve, repository, args).await
+    }
+
+    /// Starts `nexus up` over `repository` with `args` appended (give it `--data-dir`),
+    /// and waits until `/v2/health/ready` answers 200.
+    pub async fn start_up(repository: Repository, args: &[&str]) -> Result<Server> {
+        Server::start_as(Mode::Up, repository, args).await
+    }
+
+    /// Starts `nexus <mode>` over `repository` with `args` appended, and waits until
+    /// `/v2/health/ready` answers 200.
+    pub async fn start_as(mode: Mode, repository: Repository, args: &[&str]) -> Result<Server> {
         let mut repository = repository;
         for attempt in 1..=START_ATTEMPTS {
-            let mut server = Server::spawn(repository, args, &[])?;
+            let mut server = Server::spawn_as(mode, repository, args, &[])?;
             match server.wait_ready().await {
                 Ok(()) => return Ok(server),
                 Err(e) if attempt < START_ATTEMPTS && server.stderr().contains("cannot listen") => {
@@ -185,12 +254,23 @@ impl Server {
     /// Spawns `nexus serve` over `repository` with `args` appended and `env` set, on free
     /// ports, without waiting for it.
     pub fn spawn(repository: Repository, args: &[&str], env: &[(&str, &str)]) -> Result<Server> {
+        Server::spawn_as(Mode::Serve, repository, args, env)
+    }
+
+    /// Spawns `nexus <mode>` over `repository` with `args` appended and `env` set, on
+    /// free ports, without waiting for it.
+    pub fn spawn_as(
+        mode: Mode,
+        repository: Repository,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server> {
         let [http_port, grpc_port, metrics_port] = free_ports()?;
         let log_dir = tempfile::tempdir()?;
         let log = log_dir.path().join("stderr.log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_nexus"));
         command
-            .arg("serve")
+            .arg(mode.command())
             .arg("--model-repository")
             .arg(repository.path())
             .args(["--address", "127.0.0.1"])
@@ -284,6 +364,11 @@ impl Server {
         format!("http://127.0.0.1:{}/metrics", self.metrics_port)
     }
 
+    /// A client of the registry on the HTTP port (`nexus up`).
+    pub fn mlflow(&self) -> registry::Mlflow {
+        registry::Mlflow::new(&self.url(""))
+    }
+
     /// GETs `path`; returns the status and the body as JSON (`Null` when empty or not JSON).
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
         let response = self.client.get(self.url(path)).send().await?;
@@ -337,7 +422,7 @@ impl Drop for Server {
     }
 }
 
-async fn json_reply(response: reqwest::Response) -> Result<(u16, Value)> {
+pub async fn json_reply(response: reqwest::Response) -> Result<(u16, Value)> {
     let status = response.status().as_u16();
     let bytes = response.bytes().await?;
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);

@@ -205,6 +205,16 @@ impl Store {
         ))
     }
 
+    /// Starts a write transaction. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing with
+    /// "database is locked" when a read-then-write transaction tries to upgrade its lock.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.database {
+            Database::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Database::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// The database kind.
     pub fn database(&self) -> Database {
         self.database
@@ -231,7 +241,7 @@ impl Store {
         if name.trim().is_empty() {
             return Err(RegistryError::Invalid("Invalid experiment name: ''".into()));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let exists = sqlx::query("SELECT experiment_id FROM experiments WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -551,7 +561,7 @@ impl Store {
             "{}/{run_id}/artifacts",
             experiment.artifact_location.trim_end_matches('/')
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO runs (run_uuid, experiment_id, run_name, user_id, status, start_time, end_time, artifact_uri, lifecycle_stage) \
              VALUES ($1, $2, $3, $4, 'RUNNING', $5, NULL, $6, 'active')",
@@ -683,7 +693,7 @@ impl Store {
                 return Err(RegistryError::Invalid(format!("Invalid run status '{s}'")));
             }
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE runs SET status = COALESCE($1, status), end_time = COALESCE($2, end_time), run_name = COALESCE($3, run_name) \
              WHERE run_uuid = $4",
@@ -778,7 +788,7 @@ impl Store {
         tags: &[KeyValue],
     ) -> Result<()> {
         self.active_run(run_id).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for param in params {
             let existing = sqlx::query("SELECT value FROM params WHERE run_uuid = $1 AND key = $2")
                 .bind(run_id)
@@ -918,7 +928,7 @@ impl Store {
         entries: &[(String, String, serde_json::Value)],
     ) -> Result<()> {
         self.active_run(run_id).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for (kind, identity, payload) in entries {
             sqlx::query(
                 "INSERT INTO run_io (run_uuid, direction, kind, identity, payload) VALUES ($1, $2, $3, $4, $5) \

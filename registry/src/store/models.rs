@@ -79,7 +79,7 @@ impl Store {
     ) -> Result<RegisteredModel> {
         check_name(name)?;
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO registered_models (name, creation_timestamp, last_updated_timestamp, description) VALUES ($1, $2, $2, $3) \
              ON CONFLICT (name) DO NOTHING",
@@ -155,7 +155,7 @@ impl Store {
         new_name: &str,
     ) -> Result<RegisteredModel> {
         check_name(new_name)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let exists = sqlx::query("SELECT name FROM registered_models WHERE name = $1")
             .bind(new_name)
             .fetch_optional(&mut *tx)
@@ -200,7 +200,7 @@ impl Store {
 
     /// Deletes a registered model with its versions, tags and aliases.
     pub async fn delete_registered_model(&self, name: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for table in [
             "model_version_tags",
             "registered_model_aliases",
@@ -254,7 +254,7 @@ impl Store {
 
     /// Sets a registered model tag.
     pub async fn set_registered_model_tag(&self, name: &str, tag: &KeyValue) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let exists = sqlx::query("SELECT name FROM registered_models WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -384,7 +384,14 @@ impl Store {
         storage_location: &str,
     ) -> Result<ModelVersion> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
+        if self.database() == super::Database::Postgres {
+            // Version numbers are allocated one writer at a time per model: lock its row.
+            sqlx::query("SELECT name FROM registered_models WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
         let next: i64 =
             sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE name = $1")
                 .bind(name)
@@ -520,7 +527,7 @@ impl Store {
         };
         self.version_row(name, version).await?;
         let number = version_number(version)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if archive_existing && (*stage == "Staging" || *stage == "Production") {
             sqlx::query("UPDATE model_versions SET current_stage = 'Archived' WHERE name = $1 AND current_stage = $2 AND version <> $3")
                 .bind(name)
@@ -544,7 +551,7 @@ impl Store {
     pub async fn delete_model_version(&self, name: &str, version: &str) -> Result<()> {
         self.version_row(name, version).await?;
         let number = version_number(version)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for sql in [
             "DELETE FROM registered_model_aliases WHERE name = $1 AND version = $2",
             "DELETE FROM model_version_tags WHERE name = $1 AND version = $2",
@@ -655,7 +662,7 @@ impl Store {
             new.name.clone()
         };
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO logged_models (model_id, experiment_id, name, artifact_location, creation_timestamp_ms, last_updated_timestamp_ms, \
              status, lifecycle_stage, model_type, source_run_id, status_message) \
@@ -771,7 +778,7 @@ impl Store {
     /// Sets logged model tags.
     pub async fn set_logged_model_tags(&self, model_id: &str, tags: &[KeyValue]) -> Result<()> {
         self.logged_model_row(model_id).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for tag in tags {
             upsert_tag(&mut tx, "logged_model_tags", "model_id", model_id, tag).await?;
         }

@@ -1,0 +1,463 @@
+//! The registry side of `nexus`: `nexus registry` processes a test can kill -9 and start
+//! again on the same data, an MLflow REST client, and a fresh database per test.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use reqwest::Method;
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, Connection};
+use tempfile::TempDir;
+
+use super::{POLL_INTERVAL, READY_TIMEOUT, START_ATTEMPTS, free_port, json_reply};
+
+/// The PostgreSQL server tests create their databases in (any database on it will do as
+/// the one to connect to); `NEXUS_TEST_POSTGRES_URL` overrides it.
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A client for the MLflow REST API of a registry at one base URL.
+#[derive(Clone)]
+pub struct Mlflow {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Mlflow {
+    /// A client for the registry at `base_url` (`http://127.0.0.1:PORT`).
+    pub fn new(base_url: &str) -> Self {
+        Mlflow {
+            base: base_url.trim_end_matches('/').to_string(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Calls `endpoint` (under `/api/2.0/mlflow/`) with `params`: as the query string for
+    /// GET (arrays as repeated keys), as a JSON body otherwise. Returns the status and the
+    /// body as JSON (`Null` when empty or not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        endpoint: &str,
+        params: &Value,
+    ) -> Result<(u16, Value)> {
+        let url = format!("{}/api/2.0/mlflow/{endpoint}", self.base);
+        let request = if method == Method::GET {
+            self.client.get(&url).query(&query_pairs(params))
+        } else {
+            self.client.request(method.clone(), &url).json(params)
+        };
+        let response = request
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
+        json_reply(response).await
+    }
+
+    /// [`Mlflow::call`], failing unless the answer is 200; returns the body.
+    pub async fn ok(&self, method: Method, endpoint: &str, params: &Value) -> Result<Value> {
+        let (status, body) = self.call(method.clone(), endpoint, params).await?;
+        ensure!(
+            status == 200,
+            "{method} {endpoint} {params} answered {status}: {body}"
+        );
+        Ok(body)
+    }
+
+    /// POSTs `params` to `endpoint`, failing unless the answer is 200.
+    pub async fn post(&self, endpoint: &str, params: &Value) -> Result<Value> {
+        self.ok(Method::POST, endpoint, params).await
+    }
+
+    /// GETs `endpoint` with `params` as the query, failing unless the answer is 200.
+    pub async fn get(&self, endpoint: &str, params: &Value) -> Result<Value> {
+        self.ok(Method::GET, endpoint, params).await
+    }
+
+    /// The URL of the proxied artifact at `path` (`/api/2.0/mlflow-artifacts/artifacts/…`).
+    pub fn artifact_url(&self, path: &str) -> String {
+        format!("{}/api/2.0/mlflow-artifacts/artifacts/{path}", self.base)
+    }
+
+    /// The artifact listing of `path`: `(path, is_dir, file_size)` per entry.
+    pub async fn list_artifacts(&self, path: &str) -> Result<Vec<(String, bool, Option<u64>)>> {
+        let url = format!("{}/api/2.0/mlflow-artifacts/artifacts", self.base);
+        let response = self
+            .client
+            .get(&url)
+            .query(&[("path", path)])
+            .send()
+            .await?;
+        let (status, body) = json_reply(response).await?;
+        ensure!(status == 200, "listing {path:?} answered {status}: {body}");
+        let files = body["files"].as_array().cloned().unwrap_or_default();
+        files
+            .iter()
+            .map(|f| {
+                let name = f["path"].as_str().with_context(|| format!("{body}"))?;
+                Ok((
+                    name.to_string(),
+                    f["is_dir"].as_bool().unwrap_or(false),
+                    f["file_size"].as_u64(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Creates an experiment named `name` and a run in it; returns the run id.
+    pub async fn create_run(&self, name: &str) -> Result<String> {
+        let experiment = self
+            .post("experiments/create", &serde_json::json!({"name": name}))
+            .await?;
+        let id = experiment["experiment_id"]
+            .as_str()
+            .with_context(|| format!("{experiment}"))?;
+        let run = self
+            .post("runs/create", &serde_json::json!({"experiment_id": id}))
+            .await?;
+        run["run"]["info"]["run_id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("{run}"))
+    }
+}
+
+/// A JSON object as query pairs: strings as they are, numbers and booleans as text,
+/// arrays as repeated keys.
+fn query_pairs(params: &Value) -> Vec<(String, String)> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut pairs = Vec::new();
+    for (key, value) in params.as_object().into_iter().flatten() {
+        match value {
+            Value::Array(items) => pairs.extend(items.iter().map(|v| (key.clone(), text(v)))),
+            Value::Null => {}
+            other => pairs.push((key.clone(), text(other))),
+        }
+    }
+    pairs
+}
+
+/// The database a test runs the registry on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    /// SQLite in the data dir (the registry's default).
+    Sqlite,
+    /// A database of its own on the PostgreSQL server of `NEXUS_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+/// A fresh database for one test: nothing for SQLite (the registry creates it in its
+/// data dir), a new PostgreSQL database otherwise, dropped when this is dropped.
+pub struct TestDatabase {
+    kind: Database,
+    postgres: Option<Postgres>,
+}
+
+struct Postgres {
+    /// The URL tests connect to for CREATE and DROP DATABASE.
+    admin_url: String,
+    /// `scheme://user@`, `host:port` and the rest of the admin URL, taken apart.
+    prefix: String,
+    address: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// A fresh database of `kind`. `None` when PostgreSQL is asked for but the default
+    /// server cannot be reached (with a note on stderr); when `NEXUS_TEST_POSTGRES_URL`
+    /// is set, an unreachable server is an error.
+    pub async fn create(kind: Database) -> Result<Option<TestDatabase>> {
+        if kind == Database::Sqlite {
+            return Ok(Some(TestDatabase {
+                kind,
+                postgres: None,
+            }));
+        }
+        let configured = std::env::var("NEXUS_TEST_POSTGRES_URL").ok();
+        let admin_url = configured
+            .clone()
+            .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_string());
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(connection) => connection,
+            Err(e) if configured.is_none() => {
+                eprintln!(
+                    "SKIPPED on PostgreSQL: cannot connect to {admin_url} ({e}); \
+                     set NEXUS_TEST_POSTGRES_URL to require it"
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to {admin_url}")),
+        };
+        let name = format!("nexus_rs_{}", unique_suffix());
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        admin.close().await?;
+        let (prefix, rest) = admin_url
+            .split_once("://")
+            .context("a PostgreSQL URL has a scheme")?;
+        let (authority, _) = rest.split_once('/').unwrap_or((rest, ""));
+        let (user, address) = match authority.rsplit_once('@') {
+            Some((user, address)) => (format!("{user}@"), address),
+            None => (String::new(), authority),
+        };
+        let address = if address.contains(':') {
+            address.to_string()
+        } else {
+            format!("{address}:5432")
+        };
+        Ok(Some(TestDatabase {
+            kind,
+            postgres: Some(Postgres {
+                prefix: format!("{prefix}://{user}"),
+                admin_url,
+                address,
+                name,
+            }),
+        }))
+    }
+
+    /// The kind of database.
+    pub fn kind(&self) -> Database {
+        self.kind
+    }
+
+    /// `--database-url URL` for PostgreSQL; nothing for SQLite (the data dir's default).
+    pub fn args(&self) -> Vec<String> {
+        match &self.postgres {
+            Some(pg) => vec!["--database-url".into(), self.url_via(&pg.address)],
+            None => Vec::new(),
+        }
+    }
+
+    /// The PostgreSQL server's `host:port`.
+    pub fn address(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|pg| pg.address.as_str())
+    }
+
+    /// The database's URL with `address` (`host:port`) in place of the server's, to go
+    /// through a proxy. Empty for SQLite.
+    pub fn url_via(&self, address: &str) -> String {
+        match &self.postgres {
+            Some(pg) => format!("{}{address}/{}", pg.prefix, pg.name),
+            None => String::new(),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(pg) = self.postgres.take() else {
+            return;
+        };
+        // Drop may run inside the test's runtime, which cannot be blocked on: a thread of
+        // its own with a runtime of its own drops the database.
+        let dropped = std::thread::spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&pg.admin_url).await?;
+                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg.name);
+                sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop a test database: {dropped:?}");
+        }
+    }
+}
+
+/// A name part no other test (or test run) uses at the same time.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "{}_{nanos}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs `PRAGMA integrity_check` on the SQLite database at `path` (read-only, beside a
+/// running registry if need be); fails unless it answers `ok`.
+pub async fn sqlite_integrity_check(path: &Path) -> Result<()> {
+    let url = format!("sqlite://{}?mode=ro", path.display());
+    let mut connection = sqlx::SqliteConnection::connect(&url)
+        .await
+        .with_context(|| format!("opening {url}"))?;
+    let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_all(&mut connection)
+        .await?;
+    connection.close().await?;
+    ensure!(
+        rows == ["ok"],
+        "integrity_check of {}: {rows:?}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// A `nexus registry` process over one data dir: it can be killed with SIGKILL and
+/// started again on the same data. Killed when dropped; its stderr (every start's) is
+/// printed if the test panicked.
+pub struct RegistryServer {
+    child: Option<Child>,
+    pub port: u16,
+    data_dir: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    _log_dir: TempDir,
+    client: reqwest::Client,
+}
+
+impl RegistryServer {
+    /// Starts `nexus registry --data-dir DATA_DIR` with `args` appended on a free port,
+    /// and waits until `/health` answers 200.
+    pub async fn start(data_dir: &Path, args: &[String]) -> Result<RegistryServer> {
+        let log_dir = tempfile::tempdir()?;
+        let log = log_dir.path().join("stderr.log");
+        let mut server = RegistryServer {
+            child: None,
+            port: 0,
+            data_dir: data_dir.to_path_buf(),
+            args: args.to_vec(),
+            log,
+            _log_dir: log_dir,
+            client: reqwest::Client::new(),
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// Kills the process with SIGKILL (what `Child::kill` sends) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The process may have exited already; then there is nothing to kill.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process if it runs, starts it again on the same data dir and arguments
+    /// (on a new free port), and waits until it is ready.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        for attempt in 1..=START_ATTEMPTS {
+            self.port = free_port()?;
+            self.child = Some(spawn_registry(
+                &self.data_dir,
+                &self.args,
+                &self.log,
+                self.port,
+            )?);
+            match self.wait_ready().await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < START_ATTEMPTS && self.stderr().contains("cannot listen") => {
+                    eprintln!("port taken, starting again: {e:#}");
+                    self.kill();
+                }
+                Err(e) => return Err(e.context(format!("stderr:\n{}", self.stderr()))),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let url = self.url("/health");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .context("nexus registry is not running")?;
+            if let Some(status) = child.try_wait()? {
+                bail!("nexus registry exited with {status} before it was ready");
+            }
+            let answer = self
+                .client
+                .get(&url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if answer.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "nexus registry not ready after {READY_TIMEOUT:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A client of this registry (of its current port).
+    pub fn mlflow(&self) -> Mlflow {
+        Mlflow::new(&self.url(""))
+    }
+
+    /// The SQLite database file of the data dir (used when no `--database-url` is given).
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("registry.db")
+    }
+
+    /// What the process wrote to stderr so far, over every start.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read stderr: {e})"))
+    }
+}
+
+fn spawn_registry(data_dir: &Path, args: &[String], log: &Path, port: u16) -> Result<Child> {
+    let stderr = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .arg("registry")
+        .args(["--address", "127.0.0.1"])
+        .args(["--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .context("cannot start nexus registry")
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- nexus registry stderr (port {}) ----\n{}",
+                self.port,
+                self.stderr()
+            );
+        }
+    }
+}

@@ -1,0 +1,1402 @@
+//! The registry against the running binary: store behaviour on SQLite and PostgreSQL,
+//! crash safety under kill -9, `nexus up` while its database goes away, and a registry
+//! alias moved under inference load.
+//!
+//! PostgreSQL tests create a database of their own on `NEXUS_TEST_POSTGRES_URL`'s server
+//! (default postgres://postgres@127.0.0.1:5432/test) and drop it; without a reachable
+//! server they say so on stderr and pass.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+use common::registry::{Database, Mlflow, RegistryServer, TestDatabase, sqlite_integrity_check};
+use common::{Repository, Server, check_simple_response, nexus, poll_until, simple_request};
+
+// ------------------------------------------------------------------------------ fixtures
+
+/// A `nexus registry` on a fresh database and data dir. Fields drop in order: the
+/// process first, then its files, then the database.
+struct Fixture {
+    server: RegistryServer,
+    _data: TempDir,
+    _database: TestDatabase,
+}
+
+impl Fixture {
+    /// `None` when `kind` is PostgreSQL and no server is reachable.
+    async fn start(kind: Database) -> Result<Option<Fixture>> {
+        let Some(database) = TestDatabase::create(kind).await? else {
+            return Ok(None);
+        };
+        let data = tempfile::tempdir()?;
+        let server = RegistryServer::start(data.path(), &database.args()).await?;
+        Ok(Some(Fixture {
+            server,
+            _data: data,
+            _database: database,
+        }))
+    }
+
+    fn mlflow(&self) -> Mlflow {
+        self.server.mlflow()
+    }
+}
+
+/// `[{key, value}, …]` from pairs.
+fn tags<K: ToString, V: ToString>(pairs: impl IntoIterator<Item = (K, V)>) -> Value {
+    Value::Array(
+        pairs
+            .into_iter()
+            .map(|(k, v)| json!({"key": k.to_string(), "value": v.to_string()}))
+            .collect(),
+    )
+}
+
+/// A `[{key, value}, …]` list as a map.
+fn tag_map(list: &Value) -> BTreeMap<String, String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                t["key"].as_str().unwrap_or_default().to_string(),
+                t["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A model version's number.
+fn version_of(model_version: &Value) -> Result<u64> {
+    model_version["version"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no version number in {model_version}"))
+}
+
+/// Every visible version of `name` (model-versions/search, all pages).
+async fn all_versions(mlflow: &Mlflow, name: &str) -> Result<Vec<Value>> {
+    let mut versions = Vec::new();
+    let mut token = String::new();
+    loop {
+        let mut params = json!({"filter": format!("name = '{name}'"), "max_results": 1000});
+        if !token.is_empty() {
+            params["page_token"] = json!(token);
+        }
+        let page = mlflow.get("model-versions/search", &params).await?;
+        versions.extend(
+            page["model_versions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        match page["next_page_token"].as_str() {
+            Some(next) if !next.is_empty() => token = next.to_string(),
+            _ => return Ok(versions),
+        }
+    }
+}
+
+/// Creates a version of `name` from `source` with `tag_pairs`; returns the status and body.
+async fn create_version(
+    mlflow: &Mlflow,
+    name: &str,
+    source: &str,
+    tag_pairs: Value,
+) -> Result<(u16, Value)> {
+    mlflow
+        .call(
+            Method::POST,
+            "model-versions/create",
+            &json!({"name": name, "source": source, "tags": tag_pairs}),
+        )
+        .await
+}
+
+// ---------------------------------------------------------------- 1. store behaviour
+
+/// 20 concurrent creates get versions 1..=20, each with its own tags.
+async fn concurrent_creates_number_versions_consecutively(kind: Database) -> Result<()> {
+    let Some(fx) = Fixture::start(kind).await? else {
+        return Ok(());
+    };
+    let mlflow = fx.mlflow();
+    mlflow
+        .post("registered-models/create", &json!({"name": "concurrent"}))
+        .await?;
+    let mut tasks = JoinSet::new();
+    for request in 0..20 {
+        let mlflow = mlflow.clone();
+        tasks.spawn(async move {
+            let pairs = tags([("request", request.to_string()), ("team", "ml".into())]);
+            let source = format!("mlflow-artifacts:/concurrent/{request}");
+            let answer = create_version(&mlflow, "concurrent", &source, pairs).await;
+            (request, answer)
+        });
+    }
+    let mut by_version = BTreeMap::new();
+    let mut failures = Vec::new();
+    for (request, answer) in tasks.join_all().await {
+        let (status, body) = answer?;
+        if status != 200 {
+            failures.push(format!("request {request}: {status} {body}"));
+            continue;
+        }
+        let version = version_of(&body["model_version"])?;
+        ensure!(
+            by_version.insert(version, request).is_none(),
+            "version {version} given twice"
+        );
+    }
+    ensure!(
+        failures.is_empty(),
+        "{kind:?}: {} of 20 concurrent creates failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let numbers: Vec<u64> = by_version.keys().copied().collect();
+    ensure!(
+        numbers == (1..=20).collect::<Vec<_>>(),
+        "versions {numbers:?}"
+    );
+    for (version, request) in &by_version {
+        let got = mlflow
+            .get(
+                "model-versions/get",
+                &json!({"name": "concurrent", "version": version.to_string()}),
+            )
+            .await?;
+        let tags = tag_map(&got["model_version"]["tags"]);
+        let want = BTreeMap::from([
+            ("request".to_string(), request.to_string()),
+            ("team".to_string(), "ml".to_string()),
+        ]);
+        ensure!(
+            tags == want,
+            "version {version}: tags {tags:?}, want {want:?}"
+        );
+    }
+    ensure!(all_versions(&mlflow, "concurrent").await?.len() == 20);
+    Ok(())
+}
+
+/// A param logged again with another value is refused (and the batch holding it is not
+/// applied); the same value again is accepted.
+async fn a_param_cannot_change(kind: Database) -> Result<()> {
+    let Some(fx) = Fixture::start(kind).await? else {
+        return Ok(());
+    };
+    let mlflow = fx.mlflow();
+    let run = mlflow.create_run("params").await?;
+    let param = |value: &str| json!({"run_id": run, "key": "lr", "value": value});
+    mlflow.post("runs/log-parameter", &param("0.1")).await?;
+    mlflow.post("runs/log-parameter", &param("0.1")).await?;
+    let (status, body) = mlflow
+        .call(Method::POST, "runs/log-parameter", &param("0.2"))
+        .await?;
+    ensure!(status == 400, "re-log with another value: {status} {body}");
+    ensure!(body["error_code"] == "INVALID_PARAMETER_VALUE", "{body}");
+    let (status, body) = mlflow
+        .call(
+            Method::POST,
+            "runs/log-batch",
+            &json!({"run_id": run, "params": [{"key": "lr", "value": "0.3"}],
+                    "tags": [{"key": "batch", "value": "applied"}]}),
+        )
+        .await?;
+    ensure!(
+        status == 400,
+        "log-batch with a changed param: {status} {body}"
+    );
+    ensure!(body["error_code"] == "INVALID_PARAMETER_VALUE", "{body}");
+    let got = mlflow.get("runs/get", &json!({"run_id": run})).await?;
+    let params = tag_map(&got["run"]["data"]["params"]);
+    ensure!(params.get("lr").map(String::as_str) == Some("0.1"), "{got}");
+    let tags = tag_map(&got["run"]["data"]["tags"]);
+    ensure!(
+        !tags.contains_key("batch"),
+        "a refused batch was applied: {got}"
+    );
+    Ok(())
+}
+
+/// runs/get shows the value of the highest step (not the last logged); the history has
+/// every point.
+async fn latest_metric_is_the_highest_step(kind: Database) -> Result<()> {
+    let Some(fx) = Fixture::start(kind).await? else {
+        return Ok(());
+    };
+    let mlflow = fx.mlflow();
+    let run = mlflow.create_run("metrics").await?;
+    // (step, value, timestamp), in logging order.
+    let points = [(0, 1.0, 1000), (2, 0.5, 1001), (1, 0.7, 1002)];
+    for (step, value, timestamp) in points {
+        mlflow
+            .post(
+                "runs/log-metric",
+                &json!({"run_id": run, "key": "loss", "value": value, "step": step,
+                        "timestamp": timestamp}),
+            )
+            .await?;
+    }
+    let latest = |run_body: &Value| -> Result<(f64, i64)> {
+        let metric = run_body["run"]["data"]["metrics"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["key"] == "loss"))
+            .with_context(|| format!("no loss in {run_body}"))?;
+        Ok((
+            metric["value"].as_f64().context("value")?,
+            metric["step"].as_i64().context("step")?,
+        ))
+    };
+    let got = mlflow.get("runs/get", &json!({"run_id": run})).await?;
+    ensure!(
+        latest(&got)? == (0.5, 2),
+        "latest after steps 0, 2, 1: {got}"
+    );
+    // A higher step wins even with an older timestamp.
+    mlflow
+        .post(
+            "runs/log-metric",
+            &json!({"run_id": run, "key": "loss", "value": 0.4, "step": 3, "timestamp": 500}),
+        )
+        .await?;
+    let got = mlflow.get("runs/get", &json!({"run_id": run})).await?;
+    ensure!(latest(&got)? == (0.4, 3), "latest after step 3: {got}");
+    let history = mlflow
+        .get(
+            "metrics/get-history",
+            &json!({"run_id": run, "metric_key": "loss"}),
+        )
+        .await?;
+    let points: Vec<(i64, f64)> = history["metrics"]
+        .as_array()
+        .with_context(|| format!("{history}"))?
+        .iter()
+        .map(|m| {
+            (
+                m["step"].as_i64().unwrap_or(-1),
+                m["value"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    ensure!(
+        points == [(0, 1.0), (1, 0.7), (2, 0.5), (3, 0.4)],
+        "history {points:?}"
+    );
+    Ok(())
+}
+
+/// A renamed model keeps its versions (with their tags) and aliases; the old name is gone.
+async fn rename_keeps_versions_and_aliases(kind: Database) -> Result<()> {
+    let Some(fx) = Fixture::start(kind).await? else {
+        return Ok(());
+    };
+    let mlflow = fx.mlflow();
+    mlflow
+        .post("registered-models/create", &json!({"name": "before"}))
+        .await?;
+    for n in 1..=2 {
+        let (status, body) = create_version(
+            &mlflow,
+            "before",
+            &format!("mlflow-artifacts:/before/{n}"),
+            tags([("n", n)]),
+        )
+        .await?;
+        ensure!(status == 200, "{body}");
+    }
+    mlflow
+        .post(
+            "registered-models/alias",
+            &json!({"name": "before", "alias": "champion", "version": "2"}),
+        )
+        .await?;
+    let renamed = mlflow
+        .post(
+            "registered-models/rename",
+            &json!({"name": "before", "new_name": "after"}),
+        )
+        .await?;
+    ensure!(renamed["registered_model"]["name"] == "after", "{renamed}");
+
+    let model = mlflow
+        .get("registered-models/get", &json!({"name": "after"}))
+        .await?;
+    let aliases = &model["registered_model"]["aliases"];
+    ensure!(
+        *aliases == json!([{"alias": "champion", "version": "2"}]),
+        "aliases after rename: {model}"
+    );
+    let versions = all_versions(&mlflow, "after").await?;
+    ensure!(versions.len() == 2, "versions after rename: {versions:?}");
+    for n in 1..=2u64 {
+        let got = mlflow
+            .get(
+                "model-versions/get",
+                &json!({"name": "after", "version": n.to_string()}),
+            )
+            .await?;
+        let version = &got["model_version"];
+        ensure!(version["name"] == "after", "{got}");
+        ensure!(
+            tag_map(&version["tags"]).get("n") == Some(&n.to_string()),
+            "{got}"
+        );
+    }
+    let by_alias = mlflow
+        .get(
+            "registered-models/alias",
+            &json!({"name": "after", "alias": "champion"}),
+        )
+        .await?;
+    ensure!(version_of(&by_alias["model_version"])? == 2, "{by_alias}");
+
+    let (status, body) = mlflow
+        .call(
+            Method::GET,
+            "registered-models/get",
+            &json!({"name": "before"}),
+        )
+        .await?;
+    ensure!(status == 404, "old name: {status} {body}");
+    ensure!(body["error_code"] == "RESOURCE_DOES_NOT_EXIST", "{body}");
+    ensure!(all_versions(&mlflow, "before").await?.is_empty());
+    Ok(())
+}
+
+/// Deleting a version removes the aliases pointing at it, and its number is not reused.
+async fn deleted_version_loses_aliases_and_number(kind: Database) -> Result<()> {
+    let Some(fx) = Fixture::start(kind).await? else {
+        return Ok(());
+    };
+    let mlflow = fx.mlflow();
+    mlflow
+        .post("registered-models/create", &json!({"name": "deleting"}))
+        .await?;
+    for n in 1..=3 {
+        let (status, body) =
+            create_version(&mlflow, "deleting", "mlflow-artifacts:/d", tags([("n", n)])).await?;
+        ensure!(status == 200, "{body}");
+    }
+    for (alias, version) in [("gone", "3"), ("stays", "2")] {
+        mlflow
+            .post(
+                "registered-models/alias",
+                &json!({"name": "deleting", "alias": alias, "version": version}),
+            )
+            .await?;
+    }
+    mlflow
+        .ok(
+            Method::DELETE,
+            "model-versions/delete",
+            &json!({"name": "deleting", "version": "3"}),
+        )
+        .await?;
+
+    let model = mlflow
+        .get("registered-models/get", &json!({"name": "deleting"}))
+        .await?;
+    ensure!(
+        model["registered_model"]["aliases"] == json!([{"alias": "stays", "version": "2"}]),
+        "aliases after deleting version 3: {model}"
+    );
+    let (status, body) = mlflow
+        .call(
+            Method::GET,
+            "registered-models/alias",
+            &json!({"name": "deleting", "alias": "gone"}),
+        )
+        .await?;
+    ensure!(
+        status != 200,
+        "alias of a deleted version still resolves: {body}"
+    );
+    let (status, body) = mlflow
+        .call(
+            Method::GET,
+            "model-versions/get",
+            &json!({"name": "deleting", "version": "3"}),
+        )
+        .await?;
+    ensure!(status == 404, "deleted version: {status} {body}");
+
+    let (status, body) =
+        create_version(&mlflow, "deleting", "mlflow-artifacts:/d", tags([("n", 4)])).await?;
+    ensure!(status == 200, "{body}");
+    ensure!(
+        version_of(&body["model_version"])? == 4,
+        "the number of a deleted version was reused: {body}"
+    );
+    let mut numbers: Vec<u64> = all_versions(&mlflow, "deleting")
+        .await?
+        .iter()
+        .map(version_of)
+        .collect::<Result<_>>()?;
+    numbers.sort_unstable();
+    ensure!(numbers == [1, 2, 4], "visible versions {numbers:?}");
+    Ok(())
+}
+
+/// registered-models/search in pages of 2 lists every model once, by name.
+async fn search_pages_through_every_model_once(kind: Database) -> Result<()> {
+    let Some(fx) = Fixture::start(kind).await? else {
+        return Ok(());
+    };
+    let mlflow = fx.mlflow();
+    let names = ["page-c", "page-a", "page-e", "page-b", "page-d"];
+    for name in names {
+        mlflow
+            .post("registered-models/create", &json!({"name": name}))
+            .await?;
+    }
+    for (order_by, descending) in [(None, false), (Some("name DESC"), true)] {
+        let mut seen = Vec::new();
+        let mut sizes = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut params = json!({"max_results": 2});
+            if let Some(order) = order_by {
+                params["order_by"] = json!([order]);
+            }
+            if let Some(t) = &token {
+                params["page_token"] = json!(t);
+            }
+            let page = mlflow.get("registered-models/search", &params).await?;
+            let models = page["registered_models"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            sizes.push(models.len());
+            seen.extend(
+                models
+                    .iter()
+                    .map(|m| m["name"].as_str().unwrap_or("?").to_string()),
+            );
+            match page["next_page_token"].as_str() {
+                Some(next) if !next.is_empty() => token = Some(next.to_string()),
+                _ => break,
+            }
+            ensure!(sizes.len() <= 5, "pages never end: {seen:?}");
+        }
+        let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        want.sort();
+        if descending {
+            want.reverse();
+        }
+        ensure!(
+            seen == want,
+            "order_by {order_by:?}: listed {seen:?}, want {want:?}"
+        );
+        ensure!(
+            sizes == [2, 2, 1],
+            "order_by {order_by:?}: page sizes {sizes:?}"
+        );
+    }
+    Ok(())
+}
+
+// One test per behaviour and database, so a failure names both.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_creates_number_versions_consecutively() -> Result<()> {
+    concurrent_creates_number_versions_consecutively(Database::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_creates_number_versions_consecutively() -> Result<()> {
+    concurrent_creates_number_versions_consecutively(Database::Postgres).await
+}
+
+#[tokio::test]
+async fn sqlite_a_param_cannot_change() -> Result<()> {
+    a_param_cannot_change(Database::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_a_param_cannot_change() -> Result<()> {
+    a_param_cannot_change(Database::Postgres).await
+}
+
+#[tokio::test]
+async fn sqlite_latest_metric_is_the_highest_step() -> Result<()> {
+    latest_metric_is_the_highest_step(Database::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_latest_metric_is_the_highest_step() -> Result<()> {
+    latest_metric_is_the_highest_step(Database::Postgres).await
+}
+
+#[tokio::test]
+async fn sqlite_rename_keeps_versions_and_aliases() -> Result<()> {
+    rename_keeps_versions_and_aliases(Database::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_rename_keeps_versions_and_aliases() -> Result<()> {
+    rename_keeps_versions_and_aliases(Database::Postgres).await
+}
+
+#[tokio::test]
+async fn sqlite_deleted_version_loses_aliases_and_number() -> Result<()> {
+    deleted_version_loses_aliases_and_number(Database::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_deleted_version_loses_aliases_and_number() -> Result<()> {
+    deleted_version_loses_aliases_and_number(Database::Postgres).await
+}
+
+#[tokio::test]
+async fn sqlite_search_pages_through_every_model_once() -> Result<()> {
+    search_pages_through_every_model_once(Database::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_search_pages_through_every_model_once() -> Result<()> {
+    search_pages_through_every_model_once(Database::Postgres).await
+}
+
+// ---------------------------------------------------------------------- 2. crash safety
+
+/// Size of the large artifact, and of each chunk it is streamed in.
+const BIG_BYTES: u64 = 200 << 20;
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// A fixed pseudo-random megabyte (xorshift), the material of the large artifact.
+fn random_block() -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut block = Vec::with_capacity(CHUNK_BYTES);
+    while block.len() < CHUNK_BYTES {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        block.extend_from_slice(&state.to_le_bytes());
+    }
+    block
+}
+
+/// Chunk `index` of the large artifact: the block with the index in its first 8 bytes,
+/// so a chunk lost, repeated or out of place shows.
+fn chunk(block: &[u8], index: u64) -> Vec<u8> {
+    let mut chunk = block.to_vec();
+    chunk[..8].copy_from_slice(&index.to_le_bytes());
+    chunk
+}
+
+/// The large artifact as a streamed body, waiting `pause` before each chunk; `sent`
+/// counts the bytes handed to the client.
+fn big_body(block: Arc<Vec<u8>>, pause: Duration, sent: Arc<AtomicU64>) -> reqwest::Body {
+    let chunks = BIG_BYTES / CHUNK_BYTES as u64;
+    let stream = futures::stream::iter(0..chunks).then(move |index| {
+        let block = Arc::clone(&block);
+        let sent = Arc::clone(&sent);
+        async move {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            let chunk = chunk(&block, index);
+            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok::<_, std::io::Error>(chunk)
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// Checks that `response`'s body is the large artifact, byte for byte.
+async fn check_big_body(response: reqwest::Response, block: &[u8]) -> Result<()> {
+    let mut body = response.bytes_stream();
+    let mut offset = 0u64;
+    let mut current: Option<(u64, Vec<u8>)> = None;
+    while let Some(piece) = body.next().await {
+        let piece = piece?;
+        let mut rest = &piece[..];
+        while !rest.is_empty() {
+            let index = offset / CHUNK_BYTES as u64;
+            ensure!(
+                index < BIG_BYTES / CHUNK_BYTES as u64,
+                "more than {BIG_BYTES} bytes"
+            );
+            if current.as_ref().map(|(i, _)| *i) != Some(index) {
+                current = Some((index, chunk(block, index)));
+            }
+            let within = (offset % CHUNK_BYTES as u64) as usize;
+            let expected = &current
+                .as_ref()
+                .map(|(_, c)| c.as_slice())
+                .unwrap_or_default()[within..];
+            let n = expected.len().min(rest.len());
+            ensure!(
+                rest[..n] == expected[..n],
+                "downloaded bytes differ in chunk {index} (offset {offset})"
+            );
+            offset += n as u64;
+            rest = &rest[n..];
+        }
+    }
+    ensure!(
+        offset == BIG_BYTES,
+        "downloaded {offset} bytes, want {BIG_BYTES}"
+    );
+    Ok(())
+}
+
+/// The tags of create request `request`: its id and four more derived from it.
+fn request_tags(request: u64) -> BTreeMap<String, String> {
+    let mut tags = BTreeMap::from([("request".to_string(), request.to_string())]);
+    for k in 1..=4 {
+        tags.insert(format!("t{k}"), format!("{request}-{k}"));
+    }
+    tags
+}
+
+/// What concurrent creators saw: acknowledged (request, version), and refused requests.
+#[derive(Default)]
+struct Creates {
+    acked: Vec<(u64, u64)>,
+    refused: Vec<(u64, String)>,
+}
+
+/// `workers` tasks creating tagged versions of `name` one after another until the
+/// registry stops answering.
+fn spawn_creators(
+    mlflow: &Mlflow,
+    name: &str,
+    workers: usize,
+    seen: &Arc<Mutex<Creates>>,
+) -> JoinSet<()> {
+    let next_request = Arc::new(AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        let (mlflow, name) = (mlflow.clone(), name.to_string());
+        let (next_request, seen) = (Arc::clone(&next_request), Arc::clone(seen));
+        tasks.spawn(async move {
+            loop {
+                let request = next_request.fetch_add(1, Ordering::Relaxed);
+                let source = format!("mlflow-artifacts:/{name}/{request}");
+                let answer =
+                    create_version(&mlflow, &name, &source, tags(request_tags(request))).await;
+                let mut seen = seen.lock().expect("no creator panics holding the lock");
+                match answer {
+                    Ok((200, body)) => match version_of(&body["model_version"]) {
+                        Ok(version) => seen.acked.push((request, version)),
+                        Err(e) => seen.refused.push((request, e.to_string())),
+                    },
+                    Ok((status, body)) => seen.refused.push((request, format!("{status} {body}"))),
+                    // The registry is gone (killed): this request's fate is unknown.
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    tasks
+}
+
+/// Checks the versions of `name` after a crash: each visible one whole (all five tags
+/// of one request), every acknowledged one visible under its number, no refused one
+/// visible, and get/search/latest agreeing. Returns the highest version.
+async fn check_versions_after_crash(mlflow: &Mlflow, name: &str, seen: &Creates) -> Result<u64> {
+    let versions = all_versions(mlflow, name).await?;
+    let mut request_of = BTreeMap::new();
+    for version in &versions {
+        let number = version_of(version)?;
+        let found = tag_map(&version["tags"]);
+        let request: u64 = found
+            .get("request")
+            .and_then(|r| r.parse().ok())
+            .with_context(|| format!("version {number} has no request tag: {version}"))?;
+        ensure!(
+            found == request_tags(request),
+            "version {number} is not whole: tags {found:?}"
+        );
+        ensure!(
+            request_of.insert(number, request).is_none(),
+            "version {number} listed twice"
+        );
+        let got = mlflow
+            .get(
+                "model-versions/get",
+                &json!({"name": name, "version": number.to_string()}),
+            )
+            .await?;
+        ensure!(
+            tag_map(&got["model_version"]["tags"]) == found,
+            "get and search disagree on version {number}: {got} / {version}"
+        );
+    }
+    let requests: BTreeSet<u64> = request_of.values().copied().collect();
+    ensure!(
+        requests.len() == request_of.len(),
+        "a request made two versions: {request_of:?}"
+    );
+    for (request, version) in &seen.acked {
+        ensure!(
+            request_of.get(version) == Some(request),
+            "acknowledged version {version} (request {request}) is not visible as such: {request_of:?}"
+        );
+    }
+    for (request, why) in &seen.refused {
+        ensure!(
+            !requests.contains(request),
+            "refused request {request} ({why}) left a version"
+        );
+    }
+    let highest = request_of.keys().max().copied().unwrap_or(0);
+    let model = mlflow
+        .get("registered-models/get", &json!({"name": name}))
+        .await?;
+    let latest: Vec<u64> = model["registered_model"]["latest_versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(version_of)
+        .collect::<Result<_>>()?;
+    ensure!(
+        latest == [highest],
+        "latest versions {latest:?}, highest visible {highest}"
+    );
+    Ok(highest)
+}
+
+/// kill -9 while a 200 MB artifact upload is in flight (and versions are being created):
+/// after a restart nothing of the upload is visible, the database is intact, and the
+/// upload done again comes back byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_upload_leaves_no_partial_artifact() -> Result<()> {
+    let mut fx = Fixture::start(Database::Sqlite)
+        .await?
+        .context("SQLite is always there")?;
+    let mlflow = fx.mlflow();
+    mlflow
+        .post("registered-models/create", &json!({"name": "uploading"}))
+        .await?;
+    let block = Arc::new(random_block());
+    let client = reqwest::Client::new();
+    let url = mlflow.artifact_url("crash/big.bin");
+    let sent = Arc::new(AtomicU64::new(0));
+    let upload = tokio::spawn(
+        client
+            .put(&url)
+            .body(big_body(
+                Arc::clone(&block),
+                Duration::from_millis(10),
+                Arc::clone(&sent),
+            ))
+            .send(),
+    );
+    let seen = Arc::new(Mutex::new(Creates::default()));
+    let creators = spawn_creators(&mlflow, "uploading", 2, &seen);
+    let sent_enough = || async { Ok((sent.load(Ordering::Relaxed) >= 40 << 20).then_some(())) };
+    poll_until(
+        Duration::from_secs(30),
+        "40 MB of the upload sent",
+        sent_enough,
+    )
+    .await?;
+    ensure!(
+        !upload.is_finished(),
+        "the upload ended early: {:?}",
+        upload.await?
+    );
+    fx.server.kill();
+    let answer = upload.await?;
+    ensure!(
+        !answer.as_ref().is_ok_and(|r| r.status().is_success()),
+        "the upload succeeded although the registry was killed: {answer:?}"
+    );
+    creators.join_all().await;
+
+    fx.server.restart().await?;
+    let mlflow = fx.mlflow();
+    let url = mlflow.artifact_url("crash/big.bin");
+    let status = client.get(&url).send().await?.status();
+    ensure!(status == 404, "the partial artifact answers {status}");
+    for folder in ["", "crash"] {
+        let listing = mlflow.list_artifacts(folder).await?;
+        ensure!(
+            listing
+                .iter()
+                .all(|(path, _, _)| path != "big.bin" && !path.contains('#')),
+            "listing of {folder:?} after the crash: {listing:?}"
+        );
+    }
+    sqlite_integrity_check(&fx.server.sqlite_path()).await?;
+    let seen = std::mem::take(&mut *seen.lock().expect("creators are done"));
+    check_versions_after_crash(&mlflow, "uploading", &seen).await?;
+
+    let retry = client
+        .put(&url)
+        .body(big_body(
+            Arc::clone(&block),
+            Duration::ZERO,
+            Arc::new(AtomicU64::new(0)),
+        ))
+        .send()
+        .await?;
+    ensure!(retry.status() == 200, "retried upload: {}", retry.status());
+    let listing = mlflow.list_artifacts("crash").await?;
+    ensure!(
+        listing == [("big.bin".to_string(), false, Some(BIG_BYTES))],
+        "listing after the retry: {listing:?}"
+    );
+    let download = client.get(&url).send().await?;
+    ensure!(download.status() == 200, "download: {}", download.status());
+    check_big_body(download, &block).await
+}
+
+/// kill -9 while versions with tags are being created: after a restart every visible
+/// version is whole and consistent, and the next create works.
+async fn killed_mid_creates_leaves_whole_versions(kind: Database) -> Result<()> {
+    let Some(mut fx) = Fixture::start(kind).await? else {
+        return Ok(());
+    };
+    let mlflow = fx.mlflow();
+    mlflow
+        .post("registered-models/create", &json!({"name": "crash"}))
+        .await?;
+    let seen = Arc::new(Mutex::new(Creates::default()));
+    let creators = spawn_creators(&mlflow, "crash", 8, &seen);
+    let enough = || async {
+        let acked = seen.lock().expect("no creator panics").acked.len();
+        Ok((acked >= 40).then_some(()))
+    };
+    poll_until(Duration::from_secs(30), "40 versions created", enough).await?;
+    fx.server.kill();
+    creators.join_all().await;
+
+    fx.server.restart().await?;
+    let mlflow = fx.mlflow();
+    if kind == Database::Sqlite {
+        sqlite_integrity_check(&fx.server.sqlite_path()).await?;
+    }
+    let seen = std::mem::take(&mut *seen.lock().expect("creators are done"));
+    if !seen.refused.is_empty() {
+        eprintln!(
+            "{kind:?}: {} creates refused before the kill (concurrency bug), e.g. {}",
+            seen.refused.len(),
+            seen.refused[0].1
+        );
+    }
+    let highest = check_versions_after_crash(&mlflow, "crash", &seen).await?;
+    let (status, body) = create_version(
+        &mlflow,
+        "crash",
+        "mlflow-artifacts:/after",
+        tags(request_tags(1 << 40)),
+    )
+    .await?;
+    ensure!(status == 200, "create after the restart: {status} {body}");
+    let version = version_of(&body["model_version"])?;
+    ensure!(
+        version == highest + 1,
+        "version {version} after highest {highest}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_killed_mid_creates_leaves_whole_versions() -> Result<()> {
+    killed_mid_creates_leaves_whole_versions(Database::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_killed_mid_creates_leaves_whole_versions() -> Result<()> {
+    killed_mid_creates_leaves_whole_versions(Database::Postgres).await
+}
+
+// ------------------------------------------------------------------- 3. database down
+
+/// A TCP proxy in front of PostgreSQL: down closes it and every connection it carries;
+/// up listens again on the same port.
+struct Proxy {
+    port: u16,
+    target: String,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(target: &str) -> Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Ok(Proxy {
+            port: listener.local_addr()?.port(),
+            target: target.to_string(),
+            task: Some(tokio::spawn(forward(listener, target.to_string()))),
+        })
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn down(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            // Resolves once the task is dropped: its listener and connections with it.
+            let _ = task.await;
+        }
+    }
+
+    async fn up(&mut self) -> Result<()> {
+        let address = &self.address();
+        let bind = || async move { Ok(TcpListener::bind(address).await.ok()) };
+        let listener =
+            poll_until(Duration::from_secs(10), "the proxy port free again", bind).await?;
+        self.task = Some(tokio::spawn(forward(listener, self.target.clone())));
+        Ok(())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Accepts connections and pipes each to `target`; dropping this future (aborting its
+/// task) drops the connection tasks too.
+async fn forward(listener: TcpListener, target: String) {
+    let mut connections = JoinSet::new();
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let target = target.clone();
+        connections.spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// `count` inference requests on `simple`, four at a time; fails on the first that does
+/// not answer 200 with the right sums.
+async fn infer_simple(server: &Server, count: usize) -> Result<()> {
+    let per_task = count / 4;
+    let mut tasks = JoinSet::new();
+    for _ in 0..4 {
+        let (client, url) = (
+            reqwest::Client::new(),
+            server.url("/v2/models/simple/infer"),
+        );
+        tasks.spawn(async move {
+            for _ in 0..per_task {
+                let response = client
+                    .post(&url)
+                    .json(&simple_request(2))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await?;
+                let status = response.status();
+                let body: Value = response.json().await?;
+                ensure!(status == 200, "inference answered {status}: {body}");
+                check_simple_response(&body, 2)?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    tasks.join_all().await.into_iter().collect()
+}
+
+/// Checks a registry answer is 503 TEMPORARILY_UNAVAILABLE naming the database and why.
+fn check_unavailable(what: &str, status: u16, body: &Value, names: &str) -> Result<()> {
+    ensure!(
+        status == 503,
+        "{what} while the database is down: {status} {body}"
+    );
+    ensure!(
+        body["error_code"] == "TEMPORARILY_UNAVAILABLE",
+        "{what}: {body}"
+    );
+    let message = body["message"].as_str().unwrap_or_default().to_lowercase();
+    ensure!(
+        message.contains("database"),
+        "{what}: the message names no database: {body}"
+    );
+    ensure!(
+        message.contains(names),
+        "{what}: the message does not say {names:?}: {body}"
+    );
+    Ok(())
+}
+
+/// `nexus up` on PostgreSQL through a proxy: with the database gone the registry answers
+/// 503 with the cause while health and inference carry on; back, the registry works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_while_the_registry_database_is_down() -> Result<()> {
+    let Some(database) = TestDatabase::create(Database::Postgres).await? else {
+        return Ok(());
+    };
+    let mut proxy = Proxy::start(database.address().context("a PostgreSQL address")?).await?;
+    let data = tempfile::tempdir()?;
+    let url = database.url_via(&proxy.address());
+    let data_dir = data.path().display().to_string();
+    let server = Server::start_up(
+        Repository::examples()?,
+        &["--data-dir", &data_dir, "--database-url", &url],
+    )
+    .await?;
+    let mlflow = server.mlflow();
+    mlflow
+        .post("registered-models/create", &json!({"name": "before"}))
+        .await?;
+
+    proxy.down().await;
+    let (during, before) = (json!({"name": "during"}), json!({"name": "before"}));
+    let create = mlflow.call(Method::POST, "registered-models/create", &during);
+    let get = mlflow.call(Method::GET, "registered-models/get", &before);
+    let (create, get, health, inference) = tokio::join!(
+        create,
+        get,
+        server.get("/health"),
+        infer_simple(&server, 52)
+    );
+    inference.context("inference while the database is down")?;
+    let (status, body) = create?;
+    check_unavailable("create", status, &body, "unavailable")?;
+    let (status, body) = get?;
+    check_unavailable("get", status, &body, "unavailable")?;
+    let (status, body) = health?;
+    check_unavailable("/health", status, &body, &proxy.address())?;
+    check_unavailable("/health", status, &body, "refused")?;
+    let (status, _) = server.get("/v2/health/ready").await?;
+    ensure!(status == 200, "ready while the database is down: {status}");
+
+    proxy.up().await?;
+    let created = || async {
+        let (status, body) = mlflow
+            .call(
+                Method::POST,
+                "registered-models/create",
+                &json!({"name": "after"}),
+            )
+            .await?;
+        Ok((status == 200).then_some(body))
+    };
+    poll_until(
+        Duration::from_secs(30),
+        "the registry back with its database",
+        created,
+    )
+    .await?;
+    mlflow
+        .get("registered-models/get", &json!({"name": "before"}))
+        .await?;
+    infer_simple(&server, 8).await
+}
+
+/// Registry answers name the database and why it cannot be reached when it goes down
+/// while running, as they do when it is down from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_names_the_cause_when_its_database_goes_down() -> Result<()> {
+    let Some(database) = TestDatabase::create(Database::Postgres).await? else {
+        return Ok(());
+    };
+    let mut proxy = Proxy::start(database.address().context("a PostgreSQL address")?).await?;
+    let data = tempfile::tempdir()?;
+    let args = [
+        "--database-url".to_string(),
+        database.url_via(&proxy.address()),
+    ];
+    let server = RegistryServer::start(data.path(), &args).await?;
+    let mlflow = server.mlflow();
+    mlflow
+        .post("registered-models/create", &json!({"name": "before"}))
+        .await?;
+    proxy.down().await;
+    let (status, body) = mlflow
+        .call(
+            Method::POST,
+            "registered-models/create",
+            &json!({"name": "during"}),
+        )
+        .await?;
+    check_unavailable("create", status, &body, &proxy.address())?;
+    check_unavailable("create", status, &body, "refused")
+}
+
+/// `nexus up` with an unreachable database starts anyway: the registry answers 503 with
+/// the cause, inference works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_starts_with_an_unreachable_registry_database() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let data_dir = data.path().display().to_string();
+    let server = Server::start_up(
+        Repository::examples()?,
+        &[
+            "--data-dir",
+            &data_dir,
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/x",
+        ],
+    )
+    .await?;
+    let (status, body) = server
+        .mlflow()
+        .call(
+            Method::POST,
+            "registered-models/create",
+            &json!({"name": "m"}),
+        )
+        .await?;
+    check_unavailable("create", status, &body, "127.0.0.1:1")?;
+    check_unavailable("create", status, &body, "refused")?;
+    let (status, _) = server.get("/health").await?;
+    ensure!(status == 503, "registry /health with no database: {status}");
+    let (status, _) = server.get("/v2/health/ready").await?;
+    ensure!(status == 200, "ready with no registry database: {status}");
+    infer_simple(&server, 52).await
+}
+
+// ------------------------------------------------------------- 4. hot swap under load
+
+/// One inference answer of the swap model: which model answered (x + 1 or x + 2) or why
+/// the request failed, with when it started and ended.
+struct Sample {
+    start: Instant,
+    end: Instant,
+    plus: Result<u8, String>,
+}
+
+/// Which model answered `body` for input `x`: 1 or 2 (every value x + 1 with
+/// model_version "1", or every value x + 2 with "2"), or why neither.
+fn which_model(body: &Value, x: &[f32; 4]) -> Result<u8, String> {
+    let data = body["outputs"][0]["data"]
+        .as_array()
+        .ok_or_else(|| format!("no output data in {body}"))?;
+    let got: Vec<f64> = data.iter().filter_map(Value::as_f64).collect();
+    for plus in [1u8, 2] {
+        let want: Vec<f64> = x.iter().map(|v| f64::from(v + f32::from(plus))).collect();
+        if got == want {
+            let version = body["model_version"].as_str().unwrap_or_default();
+            return match version == plus.to_string() {
+                true => Ok(plus),
+                false => Err(format!("x + {plus} from model_version {version:?}: {body}")),
+            };
+        }
+    }
+    Err(format!("neither x + 1 nor x + 2 for {x:?}: {body}"))
+}
+
+/// What the load clients share: when to stop, how many answers came back, and when the
+/// first x + 2 answer did.
+#[derive(Default)]
+struct Load {
+    stop: AtomicBool,
+    answered: AtomicU64,
+    first_two: Mutex<Option<Instant>>,
+}
+
+/// Sends inference requests to the unversioned swap model until `load.stop`.
+async fn swap_client(url: String, task: u32, load: Arc<Load>) -> Vec<Sample> {
+    let client = reqwest::Client::new();
+    let mut samples = Vec::new();
+    let mut n = 0u32;
+    while !load.stop.load(Ordering::Relaxed) {
+        // Small integers, exact in FP32.
+        let base = (task * 100_000 + n % 100_000) as f32;
+        let x = [base, base + 1.0, base + 2.0, base + 3.0];
+        let request =
+            json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": x}]});
+        let start = Instant::now();
+        let plus = match client
+            .post(&url)
+            .json(&request)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        {
+            Err(e) => Err(format!("request failed: {e}")),
+            Ok(response) => {
+                let status = response.status();
+                match response.json::<Value>().await {
+                    Err(e) => Err(format!("{status}, body not JSON: {e}")),
+                    Ok(body) if status != 200 => Err(format!("{status}: {body}")),
+                    Ok(body) => which_model(&body, &x),
+                }
+            }
+        };
+        let end = Instant::now();
+        if plus == Ok(2) {
+            let mut first_two = load.first_two.lock().expect("no client panics");
+            first_two.get_or_insert(end);
+        }
+        load.answered.fetch_add(1, Ordering::Relaxed);
+        samples.push(Sample { start, end, plus });
+        n += 1;
+    }
+    samples
+}
+
+/// `nexus up --model models:/swap@champion` under 8 clients of steady load while the
+/// alias moves from version 1 to 2: no request fails, no answer mixes the versions, and
+/// once a version 2 answer has come back no request started later gets version 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alias_move_swaps_versions_under_load_without_failures() -> Result<()> {
+    let models = common::python_fixture("tests/fixtures/swap_models.py")?;
+    let data = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
+    let (data_dir, cache_dir) = (
+        data.path().display().to_string(),
+        cache.path().display().to_string(),
+    );
+    let server = Server::start_up(
+        Repository::examples()?,
+        &[
+            "--data-dir",
+            &data_dir,
+            "--model",
+            "models:/swap@champion",
+            "--registry-poll-secs",
+            "1",
+            "--model-cache",
+            &cache_dir,
+        ],
+    )
+    .await?;
+    let registry_url = server.url("");
+    let v1 = models.path().join("v1.onnx").display().to_string();
+    let v2 = models.path().join("v2.onnx").display().to_string();
+    nexus(&[
+        "models",
+        "push",
+        &v1,
+        "--name",
+        "swap",
+        "--alias",
+        "champion",
+        "--registry-url",
+        &registry_url,
+    ])
+    .await?;
+    let ready = || async {
+        let (status, _) = server.get("/v2/models/swap/ready").await?;
+        Ok((status == 200).then_some(()))
+    };
+    poll_until(Duration::from_secs(30), "swap version 1 ready", ready).await?;
+
+    let load = Arc::new(Load::default());
+    let mut clients = JoinSet::new();
+    for task in 0..8 {
+        let url = server.url("/v2/models/swap/infer");
+        clients.spawn(swap_client(url, task, Arc::clone(&load)));
+    }
+    let under_load = || async { Ok((load.answered.load(Ordering::Relaxed) >= 200).then_some(())) };
+    poll_until(
+        Duration::from_secs(30),
+        "200 answers from version 1",
+        under_load,
+    )
+    .await?;
+    nexus(&[
+        "models",
+        "push",
+        &v2,
+        "--name",
+        "swap",
+        "--registry-url",
+        &registry_url,
+    ])
+    .await?;
+    nexus(&[
+        "models",
+        "alias",
+        "set",
+        "swap",
+        "champion",
+        "2",
+        "--registry-url",
+        &registry_url,
+    ])
+    .await?;
+    let two_seconds_of_v2 = || async {
+        let since = load
+            .first_two
+            .lock()
+            .expect("no client panics")
+            .map(|t| t.elapsed());
+        Ok(since
+            .is_some_and(|s| s >= Duration::from_secs(2))
+            .then_some(()))
+    };
+    let waited = poll_until(
+        Duration::from_secs(30),
+        "2 s of version 2 answers",
+        two_seconds_of_v2,
+    )
+    .await;
+    load.stop.store(true, Ordering::Relaxed);
+    let samples: Vec<Sample> = clients.join_all().await.into_iter().flatten().collect();
+    waited?;
+
+    let failures: Vec<&String> = samples
+        .iter()
+        .filter_map(|s| s.plus.as_ref().err())
+        .collect();
+    let ones = samples.iter().filter(|s| s.plus == Ok(1)).count();
+    let twos: Vec<&Sample> = samples.iter().filter(|s| s.plus == Ok(2)).collect();
+    eprintln!(
+        "swap under load: {} requests, {ones} answered by version 1, {} by version 2, {} failed",
+        samples.len(),
+        twos.len(),
+        failures.len()
+    );
+    ensure!(
+        failures.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failures.len(),
+        samples.len(),
+        failures.iter().take(3).collect::<Vec<_>>()
+    );
+    ensure!(ones > 0, "no request was answered by version 1");
+    let first_two_end = twos
+        .iter()
+        .map(|s| s.end)
+        .min()
+        .context("no version 2 answers")?;
+    let late_ones: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.plus == Ok(1) && s.start > first_two_end)
+        .map(|s| s.start - first_two_end)
+        .collect();
+    ensure!(
+        late_ones.is_empty(),
+        "{} requests started after a version 2 answer came back were answered by version 1 \
+         (started up to {:?} after it)",
+        late_ones.len(),
+        late_ones.iter().max()
+    );
+
+    let rows: Vec<Value> = server
+        .index()
+        .await?
+        .into_iter()
+        .filter(|r| r["name"] == "swap")
+        .collect();
+    ensure!(
+        rows.iter()
+            .any(|r| r["version"] == "2" && r["state"] == "READY"),
+        "swap version 2 not READY in the index: {rows:?}"
+    );
+    ensure!(
+        !rows
+            .iter()
+            .any(|r| r["version"] == "1" && r["state"] == "READY"),
+        "swap version 1 still READY: {rows:?}"
+    );
+    Ok(())
+}
