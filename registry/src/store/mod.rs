@@ -8,6 +8,7 @@
 
 pub mod models;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -598,73 +599,112 @@ impl Store {
             .ok_or_else(|| RegistryError::NotFound(format!("Run with id={run_id} not found")))
     }
 
-    async fn run_from_row(&self, row: &AnyRow) -> Result<Run> {
-        let run_id: String = row.try_get("run_uuid")?;
-        let experiment_id: i64 = row.try_get("experiment_id")?;
-        let metrics = sqlx::query(
-            "SELECT key, value, is_nan, timestamp, step, '' AS model_id FROM latest_metrics WHERE run_uuid = $1 ORDER BY key",
-        )
-        .bind(&run_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(metric_from_row)
-        .collect::<Result<Vec<_>>>()?;
-        let params = sqlx::query("SELECT key, value FROM params WHERE run_uuid = $1 ORDER BY key")
-            .bind(&run_id)
-            .fetch_all(&self.pool)
-            .await?;
-        let tags = sqlx::query("SELECT key, value FROM run_tags WHERE run_uuid = $1 ORDER BY key")
-            .bind(&run_id)
-            .fetch_all(&self.pool)
-            .await?;
-        let io = sqlx::query(
-            "SELECT direction, kind, payload FROM run_io WHERE run_uuid = $1 ORDER BY identity",
-        )
-        .bind(&run_id)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut inputs = RunInputs::default();
-        let mut outputs = RunOutputs::default();
-        for r in &io {
-            let payload: String = r.try_get("payload")?;
-            let value: serde_json::Value =
-                serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
-            let direction: String = r.try_get("direction")?;
-            let kind: String = r.try_get("kind")?;
-            match (direction.as_str(), kind.as_str()) {
-                ("input", "dataset") => inputs.dataset_inputs.push(value),
-                ("input", _) => inputs.model_inputs.push(value),
-                _ => outputs.model_outputs.push(value),
+    /// Rows related to each of `ids`, keyed by the first selected column: `sql` selects
+    /// from one table with `{ids}` standing for the placeholder list. A page costs one
+    /// query per related table, not one per row.
+    async fn related(&self, sql: &str, ids: &[String]) -> Result<HashMap<String, Vec<AnyRow>>> {
+        let mut grouped: HashMap<String, Vec<AnyRow>> = HashMap::new();
+        // Chunks keep the placeholder count well under SQLite's limit.
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let query = sql.replace("{ids}", &marks.join(", "));
+            let binds = chunk.iter().cloned().map(Bind::Text).collect();
+            for row in bind_all(sqlx::query(AssertSqlSafe(query)), binds)
+                .fetch_all(&self.pool)
+                .await?
+            {
+                let id: String = row.try_get(0)?;
+                grouped.entry(id).or_default().push(row);
             }
         }
-        Ok(Run {
-            info: RunInfo {
-                run_uuid: run_id.clone(),
-                run_id,
-                run_name: row.try_get("run_name")?,
-                experiment_id: experiment_id.to_string(),
-                user_id: row.try_get("user_id")?,
-                status: row.try_get("status")?,
-                start_time: row.try_get("start_time")?,
-                end_time: row.try_get("end_time")?,
-                artifact_uri: row.try_get("artifact_uri")?,
-                lifecycle_stage: row.try_get("lifecycle_stage")?,
-            },
-            data: RunData {
-                metrics,
-                params: kv(params)?,
-                tags: kv(tags)?,
-            },
-            inputs,
-            outputs,
-        })
+        Ok(grouped)
+    }
+
+    /// Runs with their latest metrics, params, tags, inputs and outputs, in row order.
+    async fn runs_from_rows(&self, rows: &[AnyRow]) -> Result<Vec<Run>> {
+        let ids = rows
+            .iter()
+            .map(|r| r.try_get("run_uuid"))
+            .collect::<std::result::Result<Vec<String>, _>>()?;
+        let mut metrics = self
+            .related(
+                "SELECT run_uuid, key, value, is_nan, timestamp, step, '' AS model_id FROM latest_metrics \
+                 WHERE run_uuid IN ({ids}) ORDER BY key",
+                &ids,
+            )
+            .await?;
+        let mut params = self
+            .related(
+                "SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({ids}) ORDER BY key",
+                &ids,
+            )
+            .await?;
+        let mut tags = self
+            .related(
+                "SELECT run_uuid, key, value FROM run_tags WHERE run_uuid IN ({ids}) ORDER BY key",
+                &ids,
+            )
+            .await?;
+        let mut io = self
+            .related(
+                "SELECT run_uuid, direction, kind, payload FROM run_io WHERE run_uuid IN ({ids}) ORDER BY identity",
+                &ids,
+            )
+            .await?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for (row, run_id) in rows.iter().zip(ids) {
+            let mut inputs = RunInputs::default();
+            let mut outputs = RunOutputs::default();
+            for r in io.remove(&run_id).unwrap_or_default() {
+                let payload: String = r.try_get("payload")?;
+                let value: serde_json::Value =
+                    serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
+                let direction: String = r.try_get("direction")?;
+                let kind: String = r.try_get("kind")?;
+                match (direction.as_str(), kind.as_str()) {
+                    ("input", "dataset") => inputs.dataset_inputs.push(value),
+                    ("input", _) => inputs.model_inputs.push(value),
+                    _ => outputs.model_outputs.push(value),
+                }
+            }
+            let experiment_id: i64 = row.try_get("experiment_id")?;
+            runs.push(Run {
+                data: RunData {
+                    metrics: metrics
+                        .remove(&run_id)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(metric_from_row)
+                        .collect::<Result<Vec<_>>>()?,
+                    params: kv(params.remove(&run_id).unwrap_or_default())?,
+                    tags: kv(tags.remove(&run_id).unwrap_or_default())?,
+                },
+                info: RunInfo {
+                    run_uuid: run_id.clone(),
+                    run_id,
+                    run_name: row.try_get("run_name")?,
+                    experiment_id: experiment_id.to_string(),
+                    user_id: row.try_get("user_id")?,
+                    status: row.try_get("status")?,
+                    start_time: row.try_get("start_time")?,
+                    end_time: row.try_get("end_time")?,
+                    artifact_uri: row.try_get("artifact_uri")?,
+                    lifecycle_stage: row.try_get("lifecycle_stage")?,
+                },
+                inputs,
+                outputs,
+            });
+        }
+        Ok(runs)
     }
 
     /// A run with its latest metrics, params, tags, inputs and outputs.
     pub async fn get_run(&self, run_id: &str) -> Result<Run> {
         let row = self.run_row(run_id).await?;
-        self.run_from_row(&row).await
+        let mut runs = self.runs_from_rows(std::slice::from_ref(&row)).await?;
+        runs.pop().ok_or_else(|| {
+            RegistryError::Internal(format!("run {run_id} vanished while being read"))
+        })
     }
 
     async fn active_run(&self, run_id: &str) -> Result<()> {
@@ -773,7 +813,7 @@ impl Store {
             )
             .await?;
         Ok(Page {
-            items: try_join_all(rows.iter().map(|row| self.run_from_row(row))).await?,
+            items: self.runs_from_rows(&rows).await?,
             next_page_token: next,
         })
     }

@@ -346,14 +346,14 @@ impl Store {
         .bind(DELETED_STAGE)
         .fetch_all(&self.pool)
         .await?;
-        let mut versions = Vec::new();
-        for row in &rows {
+        let mut wanted = Vec::with_capacity(rows.len());
+        for row in rows {
             let stage: String = row.try_get("current_stage")?;
             if stages.is_empty() || stages.iter().any(|s| s.eq_ignore_ascii_case(&stage)) {
-                versions.push(self.version_from_row(row).await?);
+                wanted.push(row);
             }
         }
-        Ok(versions)
+        self.versions_from_rows(&wanted).await
     }
 
     // ---------------------------------------------------------------- model versions
@@ -446,45 +446,67 @@ impl Store {
         .ok_or_else(|| version_missing(name, version))
     }
 
-    async fn version_from_row(&self, row: &AnyRow) -> Result<ModelVersion> {
-        let name: String = row.try_get("name")?;
-        let version: i64 = row.try_get("version")?;
-        let tags = sqlx::query("SELECT key, value FROM model_version_tags WHERE name = $1 AND version = $2 ORDER BY key")
-            .bind(&name)
-            .bind(version)
-            .fetch_all(&self.pool)
-            .await?;
-        let aliases = sqlx::query("SELECT alias FROM registered_model_aliases WHERE name = $1 AND version = $2 ORDER BY alias")
-            .bind(&name)
-            .bind(version)
-            .fetch_all(&self.pool)
-            .await?
+    /// Versions with their tags and aliases, in row order (one query per related table).
+    async fn versions_from_rows(&self, rows: &[AnyRow]) -> Result<Vec<ModelVersion>> {
+        let mut names = rows
             .iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(ModelVersion {
-            name,
-            version: version.to_string(),
-            creation_timestamp: row.try_get("creation_timestamp")?,
-            last_updated_timestamp: row.try_get("last_updated_timestamp")?,
-            user_id: row.try_get("user_id")?,
-            current_stage: row.try_get("current_stage")?,
-            description: row.try_get("description")?,
-            source: row.try_get("source")?,
-            run_id: row.try_get("run_id")?,
-            status: row.try_get("status")?,
-            status_message: row.try_get("status_message")?,
-            run_link: row.try_get("run_link")?,
-            model_id: row.try_get("model_id")?,
-            tags: kv(tags)?,
-            aliases,
-        })
+            .map(|r| r.try_get("name"))
+            .collect::<std::result::Result<Vec<String>, _>>()?;
+        names.sort();
+        names.dedup();
+        let tags = self
+            .related(
+                "SELECT name, version, key, value FROM model_version_tags WHERE name IN ({ids}) ORDER BY key",
+                &names,
+            )
+            .await?;
+        let aliases = self
+            .related(
+                "SELECT name, version, alias FROM registered_model_aliases WHERE name IN ({ids}) ORDER BY alias",
+                &names,
+            )
+            .await?;
+        let of_version = |rows: Option<&Vec<AnyRow>>, version: i64| -> Vec<AnyRow> {
+            rows.into_iter()
+                .flatten()
+                .filter(|r| r.try_get::<i64, _>("version").is_ok_and(|v| v == version))
+                .cloned()
+                .collect()
+        };
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get("name")?;
+                let version: i64 = row.try_get("version")?;
+                let aliases = of_version(aliases.get(&name), version)
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("alias"))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(ModelVersion {
+                    tags: kv(of_version(tags.get(&name), version))?,
+                    aliases,
+                    version: version.to_string(),
+                    name,
+                    creation_timestamp: row.try_get("creation_timestamp")?,
+                    last_updated_timestamp: row.try_get("last_updated_timestamp")?,
+                    user_id: row.try_get("user_id")?,
+                    current_stage: row.try_get("current_stage")?,
+                    description: row.try_get("description")?,
+                    source: row.try_get("source")?,
+                    run_id: row.try_get("run_id")?,
+                    status: row.try_get("status")?,
+                    status_message: row.try_get("status_message")?,
+                    run_link: row.try_get("run_link")?,
+                    model_id: row.try_get("model_id")?,
+                })
+            })
+            .collect()
     }
 
     /// One model version.
     pub async fn get_model_version(&self, name: &str, version: &str) -> Result<ModelVersion> {
         let row = self.version_row(name, version).await?;
-        self.version_from_row(&row).await
+        let mut versions = self.versions_from_rows(std::slice::from_ref(&row)).await?;
+        versions.pop().ok_or_else(|| version_missing(name, version))
     }
 
     /// Where a version's files are (what `get-download-uri` answers).
@@ -603,7 +625,7 @@ impl Store {
             )
             .await?;
         Ok(Page {
-            items: try_join_all(rows.iter().map(|row| self.version_from_row(row))).await?,
+            items: self.versions_from_rows(&rows).await?,
             next_page_token: next,
         })
     }
