@@ -29,6 +29,9 @@ pub struct FileInfo {
 #[derive(Clone)]
 pub struct Artifacts {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it is a local folder: downloads read the file directly in large
+    /// chunks (object_store's local stream reads 8 KiB at a time).
+    local: Option<Arc<LocalFileSystem>>,
     root: Path,
     destination: String,
 }
@@ -37,6 +40,9 @@ pub struct Artifacts {
 /// memory flat.
 const PART_SIZE: usize = 8 << 20;
 
+/// Read size for local downloads.
+const READ_CHUNK: usize = 1 << 20;
+
 impl Artifacts {
     /// Opens `destination`: a folder path, `file://…`, `s3://bucket/prefix`,
     /// `gs://bucket/prefix`, or `az://container/prefix` (also `abfs://`).
@@ -44,15 +50,19 @@ impl Artifacts {
         let invalid = |e: String| {
             RegistryError::Invalid(format!("artifacts destination '{destination}': {e}"))
         };
+        let mut local = None;
         let (store, root): (Arc<dyn ObjectStore>, Path) = match destination.split_once("://") {
             None | Some(("file", _)) => {
                 let folder = destination.strip_prefix("file://").unwrap_or(destination);
                 std::fs::create_dir_all(folder).map_err(|e| invalid(e.to_string()))?;
                 remove_staging(std::path::Path::new(folder));
-                let local = LocalFileSystem::new_with_prefix(folder)
-                    .map_err(|e| invalid(e.to_string()))?
-                    .with_fsync(true);
-                (Arc::new(local), Path::default())
+                let folder_store = Arc::new(
+                    LocalFileSystem::new_with_prefix(folder)
+                        .map_err(|e| invalid(e.to_string()))?
+                        .with_fsync(true),
+                );
+                local = Some(Arc::clone(&folder_store));
+                (folder_store, Path::default())
             }
             Some((scheme, _)) => {
                 let url = url::Url::parse(destination).map_err(|e| invalid(e.to_string()))?;
@@ -84,6 +94,7 @@ impl Artifacts {
         };
         Ok(Artifacts {
             store,
+            local,
             root,
             destination: destination.to_string(),
         })
@@ -145,6 +156,25 @@ impl Artifacts {
         path: &str,
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, object_store::Error>>), RegistryError> {
         let location = self.location(path)?;
+        if let Some(local) = &self.local {
+            let file_path = local.path_to_filesystem(&location)?;
+            let missing = || RegistryError::NotFound(format!("artifact '{path}' does not exist"));
+            let file = tokio::fs::File::open(&file_path)
+                .await
+                .map_err(|_| missing())?;
+            let meta = file.metadata().await.map_err(|_| missing())?;
+            if !meta.is_file() {
+                return Err(missing());
+            }
+            let stream =
+                tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK).map(|chunk| {
+                    chunk.map_err(|e| object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    })
+                });
+            return Ok((meta.len(), stream.boxed()));
+        }
         let result = self.store.get(&location).await?;
         let size = result.meta.size;
         Ok((size, result.into_stream().boxed()))

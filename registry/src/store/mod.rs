@@ -599,22 +599,33 @@ impl Store {
             .ok_or_else(|| RegistryError::NotFound(format!("Run with id={run_id} not found")))
     }
 
-    /// Rows related to each of `ids`, keyed by the first selected column: `sql` selects
-    /// from one table with `{ids}` standing for the placeholder list. A page costs one
-    /// query per related table, not one per row.
-    async fn related(&self, sql: &str, ids: &[String]) -> Result<HashMap<String, Vec<AnyRow>>> {
+    /// Rows related to each of `ids`, keyed by the first selected column (text or integer):
+    /// `sql` selects from one table with `{ids}` standing for the placeholder list, after
+    /// the `fixed` binds. A page costs one query per related table, not one per row.
+    async fn related(
+        &self,
+        sql: &str,
+        fixed: &[Bind],
+        ids: &[Bind],
+    ) -> Result<HashMap<String, Vec<AnyRow>>> {
         let mut grouped: HashMap<String, Vec<AnyRow>> = HashMap::new();
         // Chunks keep the placeholder count well under SQLite's limit.
         for chunk in ids.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let first = fixed.len() + 1;
+            let marks: Vec<String> = (first..first + chunk.len())
+                .map(|i| format!("${i}"))
+                .collect();
             let query = sql.replace("{ids}", &marks.join(", "));
-            let binds = chunk.iter().cloned().map(Bind::Text).collect();
+            let binds = fixed.iter().chain(chunk).cloned().collect();
             for row in bind_all(sqlx::query(AssertSqlSafe(query)), binds)
                 .fetch_all(&self.pool)
                 .await?
             {
-                let id: String = row.try_get(0)?;
-                grouped.entry(id).or_default().push(row);
+                let key = match row.try_get::<String, _>(0) {
+                    Ok(text) => text,
+                    Err(_) => row.try_get::<i64, _>(0)?.to_string(),
+                };
+                grouped.entry(key).or_default().push(row);
             }
         }
         Ok(grouped)
@@ -626,29 +637,34 @@ impl Store {
             .iter()
             .map(|r| r.try_get("run_uuid"))
             .collect::<std::result::Result<Vec<String>, _>>()?;
+        let keys: Vec<Bind> = ids.iter().cloned().map(Bind::Text).collect();
         let mut metrics = self
             .related(
                 "SELECT run_uuid, key, value, is_nan, timestamp, step, '' AS model_id FROM latest_metrics \
                  WHERE run_uuid IN ({ids}) ORDER BY key",
-                &ids,
+                &[],
+                &keys,
             )
             .await?;
         let mut params = self
             .related(
                 "SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({ids}) ORDER BY key",
-                &ids,
+                &[],
+                &keys,
             )
             .await?;
         let mut tags = self
             .related(
                 "SELECT run_uuid, key, value FROM run_tags WHERE run_uuid IN ({ids}) ORDER BY key",
-                &ids,
+                &[],
+                &keys,
             )
             .await?;
         let mut io = self
             .related(
                 "SELECT run_uuid, direction, kind, payload FROM run_io WHERE run_uuid IN ({ids}) ORDER BY identity",
-                &ids,
+                &[],
+                &keys,
             )
             .await?;
         let mut runs = Vec::with_capacity(rows.len());

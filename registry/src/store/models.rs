@@ -3,6 +3,8 @@
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use std::collections::HashMap;
+
 use futures::future::try_join_all;
 
 use super::{Result, Store, ViewType, kv, metric_from_row, now_ms, upsert_tag};
@@ -446,46 +448,60 @@ impl Store {
         .ok_or_else(|| version_missing(name, version))
     }
 
-    /// Versions with their tags and aliases, in row order (one query per related table).
+    /// Versions with their tags and aliases, in row order: per model in the page, one
+    /// query per related table for exactly the page's versions.
     async fn versions_from_rows(&self, rows: &[AnyRow]) -> Result<Vec<ModelVersion>> {
-        let mut names = rows
-            .iter()
-            .map(|r| r.try_get("name"))
-            .collect::<std::result::Result<Vec<String>, _>>()?;
+        let mut pairs = Vec::with_capacity(rows.len());
+        for row in rows {
+            pairs.push((
+                row.try_get::<String, _>("name")?,
+                row.try_get::<i64, _>("version")?,
+            ));
+        }
+        let mut tags: HashMap<(String, String), Vec<AnyRow>> = HashMap::new();
+        let mut aliases: HashMap<(String, String), Vec<AnyRow>> = HashMap::new();
+        let mut names: Vec<&String> = pairs.iter().map(|(n, _)| n).collect();
         names.sort();
         names.dedup();
-        let tags = self
-            .related(
-                "SELECT name, version, key, value FROM model_version_tags WHERE name IN ({ids}) ORDER BY key",
-                &names,
-            )
-            .await?;
-        let aliases = self
-            .related(
-                "SELECT name, version, alias FROM registered_model_aliases WHERE name IN ({ids}) ORDER BY alias",
-                &names,
-            )
-            .await?;
-        let of_version = |rows: Option<&Vec<AnyRow>>, version: i64| -> Vec<AnyRow> {
-            rows.into_iter()
-                .flatten()
-                .filter(|r| r.try_get::<i64, _>("version").is_ok_and(|v| v == version))
-                .cloned()
-                .collect()
-        };
+        for name in names {
+            let fixed = [Bind::Text(name.clone())];
+            let versions: Vec<Bind> = pairs
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| Bind::Int(*v))
+                .collect();
+            let found = self
+                .related(
+                    "SELECT version, key, value FROM model_version_tags WHERE name = $1 AND version IN ({ids}) ORDER BY key",
+                    &fixed,
+                    &versions,
+                )
+                .await?;
+            tags.extend(found.into_iter().map(|(v, rows)| ((name.clone(), v), rows)));
+            let found = self
+                .related(
+                    "SELECT version, alias FROM registered_model_aliases WHERE name = $1 AND version IN ({ids}) ORDER BY alias",
+                    &fixed,
+                    &versions,
+                )
+                .await?;
+            aliases.extend(found.into_iter().map(|(v, rows)| ((name.clone(), v), rows)));
+        }
         rows.iter()
-            .map(|row| {
-                let name: String = row.try_get("name")?;
-                let version: i64 = row.try_get("version")?;
-                let aliases = of_version(aliases.get(&name), version)
+            .zip(pairs)
+            .map(|(row, (name, version))| {
+                let key = (name, version.to_string());
+                let aliases = aliases
+                    .remove(&key)
+                    .unwrap_or_default()
                     .iter()
                     .map(|r| r.try_get::<String, _>("alias"))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 Ok(ModelVersion {
-                    tags: kv(of_version(tags.get(&name), version))?,
+                    tags: kv(tags.remove(&key).unwrap_or_default())?,
                     aliases,
-                    version: version.to_string(),
-                    name,
+                    version: key.1,
+                    name: key.0,
                     creation_timestamp: row.try_get("creation_timestamp")?,
                     last_updated_timestamp: row.try_get("last_updated_timestamp")?,
                     user_id: row.try_get("user_id")?,
