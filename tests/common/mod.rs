@@ -174,6 +174,30 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Polls `url` until it answers 200, failing if `child` exits first or after [`READY_TIMEOUT`].
+pub async fn wait_for_ok(
+    child: &mut Child,
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited with {status} before it was ready");
+        }
+        let answer = client.get(url).timeout(Duration::from_secs(5)).send().await;
+        if answer.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{what} not ready after {READY_TIMEOUT:?}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// Three ports that were free a moment ago.
 fn free_ports() -> Result<[u16; 3]> {
     // Hold all three listeners at once so the kernel hands out three different ports.
@@ -307,26 +331,7 @@ impl Server {
 
     async fn wait_ready(&mut self) -> Result<()> {
         let url = self.url("/v2/health/ready");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("nexus exited with {status} before it was ready");
-            }
-            let answer = self
-                .client
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            if answer.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "nexus not ready after {READY_TIMEOUT:?}"
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        wait_for_ok(&mut self.child, &self.client, &url, "nexus").await
     }
 
     /// Waits up to `timeout` for the process to exit on its own.

@@ -4,15 +4,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use reqwest::Method;
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Connection};
 use tempfile::TempDir;
 
-use super::{POLL_INTERVAL, READY_TIMEOUT, START_ATTEMPTS, free_port, json_reply};
+use super::{START_ATTEMPTS, free_port, json_reply};
 
 /// The PostgreSQL server tests create their databases in (any database on it will do as
 /// the one to connect to); `NEXUS_TEST_POSTGRES_URL` overrides it.
@@ -385,30 +385,11 @@ impl RegistryServer {
 
     async fn wait_ready(&mut self) -> Result<()> {
         let url = self.url("/health");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let child = self
-                .child
-                .as_mut()
-                .context("nexus registry is not running")?;
-            if let Some(status) = child.try_wait()? {
-                bail!("nexus registry exited with {status} before it was ready");
-            }
-            let answer = self
-                .client
-                .get(&url)
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-            if answer.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "nexus registry not ready after {READY_TIMEOUT:?}"
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        let child = self
+            .child
+            .as_mut()
+            .context("nexus registry is not running")?;
+        super::wait_for_ok(child, &self.client, &url, "nexus registry").await
     }
 
     /// `http://127.0.0.1:<port><path>`.
