@@ -34,16 +34,22 @@ MLSERVER_HTTP=18200 MLSERVER_GRPC=18201   # also in benches/runtimes/mlserver/se
 log() { printf '\n==> %s\n' "$*"; }
 ver() { "$repo/.venv-bench/$1/bin/python" -c "import importlib.metadata as m; print(m.version('$2'))"; }  # ver VENV PACKAGE
 
-# --- servers: start in their own process group, always stopped on exit --------------------
+# --- servers: one at a time, always stopped on exit ------------------------------------------
+# Servers run in this script's session, like the load generator. (Started with setsid, a server
+# gets its own CFS autogroup and the scheduler splits the 2 cores between "server" and "client"
+# groups: that cost Nexus's gRPC 15-25 % here and KServe nothing; see results/NOTES.md.)
 server_pid=""
 stop_server() {
     if [[ -n "$server_pid" ]]; then
-        kill -TERM -- "-$server_pid" 2>/dev/null || true
+        local children
+        children="$(pgrep -P "$server_pid" || true)"
+        kill -TERM "$server_pid" 2>/dev/null || true
         for _ in $(seq 50); do
             kill -0 "$server_pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -KILL -- "-$server_pid" 2>/dev/null || true
+        # shellcheck disable=SC2086  # a list of pids
+        kill -KILL "$server_pid" $children 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
         server_pid=""
     fi
@@ -72,7 +78,7 @@ start_server() {
     done
     shift
     mkdir -p "$dir"
-    (cd "$dir" && exec setsid "$@") >"$logfile" 2>&1 &
+    (cd "$dir" && exec "$@") >"$logfile" 2>&1 &
     server_pid=$!
 }
 

@@ -40,10 +40,18 @@ def level(runs: dict, label: str, concurrency: int) -> dict | None:
     return next((lv for lv in run["levels"] if lv["concurrency"] == concurrency), None)
 
 
+def pct(x: float) -> str:
+    return f"{x:.2%}" if x < 0.001 else f"{x:.1%}" if x < 0.01 else f"{x:.0%}"
+
+
 def ratio_verdict(value: float, target: float) -> str:
     if value >= target:
-        return f"**PASS** ({value / target - 1:.0%} above the target)"
-    return f"**MISS** ({1 - value / target:.0%} short of the target)"
+        return f"**PASS** ({pct(value / target - 1)} above the target)"
+    return f"**MISS** ({pct(1 - value / target)} short of the target)"
+
+
+def ratio(x: float) -> str:
+    return f"{x:.4f}×" if x < 1 else f"{x:.1f}×" if x >= 3 else f"{x:.2f}×"
 
 
 def fmt(x: float) -> str:
@@ -110,7 +118,7 @@ def small_section(runs: dict) -> tuple[list[str], list[tuple[str, bool]]]:
         verdict = ratio_verdict(r, SPEEDUP_TARGET)
         verdicts.append((f"small_mlp c=16: Nexus ≥ {SPEEDUP_TARGET:.0f}× {what}", r >= SPEEDUP_TARGET))
         out.append(
-            f"| Nexus ≥ {SPEEDUP_TARGET:.0f}× infer/s of {what}, c=16 | {fmt(a['throughput'])} / {fmt(b['throughput'])} = **{r:.1f}×** | {verdict} |"
+            f"| Nexus ≥ {SPEEDUP_TARGET:.0f}× infer/s of {what}, c=16 | {fmt(a['throughput'])} / {fmt(b['throughput'])} = **{ratio(r)}** | {verdict} |"
         )
     floor = level(runs, "ort", 1)
     for label, what in (("nexus-http-binary", "HTTP binary"), ("nexus-grpc", "gRPC")):
@@ -165,14 +173,14 @@ def wide_section(runs: dict) -> tuple[list[str], list[tuple[str, bool]]]:
         verdicts.append((f"wide_mlp c=32: batching ≥ {BATCHING_TARGET:.0f}× no batching", r >= BATCHING_TARGET))
         out.append(
             f"| rows/s with batching ≥ {BATCHING_TARGET:.0f}× without, c=32 | {fmt(b['rows_per_second'])} / "
-            f"{fmt(n['rows_per_second'])} = **{r:.2f}×** | {ratio_verdict(r, BATCHING_TARGET)} |"
+            f"{fmt(n['rows_per_second'])} = **{ratio(r)}** | {ratio_verdict(r, BATCHING_TARGET)} |"
         )
     if b and o and o["rows_per_second"] > 0:
         r = b["rows_per_second"] / o["rows_per_second"]
         verdicts.append((f"wide_mlp c=32: batching ≥ {ORT_FRACTION_TARGET}× ORT batch 32", r >= ORT_FRACTION_TARGET))
         out.append(
             f"| rows/s with batching ≥ {ORT_FRACTION_TARGET}× ORT at batch 32 | {fmt(b['rows_per_second'])} / "
-            f"{fmt(o['rows_per_second'])} = **{r:.2f}×** | {ratio_verdict(r, ORT_FRACTION_TARGET)} |"
+            f"{fmt(o['rows_per_second'])} = **{ratio(r)}** | {ratio_verdict(r, ORT_FRACTION_TARGET)} |"
         )
     out.append("")
     return out, verdicts

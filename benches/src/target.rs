@@ -276,9 +276,12 @@ impl Request {
                 header_length,
             } => {
                 let mut request = client.post(url).body(body.clone());
-                if let Some(len) = header_length {
-                    request = request.header("Inference-Header-Content-Length", *len);
-                }
+                request = match header_length {
+                    Some(len) => request
+                        .header("Inference-Header-Content-Length", *len)
+                        .header("Content-Type", "application/octet-stream"),
+                    None => request.header("Content-Type", "application/json"),
+                };
                 let response = request.send().await.map_err(|e| e.to_string())?;
                 let status = response.status();
                 let bytes = response.bytes().await.map_err(|e| e.to_string())?;

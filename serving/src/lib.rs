@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use nexus_models::{BackendError, ModelRepository, RepositoryError};
@@ -267,7 +268,12 @@ pub async fn serve(
             Arc::clone(&manager),
             args.max_request_bytes,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown.clone());
+        .serve_with_incoming_shutdown(
+            // Small replies must not wait for Nagle's algorithm (a 40 ms stall per response).
+            TcpListenerStream::new(grpc)
+                .map(|stream| stream.and_then(|s| s.set_nodelay(true).map(|()| s))),
+            shutdown.clone(),
+        );
 
     let result = tokio::try_join!(
         async {
