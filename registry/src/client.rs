@@ -38,18 +38,6 @@ pub enum Reference {
     Alias(String),
 }
 
-/// Parses `models:/<name>@<alias>` or `models:/<name>/<version>`.
-pub fn parse_model_uri(uri: &str) -> Option<(String, Reference)> {
-    let rest = uri.strip_prefix("models:/")?;
-    if let Some((name, alias)) = rest.split_once('@') {
-        return (!name.is_empty() && !alias.is_empty())
-            .then(|| (name.to_string(), Reference::Alias(alias.to_string())));
-    }
-    let (name, version) = rest.rsplit_once('/')?;
-    let valid = !name.is_empty() && version.parse::<u64>().is_ok();
-    valid.then(|| (name.to_string(), Reference::Version(version.to_string())))
-}
-
 /// An MLflow REST client.
 #[derive(Clone)]
 pub struct RegistryClient {
@@ -451,24 +439,4 @@ fn local_files(path: &Path) -> Result<Vec<(String, u64, PathBuf)>> {
     }
     files.sort();
     Ok(files)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_uris() {
-        assert_eq!(
-            parse_model_uri("models:/fraud@champion"),
-            Some(("fraud".into(), Reference::Alias("champion".into())))
-        );
-        assert_eq!(
-            parse_model_uri("models:/fraud/3"),
-            Some(("fraud".into(), Reference::Version("3".into())))
-        );
-        assert_eq!(parse_model_uri("models:/fraud"), None);
-        assert_eq!(parse_model_uri("models:/fraud/latest"), None);
-        assert_eq!(parse_model_uri("runs:/x/y"), None);
-    }
 }
