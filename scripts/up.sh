@@ -6,4 +6,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bash scripts/setup.sh
 cargo build --release --bin nexus
+# Pipeline steps run `python3` from PATH: the project venv has numpy, onnx, onnxruntime and kfp
+# (what examples/pipelines and KFP lightweight components need).
+export PATH="$repo/.venv/bin:$PATH"
 exec target/release/nexus up "$@"

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use nexus_bench::BenchCommand;
+use nexus_pipelines::cli::PipelineCommand;
+use nexus_pipelines::{ArtifactStore, PipelineArgs};
 use nexus_registry::RegistryArgs;
 use nexus_registry::client::{Reference, RegistryClient};
 use nexus_serving::remote::BoxFuture;
@@ -93,6 +95,8 @@ enum Command {
         serve: ServeArgs,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        pipelines: Box<PipelineArgs>,
     },
     /// The model registry and experiment tracking alone, speaking MLflow's REST API.
     Registry {
@@ -117,6 +121,19 @@ enum Command {
         registry_url: String,
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Submit and follow pipeline runs (Nexus YAML or compiled KFP) on a Nexus server.
+    Pipeline {
+        /// The Nexus server's URL.
+        #[arg(
+            long,
+            global = true,
+            env = "NEXUS_URL",
+            default_value = "http://127.0.0.1:8000"
+        )]
+        url: String,
+        #[command(subcommand)]
+        command: PipelineCommand,
     },
     /// Benchmark any KServe V2 server (HTTP JSON/binary, gRPC) or ONNX Runtime in-process.
     Bench {
@@ -288,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
             model_repository,
             serve,
             registry,
+            pipelines,
         } => {
             if !model_repository.is_dir() {
                 anyhow::bail!(
@@ -295,16 +313,27 @@ async fn main() -> anyhow::Result<()> {
                     model_repository.display()
                 );
             }
-            let registry = nexus_registry::Registry::open(&registry)
+            let registry_args = registry;
+            let registry = nexus_registry::Registry::open(&registry_args)
                 .await
                 .context("opening the registry")?;
+            let own_url = format!("http://{}:{}", serve.address, serve.http_port);
+            let (store, root) = registry.artifacts.object_store();
+            let engine = pipelines
+                .open(
+                    &registry_args.database_url(),
+                    &registry_args.data_dir,
+                    ArtifactStore::new(store, root, registry.artifacts.destination()),
+                    own_url.clone(),
+                )
+                .await
+                .context("starting the pipeline runner")?;
             // Registry models come from this very server unless another registry is named.
-            let url = serve
-                .registry_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}:{}", serve.address, serve.http_port));
+            let url = serve.registry_url.clone().unwrap_or(own_url);
             let extensions = Extensions {
-                routes: registry.router(),
+                routes: registry
+                    .router()
+                    .merge(nexus_pipelines::api::router(engine)),
                 source: Some(registry_source(&url)),
             };
             nexus_serving::serve(vec![model_repository], serve, extensions, shutdown_signal())
@@ -320,6 +349,7 @@ async fn main() -> anyhow::Result<()> {
             registry_url,
             command,
         } => models(&RegistryClient::new(&registry_url), command).await,
+        Command::Pipeline { url, command } => nexus_pipelines::cli::run(&url, command).await,
         Command::Bench { command } => match command {
             BenchCommand::Run(args) => nexus_bench::run(*args).await.map(|_| ()),
             BenchCommand::Report(args) => {

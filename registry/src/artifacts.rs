@@ -100,6 +100,12 @@ impl Artifacts {
         })
     }
 
+    /// The object store and the root below which this store's objects live, for others
+    /// (pipeline artifacts) that keep their files in the same place.
+    pub fn object_store(&self) -> (Arc<dyn ObjectStore>, Path) {
+        (Arc::clone(&self.store), self.root.clone())
+    }
+
     /// The destination this store was opened with.
     pub fn destination(&self) -> &str {
         &self.destination

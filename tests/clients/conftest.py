@@ -6,6 +6,7 @@ free ports of 127.0.0.1; its log goes to a file that is printed at the end of a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -65,6 +66,36 @@ def _log_tail(path: Path, lines: int = 200) -> str:
     return "\n".join(text[-lines:])
 
 
+@contextlib.contextmanager
+def serving(proc: subprocess.Popen, ready_url: str, log: Path, what: str):
+    """Waits until `ready_url` answers 200 (failing with the server's log if `proc` exits first
+    or takes longer than READY_TIMEOUT_S), and stops `proc` when the block ends."""
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last = "no answer"
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{what} exited with {proc.returncode} before it was ready; log:\n{_log_tail(log)}")
+            try:
+                r = requests.get(ready_url, timeout=2)
+                if r.status_code == 200:
+                    break
+                last = f"HTTP {r.status_code} {r.text[:200]}"
+            except requests.RequestException as e:
+                last = type(e).__name__
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} not ready after {READY_TIMEOUT_S}s (last: {last}); log:\n{_log_tail(log)}")
+            time.sleep(0.2)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _start_server(repository: Path, log: Path, extra_args: list[str]):
     """Start `nexus serve`, wait until it is ready, yield it, then stop it."""
     if not NEXUS_BIN.is_file():
@@ -93,30 +124,8 @@ def _start_server(repository: Path, log: Path, extra_args: list[str]):
         repository=repository,
         log=log,
     )
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        last = "no answer"
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"nexus exited with {proc.returncode} before it was ready; log:\n{_log_tail(log)}")
-            try:
-                r = requests.get(f"{server.base}/v2/health/ready", timeout=2)
-                if r.status_code == 200:
-                    break
-                last = f"HTTP {r.status_code} {r.text[:200]}"
-            except requests.RequestException as e:
-                last = type(e).__name__
-            if time.monotonic() > deadline:
-                pytest.fail(f"nexus not ready after {READY_TIMEOUT_S}s (last: {last}); log:\n{_log_tail(log)}")
-            time.sleep(0.2)
+    with serving(proc, f"{server.base}/v2/health/ready", log, "nexus"):
         yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -252,3 +261,63 @@ def mlflow_client(tracking_uri):
 def experiment_id(mlflow_client):
     """A fresh experiment for one test."""
     return mlflow_client.create_experiment(mlflow_support.unique("exp"))
+
+
+# --- Pipelines server (test_kfp.py) ---------------------------------------------------------------
+
+
+@dataclass
+class PipelinesServer:
+    """A running `nexus up` whose pipelines REST API the KFP tests drive."""
+
+    base: str  # http://127.0.0.1:PORT
+    log: Path
+    python: str  # the interpreter the steps run (`--pipeline-python`, and first on PATH)
+
+
+@pytest.fixture(scope="session")
+def pipelines_server(tmp_path_factory):
+    """`nexus up` on free ports with its own data dir and an empty model repository.
+
+    KFP lightweight components run `python3 -m kfp.dsl.executor_main`: the server gets this
+    interpreter as `--pipeline-python` (what kfp.local's SubprocessRunner does with
+    sys.executable) and its folder first on PATH (the `pip` prelude and plain `python3`).
+    """
+    with up_server(tmp_path_factory.mktemp("pipelines-server"), ["--pipeline-python", sys.executable]) as (base, log):
+        yield PipelinesServer(base=base, log=log, python=sys.executable)
+
+
+@contextlib.contextmanager
+def up_server(work: Path, extra: list[str]):
+    """Runs `nexus up` on free ports with its data dir, model cache and (empty) model repository
+    in `work`, `extra` arguments appended and this interpreter's folder first on PATH (pipeline
+    steps run `python3` from it); yields (base URL, log) once ready, and stops it after."""
+    if not NEXUS_BIN.is_file():
+        pytest.fail(f"server binary {NEXUS_BIN} not found: run `cargo build --bin nexus` or set NEXUS_BIN")
+    repository = work / "models"
+    repository.mkdir()
+    log = work / "nexus-up.log"
+    http, grpc, metrics = _free_ports(3)
+    cmd = [
+        str(NEXUS_BIN), "up",
+        "--model-repository", str(repository),
+        "--address", "127.0.0.1",
+        "--http-port", str(http),
+        "--grpc-port", str(grpc),
+        "--metrics-port", str(metrics),
+        "--data-dir", str(work / "data"),
+        "--model-cache", str(work / "model-cache"),
+        *extra,
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "NEXUS_URL", "NEXUS_DATA_DIR")}
+    env["NO_COLOR"] = "1"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    _server_logs.append(log)
+    with open(log, "wb") as out:
+        out.write(("$ " + " ".join(cmd) + "\n").encode())
+        out.flush()
+        # cwd = repo root, as for `nexus serve`: .nexus/lib/libonnxruntime.so is found there.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    base = f"http://127.0.0.1:{http}"
+    with serving(proc, f"{base}/v2/health/ready", log, "nexus up"):
+        yield base, log

@@ -161,9 +161,11 @@ impl Store {
         match self
             .migrated
             .get_or_try_init(|| async {
-                let migrator = Migrator::new(Embedded)
+                let mut migrator = Migrator::new(Embedded)
                     .await
                     .map_err(|e| RegistryError::Internal(format!("migrations: {e}")))?;
+                // The pipelines' tables share the database and the migrations table.
+                migrator.set_ignore_missing(true);
                 migrator.run(&self.pool).await.map_err(|e| match e {
                     sqlx::migrate::MigrateError::Execute(inner) => match RegistryError::from(inner)
                     {

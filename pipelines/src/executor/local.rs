@@ -1,0 +1,174 @@
+//! Steps as local processes. Each attempt runs in its own process group, so a timeout or
+//! a cancel stops everything the step started (a shell and its children), not just the
+//! first process; the child also dies with Nexus (`PR_SET_PDEATHSIG`), and a restarted
+//! Nexus stops any leftover group before re-running the step.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::{Executor, Exit, Launch, OnStart};
+
+/// How long a stopped group gets between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Default)]
+pub struct LocalExecutor;
+
+/// Signals a whole process group; false when it no longer exists.
+fn signal_group(pgid: i32, signal: i32) -> bool {
+    // SAFETY: killpg has no memory-safety preconditions; a stale id fails with ESRCH.
+    unsafe { libc::killpg(pgid, signal) == 0 }
+}
+
+/// Stops a group: SIGTERM, then SIGKILL for what is left after the grace period.
+async fn stop_group(pgid: i32) {
+    if !signal_group(pgid, libc::SIGTERM) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + GRACE;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !signal_group(pgid, 0) {
+            return;
+        }
+    }
+    signal_group(pgid, libc::SIGKILL);
+}
+
+async fn note(log: &mut tokio::fs::File, text: &str) {
+    let _ = log.write_all(text.as_bytes()).await;
+    let _ = log.flush().await;
+}
+
+impl LocalExecutor {
+    async fn run_attempt(
+        &self,
+        launch: Launch,
+        on_start: OnStart,
+        cancel: CancellationToken,
+    ) -> Exit {
+        let mut log = match tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                return Exit::Failed(format!("cannot open log {}: {e}", launch.log.display()));
+            }
+        };
+        note(
+            &mut log,
+            &format!("--- attempt {} of {} ---\n", launch.attempt, launch.path),
+        )
+        .await;
+        let (stdout, stderr) = match (log.try_clone().await, log.try_clone().await) {
+            (Ok(a), Ok(b)) => (a.into_std().await, b.into_std().await),
+            (Err(e), _) | (_, Err(e)) => return Exit::Failed(format!("cannot share log: {e}")),
+        };
+        let Some((program, args)) = launch.argv.split_first() else {
+            return Exit::Failed("empty command".into());
+        };
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .envs(&launch.env)
+            .current_dir(&launch.workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let message = format!(
+                    "cannot start '{program}' in {}: {e}",
+                    launch.workdir.display()
+                );
+                note(&mut log, &format!("{message}\n")).await;
+                return Exit::Failed(message);
+            }
+        };
+        let Some(pid) = child.id() else {
+            return Exit::Failed("the process exited before it could be tracked".into());
+        };
+        let pgid = pid as i32;
+        on_start(pgid.to_string());
+        let timeout = async {
+            match launch.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let exit = tokio::select! {
+            status = child.wait() => match status {
+                Ok(s) if s.success() => Exit::Succeeded,
+                Ok(s) => Exit::Failed(describe(s)),
+                Err(e) => Exit::Failed(format!("waiting for the step: {e}")),
+            },
+            () = timeout => {
+                stop_group(pgid).await;
+                let _ = child.wait().await;
+                let t = launch.timeout.unwrap_or_default();
+                note(&mut log, &format!("timed out after {}\n", humantime::format_duration(t))).await;
+                Exit::TimedOut(t)
+            }
+            () = cancel.cancelled() => {
+                stop_group(pgid).await;
+                let _ = child.wait().await;
+                note(&mut log, "cancelled\n").await;
+                Exit::Cancelled
+            }
+        };
+        // Whatever the step left running in its group goes with it.
+        signal_group(pgid, libc::SIGKILL);
+        exit
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended abnormally".into(),
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn run(
+        &self,
+        launch: Launch,
+        on_start: OnStart,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Exit> {
+        Box::pin(self.run_attempt(launch, on_start, cancel))
+    }
+
+    fn stop_stale(&self, handle: &str) -> BoxFuture<'_, ()> {
+        let pgid = handle.parse::<i32>().ok().filter(|p| *p > 1);
+        Box::pin(async move {
+            if let Some(pgid) = pgid {
+                stop_group(pgid).await;
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "local"
+    }
+}

@@ -1,0 +1,993 @@
+//! Kubeflow Pipelines v2 IR (the YAML `kfp.compiler` writes): imported into the graph,
+//! and run the way `kfp.local.SubprocessRunner(use_venv=False)` runs it, without
+//! containers: the container's command runs as a local process with KFP's placeholders
+//! resolved and an `ExecutorInput` in the same JSON shape, and outputs are read back from
+//! the executor output file and the output parameter files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde_json::{Map, Value, json};
+
+use crate::error::SpecError;
+use crate::executor::Resources;
+use crate::graph::{
+    Body, Dag, Exec, Flavor, Input, InputDecl, Items, Loop, OutputDecl, Parameter, Pipeline, Retry,
+    Selector, Task, coerce,
+};
+
+/// Whether a document is KFP IR.
+pub fn is_kfp(doc: &Value) -> bool {
+    doc.get("pipelineInfo").is_some() && doc.get("root").is_some()
+}
+
+fn obj<'a>(v: &'a Value, key: &str) -> Option<&'a Map<String, Value>> {
+    v.get(key).and_then(Value::as_object)
+}
+
+fn string<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Parses protobuf's JSON durations ("3.5s").
+fn duration_ms(v: Option<&Value>) -> Option<u64> {
+    let s = v?.as_str()?;
+    let secs: f64 = s.strip_suffix('s')?.parse().ok()?;
+    Some((secs * 1000.0) as u64)
+}
+
+struct Importer<'a> {
+    doc: &'a Value,
+}
+
+/// Imports a compiled KFP pipeline.
+pub fn import(doc: &Value) -> Result<Pipeline, SpecError> {
+    let name = doc
+        .pointer("/pipelineInfo/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| SpecError::at_field("pipelineInfo.name", "missing"))?
+        .to_string();
+    let root = doc
+        .get("root")
+        .ok_or_else(|| SpecError::at_field("root", "missing"))?;
+    if root.pointer("/inputDefinitions/artifacts").is_some() {
+        return Err(SpecError::at_field(
+            "root.inputDefinitions.artifacts",
+            "pipelines taking input artifacts are not supported; pass a URI as a parameter",
+        ));
+    }
+    let mut parameters = BTreeMap::new();
+    if let Some(params) = root
+        .pointer("/inputDefinitions/parameters")
+        .and_then(Value::as_object)
+    {
+        for (pname, decl) in params {
+            let kind = string(decl, "parameterType").map(str::to_string);
+            let default = decl
+                .get("defaultValue")
+                .cloned()
+                .map(|v| coerce(v, kind.as_deref()))
+                .transpose()
+                .map_err(|e| {
+                    SpecError::at_field(&format!("root.inputDefinitions.parameters.{pname}"), e)
+                })?;
+            parameters.insert(
+                pname.clone(),
+                Parameter {
+                    default,
+                    kind,
+                    optional: decl
+                        .get("isOptional")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                },
+            );
+        }
+    }
+    let importer = Importer { doc };
+    let dag = importer.dag(root, "root")?;
+    dag.validate("root")?;
+    Ok(Pipeline {
+        name,
+        flavor: Flavor::Kfp,
+        parameters,
+        root: dag,
+    })
+}
+
+impl Importer<'_> {
+    fn component(&self, name: &str, task: &str) -> Result<&Value, SpecError> {
+        self.doc
+            .pointer(&format!(
+                "/components/{}",
+                name.replace('~', "~0").replace('/', "~1")
+            ))
+            .ok_or_else(|| {
+                SpecError::at(
+                    task,
+                    "componentRef.name",
+                    format!("unknown component '{name}'"),
+                )
+            })
+    }
+
+    fn dag(&self, component: &Value, scope: &str) -> Result<Dag, SpecError> {
+        let dag = component
+            .get("dag")
+            .ok_or_else(|| SpecError::new(format!("component {scope} has no dag")))?;
+        let mut tasks = Vec::new();
+        if let Some(specs) = obj(dag, "tasks") {
+            for (name, spec) in specs {
+                tasks.push(self.task(name, spec)?);
+            }
+        }
+        let mut outputs = BTreeMap::new();
+        if let Some(params) = dag
+            .pointer("/outputs/parameters")
+            .and_then(Value::as_object)
+        {
+            for (out, sel) in params {
+                let pick = |s: &Value| -> Option<Selector> {
+                    Some(Selector::Parameter {
+                        task: string(s, "producerSubtask")?.to_string(),
+                        key: string(s, "outputParameterKey")?.to_string(),
+                    })
+                };
+                let selector = if let Some(s) = sel.get("valueFromParameter") {
+                    pick(s)
+                } else {
+                    sel.pointer("/valueFromOneof/parameterSelectors")
+                        .and_then(Value::as_array)
+                        .map(|all| Selector::OneOf(all.iter().filter_map(pick).collect()))
+                };
+                let selector = selector.ok_or_else(|| {
+                    SpecError::at_field(
+                        &format!("{scope}.dag.outputs.parameters.{out}"),
+                        "unsupported selector",
+                    )
+                })?;
+                outputs.insert(out.clone(), selector);
+            }
+        }
+        if let Some(arts) = dag.pointer("/outputs/artifacts").and_then(Value::as_object) {
+            for (out, sel) in arts {
+                let all: Vec<Selector> = sel
+                    .get("artifactSelectors")
+                    .and_then(Value::as_array)
+                    .map(|v| {
+                        v.iter()
+                            .filter_map(|s| {
+                                Some(Selector::Artifact {
+                                    task: string(s, "producerSubtask")?.to_string(),
+                                    key: string(s, "outputArtifactKey")?.to_string(),
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let selector = match all.len() {
+                    0 => {
+                        return Err(SpecError::at_field(
+                            &format!("{scope}.dag.outputs.artifacts.{out}"),
+                            "no artifact selector",
+                        ));
+                    }
+                    1 => all.into_iter().next().expect("one selector"),
+                    _ => Selector::OneOf(all),
+                };
+                outputs.insert(out.clone(), selector);
+            }
+        }
+        Ok(Dag { tasks, outputs })
+    }
+
+    fn task(&self, name: &str, spec: &Value) -> Result<Task, SpecError> {
+        let component_name = spec
+            .pointer("/componentRef/name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| SpecError::at(name, "componentRef.name", "missing"))?;
+        let component = self.component(component_name, name)?;
+        let body = if component.get("dag").is_some() {
+            Body::Dag(self.dag(component, name)?)
+        } else {
+            Body::Exec(Box::new(self.exec(component, name)?))
+        };
+        let mut parameters = BTreeMap::new();
+        if let Some(inputs) = spec
+            .pointer("/inputs/parameters")
+            .and_then(Value::as_object)
+        {
+            for (input, source) in inputs {
+                let field = format!("inputs.parameters.{input}");
+                let value = if let Some(parent) = string(source, "componentInputParameter") {
+                    Input::Parent {
+                        name: parent.to_string(),
+                        selector: string(source, "parameterExpressionSelector").map(str::to_string),
+                    }
+                } else if let Some(out) = source.get("taskOutputParameter") {
+                    Input::Output {
+                        task: string(out, "producerTask")
+                            .ok_or_else(|| SpecError::at(name, &field, "missing producerTask"))?
+                            .to_string(),
+                        key: string(out, "outputParameterKey")
+                            .ok_or_else(|| {
+                                SpecError::at(name, &field, "missing outputParameterKey")
+                            })?
+                            .to_string(),
+                    }
+                } else if let Some(constant) = source.pointer("/runtimeValue/constant") {
+                    Input::Constant(constant.clone())
+                } else if let Some(status) = source.get("taskFinalStatus") {
+                    Input::FinalStatus {
+                        task: string(status, "producerTask")
+                            .ok_or_else(|| SpecError::at(name, &field, "missing producerTask"))?
+                            .to_string(),
+                    }
+                } else {
+                    return Err(SpecError::at(name, &field, "unsupported input source"));
+                };
+                parameters.insert(input.clone(), value);
+            }
+        }
+        let mut artifacts = BTreeMap::new();
+        if let Some(inputs) = spec.pointer("/inputs/artifacts").and_then(Value::as_object) {
+            for (input, source) in inputs {
+                let field = format!("inputs.artifacts.{input}");
+                let value = if let Some(out) = source.get("taskOutputArtifact") {
+                    Input::Output {
+                        task: string(out, "producerTask")
+                            .ok_or_else(|| SpecError::at(name, &field, "missing producerTask"))?
+                            .to_string(),
+                        key: string(out, "outputArtifactKey")
+                            .ok_or_else(|| {
+                                SpecError::at(name, &field, "missing outputArtifactKey")
+                            })?
+                            .to_string(),
+                    }
+                } else if let Some(parent) = string(source, "componentInputArtifact") {
+                    Input::Parent {
+                        name: parent.to_string(),
+                        selector: None,
+                    }
+                } else {
+                    return Err(SpecError::at(name, &field, "unsupported artifact source"));
+                };
+                artifacts.insert(input.clone(), value);
+            }
+        }
+        if spec.get("artifactIterator").is_some() {
+            return Err(SpecError::at(
+                name,
+                "artifactIterator",
+                "ParallelFor over a list of artifacts is not supported; loop over parameters",
+            ));
+        }
+        let iterate = match spec.get("parameterIterator") {
+            None => None,
+            Some(it) => {
+                let items = if let Some(raw) = it.pointer("/items/raw").and_then(Value::as_str) {
+                    let parsed: Value = serde_json::from_str(raw).map_err(|e| {
+                        SpecError::at(
+                            name,
+                            "parameterIterator.items.raw",
+                            format!("not a JSON list: {e}"),
+                        )
+                    })?;
+                    match parsed {
+                        Value::Array(items) => Items::Constant(items),
+                        _ => {
+                            return Err(SpecError::at(
+                                name,
+                                "parameterIterator.items.raw",
+                                "not a list",
+                            ));
+                        }
+                    }
+                } else if let Some(input) =
+                    it.pointer("/items/inputParameter").and_then(Value::as_str)
+                {
+                    Items::Input(input.to_string())
+                } else {
+                    return Err(SpecError::at(
+                        name,
+                        "parameterIterator.items",
+                        "needs raw or inputParameter",
+                    ));
+                };
+                Some(Loop {
+                    items,
+                    item_input: string(it, "itemInput")
+                        .ok_or_else(|| {
+                            SpecError::at(name, "parameterIterator.itemInput", "missing")
+                        })?
+                        .to_string(),
+                    parallelism: spec
+                        .pointer("/iteratorPolicy/parallelismLimit")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0) as usize,
+                })
+            }
+        };
+        let retry = match spec.get("retryPolicy") {
+            None => Retry::default(),
+            Some(r) => Retry {
+                max: r.get("maxRetryCount").and_then(Value::as_u64).unwrap_or(0) as u32,
+                backoff_ms: duration_ms(r.get("backoffDuration")).unwrap_or(0),
+                factor: r
+                    .get("backoffFactor")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(2.0),
+                max_backoff_ms: duration_ms(r.get("backoffMaxDuration")).unwrap_or(3_600_000),
+            },
+        };
+        let mut task = Task {
+            name: name.to_string(),
+            after: spec
+                .get("dependentTasks")
+                .and_then(Value::as_array)
+                .map(|d| {
+                    d.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            parameters,
+            artifacts,
+            condition: spec
+                .pointer("/triggerPolicy/condition")
+                .and_then(Value::as_str)
+                .filter(|c| !c.trim().is_empty())
+                .map(str::to_string),
+            always: spec
+                .pointer("/triggerPolicy/strategy")
+                .and_then(Value::as_str)
+                == Some("ALL_UPSTREAM_TASKS_COMPLETED"),
+            iterate,
+            body,
+            retry,
+            timeout_ms: None,
+            cache: spec
+                .pointer("/cachingOptions/enableCache")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        };
+        task.link_producers();
+        Ok(task)
+    }
+
+    fn exec(&self, component: &Value, task: &str) -> Result<Exec, SpecError> {
+        let label = string(component, "executorLabel").ok_or_else(|| {
+            SpecError::at(
+                task,
+                "executorLabel",
+                "component has neither dag nor executor",
+            )
+        })?;
+        let executor = self
+            .doc
+            .pointer(&format!("/deploymentSpec/executors/{label}"))
+            .ok_or_else(|| {
+                SpecError::at(task, "executorLabel", format!("unknown executor '{label}'"))
+            })?;
+        let Some(container) = executor.get("container") else {
+            return Err(SpecError::at(
+                task,
+                "executorLabel",
+                format!(
+                    "executor '{label}' is not a container (importers and custom jobs are not supported)"
+                ),
+            ));
+        };
+        let strings = |key: &str| -> Vec<String> {
+            container
+                .get(key)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut argv = strings("command");
+        argv.extend(strings("args"));
+        if argv.is_empty() {
+            return Err(SpecError::at(
+                task,
+                "container.command",
+                "empty command (image entrypoints cannot run locally)",
+            ));
+        }
+        let env = container
+            .get("env")
+            .and_then(Value::as_array)
+            .map(|e| {
+                e.iter()
+                    .filter_map(|v| {
+                        Some((
+                            string(v, "name")?.to_string(),
+                            string(v, "value").unwrap_or("").to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let resources = container
+            .get("resources")
+            .map(resources)
+            .unwrap_or_default();
+        let mut inputs = BTreeMap::new();
+        if let Some(params) = component
+            .pointer("/inputDefinitions/parameters")
+            .and_then(Value::as_object)
+        {
+            for (name, decl) in params {
+                inputs.insert(
+                    name.clone(),
+                    InputDecl {
+                        artifact: false,
+                        kind: string(decl, "parameterType").map(str::to_string),
+                        default: decl.get("defaultValue").cloned(),
+                        optional: decl
+                            .get("isOptional")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                    },
+                );
+            }
+        }
+        if let Some(arts) = component
+            .pointer("/inputDefinitions/artifacts")
+            .and_then(Value::as_object)
+        {
+            for (name, decl) in arts {
+                inputs.insert(
+                    name.clone(),
+                    InputDecl {
+                        artifact: true,
+                        kind: decl
+                            .pointer("/artifactType/schemaTitle")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                        default: None,
+                        optional: decl
+                            .get("isOptional")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                    },
+                );
+            }
+        }
+        let mut outputs = BTreeMap::new();
+        if let Some(params) = component
+            .pointer("/outputDefinitions/parameters")
+            .and_then(Value::as_object)
+        {
+            for (name, decl) in params {
+                outputs.insert(
+                    name.clone(),
+                    OutputDecl {
+                        artifact: false,
+                        kind: string(decl, "parameterType").map(str::to_string),
+                        schema_version: None,
+                    },
+                );
+            }
+        }
+        if let Some(arts) = component
+            .pointer("/outputDefinitions/artifacts")
+            .and_then(Value::as_object)
+        {
+            for (name, decl) in arts {
+                outputs.insert(
+                    name.clone(),
+                    OutputDecl {
+                        artifact: true,
+                        kind: decl
+                            .pointer("/artifactType/schemaTitle")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                        schema_version: decl
+                            .pointer("/artifactType/schemaVersion")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                    },
+                );
+            }
+        }
+        Ok(Exec {
+            image: string(container, "image").map(str::to_string),
+            argv,
+            env,
+            workdir: None,
+            resources,
+            outputs,
+            inputs,
+        })
+    }
+}
+
+fn resources(r: &Value) -> Resources {
+    let cpu = string(r, "resourceCpuLimit")
+        .map(str::to_string)
+        .or_else(|| {
+            r.get("cpuLimit")
+                .and_then(Value::as_f64)
+                .map(|c| c.to_string())
+        });
+    let memory = string(r, "resourceMemoryLimit")
+        .map(str::to_string)
+        .or_else(|| {
+            r.get("memoryLimit")
+                .and_then(Value::as_f64)
+                .map(|m| format!("{}G", m))
+        });
+    let gpu = r
+        .pointer("/accelerator/resourceCount")
+        .and_then(|v| {
+            v.as_str()
+                .and_then(|s| s.parse().ok())
+                .or_else(|| v.as_u64())
+        })
+        .or_else(|| r.pointer("/accelerator/count").and_then(Value::as_u64))
+        .map(|c| c as u32);
+    Resources { cpu, memory, gpu }
+}
+
+/// An input artifact as the component sees it: its local copy.
+pub struct LocalArtifact<'a> {
+    pub artifact: &'a crate::store::Artifact,
+    pub path: String,
+}
+
+/// What a KFP step needs to know about where it runs.
+pub struct Context<'a> {
+    pub run_name: &'a str,
+    pub run_id: &'a str,
+    pub task_name: &'a str,
+    pub task_id: &'a str,
+    pub step_dir: &'a Path,
+    pub pipeline_root: &'a str,
+    /// Replaces `python3` in the launcher commands, as kfp.local does with its interpreter.
+    pub python: Option<&'a str>,
+}
+
+const EXECUTOR_OUTPUT: &str = "executor_output.json";
+
+/// The `ExecutorInput` message (JSON) for a task.
+pub fn executor_input(
+    exec: &Exec,
+    parameters: &BTreeMap<String, Value>,
+    artifacts: &BTreeMap<String, Vec<LocalArtifact<'_>>>,
+    ctx: &Context<'_>,
+) -> Value {
+    let outputs_dir = ctx.step_dir.join("outputs");
+    let mut values = Map::new();
+    for (name, decl) in exec.inputs.iter().filter(|(_, d)| !d.artifact) {
+        if let Some(v) = parameters.get(name).or(decl.default.as_ref()) {
+            values.insert(
+                name.clone(),
+                coerce(v.clone(), decl.kind.as_deref()).unwrap_or_else(|_| v.clone()),
+            );
+        }
+    }
+    for (name, v) in parameters {
+        values.entry(name.clone()).or_insert_with(|| v.clone());
+    }
+    let input_artifacts: Map<String, Value> = artifacts
+        .iter()
+        .map(|(name, list)| {
+            let items: Vec<Value> = list
+                .iter()
+                .map(|a| {
+                    json!({
+                        "name": a.artifact.name,
+                        "type": {"schemaTitle": a.artifact.schema_title.clone().unwrap_or_else(|| "system.Artifact".into()),
+                                 "schemaVersion": a.artifact.schema_version.clone().unwrap_or_else(|| "0.0.1".into())},
+                        "uri": a.path,
+                        "metadata": a.artifact.metadata,
+                    })
+                })
+                .collect();
+            (name.clone(), json!({"artifacts": items}))
+        })
+        .collect();
+    let mut out_params = Map::new();
+    let mut out_artifacts = Map::new();
+    for (name, decl) in &exec.outputs {
+        let file = outputs_dir.join(name).display().to_string();
+        if decl.artifact {
+            out_artifacts.insert(
+                name.clone(),
+                json!({"artifacts": [{
+                    "name": name,
+                    "type": {"schemaTitle": decl.kind.clone().unwrap_or_else(|| "system.Artifact".into()),
+                             "schemaVersion": decl.schema_version.clone().unwrap_or_else(|| "0.0.1".into())},
+                    "uri": file,
+                    "metadata": {},
+                }]}),
+            );
+        } else {
+            out_params.insert(name.clone(), json!({"outputFile": file}));
+        }
+    }
+    let mut inputs = Map::new();
+    inputs.insert("parameterValues".into(), Value::Object(values));
+    if !input_artifacts.is_empty() {
+        inputs.insert("artifacts".into(), Value::Object(input_artifacts));
+    }
+    let mut input = json!({
+        "inputs": inputs,
+        "outputs": {
+            "parameters": out_params,
+            "artifacts": out_artifacts,
+            "outputFile": ctx.step_dir.join(EXECUTOR_OUTPUT).display().to_string(),
+        }
+    });
+    resolve_self_references(&mut input, ctx);
+    input
+}
+
+/// Parameter values that are themselves placeholders (f-strings over upstream outputs).
+fn resolve_self_references(input: &mut Value, ctx: &Context<'_>) {
+    let snapshot = input.clone();
+    if let Some(values) = input
+        .pointer_mut("/inputs/parameterValues")
+        .and_then(Value::as_object_mut)
+    {
+        for v in values.values_mut() {
+            if let Value::String(s) = v
+                && s.contains("{{$")
+            {
+                *s = resolve_element(s, &snapshot, ctx);
+            }
+        }
+    }
+}
+
+static IO_PLACEHOLDER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\{\{\$\.(.*?)\}\}").expect("io placeholder pattern"));
+static PATH_PART: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[^.\[\]']+").expect("path part pattern"));
+
+/// Resolves `{{$...}}` placeholders in one command element.
+fn resolve_element(element: &str, input: &Value, ctx: &Context<'_>) -> String {
+    let output_file = input
+        .pointer("/outputs/outputFile")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let mut s = element.to_string();
+    let fixed = [
+        ("{{$.outputs.output_file}}", output_file.clone()),
+        ("{{$.outputMetadataUri}}", output_file),
+        ("{{$}}", input.to_string()),
+        ("{{$.pipeline_job_name}}", ctx.run_name.to_string()),
+        ("{{$.pipeline_job_resource_name}}", ctx.run_name.to_string()),
+        ("{{$.pipeline_job_uuid}}", ctx.run_id.to_string()),
+        ("{{$.pipeline_task_name}}", ctx.task_name.to_string()),
+        ("{{$.pipeline_task_uuid}}", ctx.task_id.to_string()),
+        ("{{$.pipeline_root}}", ctx.pipeline_root.to_string()),
+    ];
+    for (placeholder, value) in fixed {
+        if s.contains(placeholder) {
+            s = s.replace(placeholder, &value);
+        }
+    }
+    IO_PLACEHOLDER
+        .replace_all(&s, |caps: &regex::Captures<'_>| {
+            let parts: Vec<String> = PATH_PART
+                .find_iter(&caps[1])
+                .map(|m| m.as_str().to_string())
+                .collect();
+            match lookup(input, parts) {
+                Some(Value::String(v)) => v,
+                Some(other) => other.to_string(),
+                None => "null".to_string(),
+            }
+        })
+        .into_owned()
+}
+
+/// Follows a placeholder path (`inputs.parameters['x']`, `outputs.artifacts['m'].path`)
+/// into the executor input.
+fn lookup(input: &Value, mut parts: Vec<String>) -> Option<Value> {
+    if parts.len() >= 2 && parts[0] == "inputs" && parts[1] == "parameters" {
+        parts[1] = "parameterValues".into();
+    }
+    if parts.len() >= 4
+        && parts[0] == "outputs"
+        && parts[1] == "parameters"
+        && parts[3] == "output_file"
+    {
+        parts[3] = "outputFile".into();
+    }
+    if parts.len() >= 3 && parts[1] == "artifacts" {
+        parts.insert(3, "artifacts".into());
+        parts.insert(4, "0".into());
+        if parts.get(5).map(String::as_str) == Some("path") {
+            parts[5] = "uri".into();
+        }
+    }
+    let mut current = input;
+    for p in &parts {
+        current = match current {
+            Value::Object(m) => m.get(p)?,
+            Value::Array(a) => a.get(p.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(current.clone())
+}
+
+/// Resolves `{"Concat": …}` and `{"IfPresent": …}` elements.
+fn resolve_struct(element: &str, provided: &dyn Fn(&str) -> bool) -> Option<Vec<String>> {
+    if !(element.starts_with("{\"Concat\": ") || element.starts_with("{\"IfPresent\": ")) {
+        return Some(vec![element.to_string()]);
+    }
+    let Ok(parsed) = serde_json::from_str::<Value>(element) else {
+        return Some(vec![element.to_string()]);
+    };
+    fn one(v: &Value, provided: &dyn Fn(&str) -> bool) -> Vec<String> {
+        match v {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(items) => items.iter().flat_map(|i| one(i, provided)).collect(),
+            Value::Object(m) => {
+                if let Some(Value::Array(parts)) = m.get("Concat") {
+                    vec![
+                        parts
+                            .iter()
+                            .flat_map(|p| one(p, provided))
+                            .collect::<String>(),
+                    ]
+                } else if let Some(cond) = m.get("IfPresent") {
+                    let name = cond
+                        .get("InputName")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let branch = if provided(name) {
+                        cond.get("Then")
+                    } else {
+                        cond.get("Else")
+                    };
+                    branch.map(|b| one(b, provided)).unwrap_or_default()
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+    Some(one(&parsed, provided))
+}
+
+/// The command line of a KFP step.
+pub fn render_argv(exec: &Exec, input: &Value, ctx: &Context<'_>) -> Vec<String> {
+    let provided = |name: &str| {
+        input
+            .pointer(&format!("/inputs/parameterValues/{name}"))
+            .is_some_and(|v| !v.is_null())
+            || input
+                .pointer(&format!("/inputs/artifacts/{name}"))
+                .is_some()
+    };
+    let mut argv: Vec<String> = exec
+        .argv
+        .iter()
+        .flat_map(|e| resolve_struct(e, &provided).unwrap_or_default())
+        .map(|e| resolve_element(&e, input, ctx))
+        .collect();
+    if let Some(python) = ctx.python {
+        // As kfp.local: swap the interpreter everywhere but in the user's own code.
+        let mut user_code = None;
+        for (i, element) in argv.iter_mut().enumerate() {
+            if user_code.is_none()
+                && element.contains("\"$program_path/ephemeral_component.py\"")
+                && element.contains("\"$@\"")
+            {
+                user_code = Some(i + 1);
+            }
+            if Some(i) != user_code {
+                *element = element.replace("python3", python);
+            }
+        }
+    }
+    argv
+}
+
+/// An output artifact a step left behind.
+pub struct Produced {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    pub schema_title: Option<String>,
+    pub schema_version: Option<String>,
+    pub metadata: Map<String, Value>,
+}
+
+/// Reads a finished step's outputs: the executor output file, then the output parameter
+/// files (which win, as in KFP), then artifacts at their declared paths.
+pub fn collect(
+    exec: &Exec,
+    input: &Value,
+) -> Result<(BTreeMap<String, Value>, Vec<Produced>), String> {
+    let executor_output: Value = match input.pointer("/outputs/outputFile").and_then(Value::as_str)
+    {
+        Some(path) if Path::new(path).is_file() => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+            serde_json::from_str(&text).map_err(|e| format!("{path} is not valid JSON: {e}"))?
+        }
+        _ => Value::Null,
+    };
+    let mut parameters = BTreeMap::new();
+    if let Some(values) = executor_output
+        .get("parameterValues")
+        .and_then(Value::as_object)
+    {
+        for (k, v) in values {
+            parameters.insert(k.clone(), v.clone());
+        }
+    }
+    for (name, decl) in exec.outputs.iter().filter(|(_, d)| !d.artifact) {
+        let Some(file) = input
+            .pointer(&format!("/outputs/parameters/{name}/outputFile"))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        if !Path::new(file).is_file() {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(file).map_err(|e| format!("reading output '{name}': {e}"))?;
+        let value = match decl.kind.as_deref() {
+            Some("STRING") | None => Value::String(text),
+            Some("BOOLEAN") => serde_json::from_str(&text.trim().to_ascii_lowercase())
+                .map_err(|e| format!("could not deserialize output '{name}' from {file}: {e}"))?,
+            Some(_) => serde_json::from_str(&text)
+                .map_err(|e| format!("could not deserialize output '{name}' from {file}: {e}"))?,
+        };
+        parameters.insert(name.clone(), value);
+    }
+    for (name, decl) in exec.outputs.iter().filter(|(_, d)| !d.artifact) {
+        if let Some(v) = parameters.remove(name) {
+            parameters.insert(
+                name.clone(),
+                coerce(v.clone(), decl.kind.as_deref()).unwrap_or(v),
+            );
+        }
+    }
+    let mut produced = Vec::new();
+    for (name, decl) in exec.outputs.iter().filter(|(_, d)| d.artifact) {
+        let written = executor_output
+            .pointer(&format!("/artifacts/{name}/artifacts"))
+            .and_then(Value::as_array)
+            .cloned()
+            .or_else(|| {
+                input
+                    .pointer(&format!("/outputs/artifacts/{name}/artifacts"))
+                    .and_then(Value::as_array)
+                    .cloned()
+            })
+            .unwrap_or_default();
+        for artifact in written {
+            let Some(uri) = artifact.get("uri").and_then(Value::as_str) else {
+                continue;
+            };
+            let path = std::path::PathBuf::from(uri);
+            if !path.exists() {
+                // Declared but never written: the artifact is simply absent, as in kfp.local.
+                continue;
+            }
+            produced.push(Produced {
+                name: name.clone(),
+                path,
+                schema_title: decl.kind.clone(),
+                schema_version: decl.schema_version.clone(),
+                metadata: artifact
+                    .get("metadata")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    Ok((parameters, produced))
+}
+
+/// The value a `PipelineTaskFinalStatus` input receives.
+pub fn final_status(state: &str, run_name: &str, task: &str, error: Option<&str>) -> Value {
+    let error = match error {
+        Some(message) => json!({"code": 1, "message": message}),
+        None => json!({}),
+    };
+    json!({
+        "state": state,
+        "pipeline_job_resource_name": run_name,
+        "pipeline_task_name": task,
+        "error": error,
+    })
+}
+
+/// Applies `parseJson(string_value)["field"]` (and `["field"]`) selectors used by loops
+/// over structured items.
+pub fn select(value: Value, selector: &str) -> Value {
+    static FIELD: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r#"\["([^"]*)"\]"#).expect("field pattern"));
+    let mut current = match value {
+        Value::String(s) if selector.starts_with("parseJson(") => {
+            serde_json::from_str(&s).unwrap_or(Value::String(s))
+        }
+        v => v,
+    };
+    for caps in FIELD.captures_iter(selector) {
+        current = match current {
+            Value::Object(mut m) => m.remove(&caps[1]).unwrap_or(Value::Null),
+            Value::String(s) => serde_json::from_str::<Value>(&s)
+                .ok()
+                .and_then(|mut v| v.get_mut(&caps[1]).map(Value::take))
+                .unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+    }
+    current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_follow_kfp_local() {
+        let exec = Exec {
+            image: None,
+            argv: vec![
+                "echo".into(),
+                "{{$.inputs.parameters['msg']}}".into(),
+                "{{$.outputs.parameters['out'].output_file}}".into(),
+                r#"{"IfPresent": {"InputName": "opt", "Then": ["--opt", "{{$.inputs.parameters['opt']}}"]}}"#.into(),
+                r#"{"Concat": ["n=", "{{$.inputs.parameters['n']}}"]}"#.into(),
+            ],
+            env: BTreeMap::new(),
+            workdir: None,
+            resources: Resources::default(),
+            outputs: BTreeMap::from([("out".into(), OutputDecl { artifact: false, kind: Some("STRING".into()), schema_version: None })]),
+            inputs: BTreeMap::from([
+                ("msg".into(), InputDecl { kind: Some("STRING".into()), ..Default::default() }),
+                ("n".into(), InputDecl { kind: Some("NUMBER_INTEGER".into()), ..Default::default() }),
+                ("opt".into(), InputDecl { kind: Some("STRING".into()), optional: true, ..Default::default() }),
+            ]),
+        };
+        let ctx = Context {
+            run_name: "p",
+            run_id: "r",
+            task_name: "t",
+            task_id: "1",
+            step_dir: Path::new("/w/t"),
+            pipeline_root: "/w",
+            python: None,
+        };
+        let params = BTreeMap::from([
+            ("msg".to_string(), json!("hi")),
+            ("n".to_string(), json!(3.0)),
+        ]);
+        let input = executor_input(&exec, &params, &BTreeMap::new(), &ctx);
+        let argv = render_argv(&exec, &input, &ctx);
+        assert_eq!(argv, vec!["echo", "hi", "/w/t/outputs/out", "n=3"]);
+    }
+
+    #[test]
+    fn selectors_pick_fields() {
+        assert_eq!(
+            select(json!({"a": 1, "b": 2}), r#"parseJson(string_value)["a"]"#),
+            json!(1)
+        );
+        assert_eq!(
+            select(json!("{\"a\": \"x\"}"), r#"parseJson(string_value)["a"]"#),
+            json!("x")
+        );
+    }
+}

@@ -1,0 +1,560 @@
+//! Durable run state in the registry's database (SQLite or PostgreSQL, through sqlx's
+//! `Any` driver). Every task's state change is written before the engine acts on it, so
+//! after a crash the rows say which steps finished (never re-run), which were running
+//! (re-run once, after their stale process is stopped) and which never started.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{AnyPool, AssertSqlSafe, Connection, Executor, Row, SqlStr};
+
+use crate::error::PipelineError;
+use crate::graph::Pipeline;
+
+type Result<T> = std::result::Result<T, PipelineError>;
+
+/// The migration version range the pipelines own in a database shared with the registry.
+const MIGRATION_BASE: i64 = 1000;
+
+#[derive(Debug)]
+struct Embedded;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> BoxFuture<'static, std::result::Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async {
+            Ok(vec![Migration::new(
+                MIGRATION_BASE + 1,
+                "pipelines".into(),
+                MigrationType::Simple,
+                SqlStr::from_static(include_str!("../migrations/0001_pipelines.sql")),
+                false,
+            )])
+        })
+    }
+}
+
+pub fn now_ms() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Run and task states, as the API shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Running => "RUNNING",
+            Status::Succeeded => "SUCCEEDED",
+            Status::Failed => "FAILED",
+            Status::Skipped => "SKIPPED",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "PENDING" => Status::Pending,
+            "RUNNING" => Status::Running,
+            "SUCCEEDED" => Status::Succeeded,
+            "FAILED" => Status::Failed,
+            "SKIPPED" => Status::Skipped,
+            "CANCELLED" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Pending | Status::Running)
+    }
+}
+
+/// A stored artifact: where it lives in the object store and what KFP knows of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub name: String,
+    /// The object store location, as a URI (a plain path for a local store).
+    pub uri: String,
+    /// The object key below the store's root.
+    pub key: String,
+    /// A directory of files rather than one file.
+    #[serde(default)]
+    pub dir: bool,
+    /// SHA-256 of the content, so caching sees through copies.
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<String>,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, Value>,
+}
+
+/// What a task produced. Artifacts are lists (KFP's `ArtifactList`; one element unless
+/// collected from a loop).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outputs {
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, Vec<Artifact>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub status: Status,
+    pub parameters: Value,
+    pub outputs: Option<Outputs>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    #[serde(skip)]
+    pub cancel_requested: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<TaskRecord>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRecord {
+    pub path: String,
+    pub name: String,
+    pub status: Status,
+    pub attempts: i64,
+    pub cached: bool,
+    pub outputs: Option<Outputs>,
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub handle: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A task state change to write.
+#[derive(Debug, Default)]
+pub struct TaskUpdate<'a> {
+    pub status: Option<Status>,
+    pub attempts: Option<i64>,
+    pub cached: Option<bool>,
+    pub outputs: Option<&'a Outputs>,
+    pub error: Option<&'a str>,
+    pub handle: Option<&'a str>,
+    pub started: bool,
+    pub finished: bool,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    sqlite: bool,
+    /// SQLite takes one writer at a time; queueing writers here, not in SQLite's busy
+    /// handler (which sleeps in whole milliseconds), keeps a wide fan-out from stalling.
+    writer: Arc<tokio::sync::Mutex<()>>,
+    migrated: Arc<tokio::sync::OnceCell<()>>,
+    url: String,
+}
+
+impl Store {
+    /// Prepares a pool for `url`. Nothing connects yet: the first use connects and applies
+    /// the migrations, so Nexus starts (and serves models) while the database is down, and
+    /// pipeline requests answer 503 with the cause until it is back.
+    pub fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(3))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy(url)
+            .map_err(|e| PipelineError::Invalid(format!("invalid database URL: {e}")))?;
+        Ok(Store {
+            pool,
+            sqlite,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+            migrated: Arc::new(tokio::sync::OnceCell::new()),
+            url: url.to_string(),
+        })
+    }
+
+    /// Connects and migrates once; until that works every call tries again.
+    async fn ready(&self) -> Result<()> {
+        match self.migrate().await {
+            Err(PipelineError::Unavailable(why)) => {
+                // "The pool timed out" hides the reason: one direct connection tells it.
+                let direct = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    sqlx::AnyConnection::connect(&self.url),
+                )
+                .await;
+                let cause = match direct {
+                    Ok(Err(cause)) => cause.to_string(),
+                    Ok(Ok(_)) | Err(_) => why,
+                };
+                Err(PipelineError::Unavailable(format!(
+                    "pipeline database unavailable: {cause}"
+                )))
+            }
+            other => other,
+        }
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        self.migrated
+            .get_or_try_init(|| async {
+                let mut migrator = Migrator::new(Embedded)
+                    .await
+                    .map_err(|e| PipelineError::Internal(format!("migrations: {e}")))?;
+                // The registry's migrations share the table; each side ignores the other's.
+                migrator.set_ignore_missing(true);
+                migrator.run(&self.pool).await.map_err(|e| match e {
+                    sqlx::migrate::MigrateError::Execute(inner) => PipelineError::from(inner),
+                    other => PipelineError::Internal(format!(
+                        "cannot migrate the pipeline tables: {other}"
+                    )),
+                })
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits for this process's turn to write (SQLite only).
+    async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.sqlite {
+            Some(self.writer.lock().await)
+        } else {
+            None
+        }
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            self.pool.begin().await?
+        })
+    }
+
+    pub async fn create_run(
+        &self,
+        id: &str,
+        pipeline: &Pipeline,
+        name: &str,
+        parameters: &BTreeMap<String, Value>,
+    ) -> Result<()> {
+        self.ready().await?;
+        sqlx::query(
+            "INSERT INTO pipeline_runs (id, name, flavor, status, graph, parameters, created_at) VALUES ($1, $2, $3, 'PENDING', $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(pipeline.flavor.as_str())
+        .bind(serde_json::to_string(pipeline)?)
+        .bind(serde_json::to_string(parameters)?)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the run for `owner` when nobody holds it, `owner` already does, or the
+    /// holder's heartbeat is older than `stale`.
+    pub async fn claim(&self, id: &str, owner: &str, stale: Duration) -> Result<bool> {
+        self.ready().await?;
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE pipeline_runs SET owner = $1, heartbeat_at = $2 WHERE id = $3 AND status IN ('PENDING', 'RUNNING') AND (owner IS NULL OR owner = $1 OR heartbeat_at < $4)",
+        )
+        .bind(owner)
+        .bind(now)
+        .bind(id)
+        .bind(now - stale.as_millis() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn heartbeat(&self, owner: &str) -> Result<()> {
+        self.ready().await?;
+        sqlx::query("UPDATE pipeline_runs SET heartbeat_at = $1 WHERE owner = $2 AND status IN ('PENDING', 'RUNNING')")
+            .bind(now_ms())
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs not finished: candidates to resume.
+    pub async fn unfinished(&self) -> Result<Vec<String>> {
+        self.ready().await?;
+        let rows = sqlx::query("SELECT id FROM pipeline_runs WHERE status IN ('PENDING', 'RUNNING') ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    pub async fn graph(&self, id: &str) -> Result<(Pipeline, BTreeMap<String, Value>, String)> {
+        self.ready().await?;
+        let row = sqlx::query("SELECT graph, parameters, name FROM pipeline_runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| PipelineError::NotFound(format!("pipeline run '{id}' not found")))?;
+        let graph: String = row.try_get("graph")?;
+        let parameters: String = row.try_get("parameters")?;
+        Ok((
+            serde_json::from_str(&graph)?,
+            serde_json::from_str(&parameters)?,
+            row.try_get("name")?,
+        ))
+    }
+
+    pub async fn set_run_status(
+        &self,
+        id: &str,
+        status: Status,
+        outputs: Option<&Outputs>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.ready().await?;
+        let now = now_ms();
+        let (started, finished) = match status {
+            Status::Running => (Some(now), None),
+            s if s.is_terminal() => (None, Some(now)),
+            _ => (None, None),
+        };
+        sqlx::query(
+            "UPDATE pipeline_runs SET status = $1, outputs = COALESCE($2, outputs), error = COALESCE($3, error), started_at = COALESCE(started_at, $4), finished_at = COALESCE($5, finished_at) WHERE id = $6",
+        )
+        .bind(status.as_str())
+        .bind(outputs.map(serde_json::to_string).transpose()?)
+        .bind(error)
+        .bind(started)
+        .bind(finished)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a cancel request; true when the run was still going.
+    pub async fn request_cancel(&self, id: &str) -> Result<bool> {
+        self.ready().await?;
+        let done = sqlx::query(
+            "UPDATE pipeline_runs SET cancel_requested = 1 WHERE id = $1 AND status IN ('PENDING', 'RUNNING')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn tasks(&self, run_id: &str) -> Result<BTreeMap<String, TaskRecord>> {
+        self.ready().await?;
+        let rows = sqlx::query(
+            "SELECT path, name, status, attempts, cached, outputs, error, handle, started_at, finished_at FROM pipeline_tasks WHERE run_id = $1 ORDER BY seq",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let t = task_record(r)?;
+                Ok((t.path.clone(), t))
+            })
+            .collect()
+    }
+
+    /// Writes a task's new state, creating its row on first sight.
+    pub async fn update_task(
+        &self,
+        run_id: &str,
+        path: &str,
+        name: &str,
+        u: TaskUpdate<'_>,
+    ) -> Result<()> {
+        self.ready().await?;
+        let now = now_ms();
+        let _turn = self.turn().await;
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO pipeline_tasks (run_id, path, name, status, seq) VALUES ($1, $2, $3, 'PENDING', $4) ON CONFLICT (run_id, path) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(path)
+        .bind(name)
+        .bind(now * 1000 + seq_tiebreak())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE pipeline_tasks SET status = COALESCE($1, status), attempts = COALESCE($2, attempts), cached = COALESCE($3, cached), outputs = COALESCE($4, outputs), error = COALESCE($5, error), handle = COALESCE($6, handle), started_at = COALESCE($7, started_at), finished_at = COALESCE($8, finished_at) WHERE run_id = $9 AND path = $10",
+        )
+        .bind(u.status.map(Status::as_str))
+        .bind(u.attempts)
+        .bind(u.cached.map(i64::from))
+        .bind(u.outputs.map(serde_json::to_string).transpose()?)
+        .bind(u.error)
+        .bind(u.handle)
+        .bind(u.started.then_some(now))
+        .bind(u.finished.then_some(now))
+        .bind(run_id)
+        .bind(path)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn cached(&self, key: &str) -> Result<Option<Outputs>> {
+        self.ready().await?;
+        let row = sqlx::query("SELECT outputs FROM pipeline_cache WHERE cache_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(serde_json::from_str(&r.try_get::<String, _>("outputs")?)?))
+            .transpose()
+    }
+
+    pub async fn remember(
+        &self,
+        key: &str,
+        outputs: &Outputs,
+        run_id: &str,
+        path: &str,
+    ) -> Result<()> {
+        self.ready().await?;
+        sqlx::query(
+            "INSERT INTO pipeline_cache (cache_key, outputs, run_id, path, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (cache_key) DO UPDATE SET outputs = excluded.outputs, run_id = excluded.run_id, path = excluded.path, created_at = excluded.created_at",
+        )
+        .bind(key)
+        .bind(serde_json::to_string(outputs)?)
+        .bind(run_id)
+        .bind(path)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_run(&self, id: &str, with_tasks: bool) -> Result<RunRecord> {
+        self.ready().await?;
+        let row = sqlx::query(
+            "SELECT id, name, flavor, status, parameters, outputs, error, cancel_requested, created_at, started_at, finished_at FROM pipeline_runs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| PipelineError::NotFound(format!("pipeline run '{id}' not found")))?;
+        let mut run = run_record(&row)?;
+        if with_tasks {
+            run.tasks = Some(self.tasks(id).await?.into_values().collect());
+        }
+        Ok(run)
+    }
+
+    pub async fn list_runs(&self, status: Option<Status>, limit: i64) -> Result<Vec<RunRecord>> {
+        self.ready().await?;
+        const COLUMNS: &str = "SELECT id, name, flavor, status, parameters, outputs, error, cancel_requested, created_at, started_at, finished_at FROM pipeline_runs";
+        let rows = match status {
+            Some(status) => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "{COLUMNS} WHERE status = $1 ORDER BY created_at DESC LIMIT $2"
+                )))
+                .bind(status.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "{COLUMNS} ORDER BY created_at DESC LIMIT $1"
+                )))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(run_record).collect()
+    }
+}
+
+/// Orders rows created in the same millisecond by creation within this process.
+fn seq_tiebreak() -> i64 {
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<Option<T>> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| serde_json::from_str(&t).map_err(PipelineError::from))
+        .transpose()
+}
+
+fn status_column(row: &AnyRow) -> Result<Status> {
+    let s: String = row.try_get("status")?;
+    Status::parse(&s).ok_or_else(|| PipelineError::Internal(format!("unknown stored status '{s}'")))
+}
+
+fn run_record(row: &AnyRow) -> Result<RunRecord> {
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        kind: row.try_get("flavor")?,
+        status: status_column(row)?,
+        parameters: json_column(row, "parameters")?.unwrap_or(Value::Null),
+        outputs: json_column(row, "outputs")?,
+        error: row.try_get("error")?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        tasks: None,
+    })
+}
+
+fn task_record(row: &AnyRow) -> Result<TaskRecord> {
+    Ok(TaskRecord {
+        path: row.try_get("path")?,
+        name: row.try_get("name")?,
+        status: status_column(row)?,
+        attempts: row.try_get("attempts")?,
+        cached: row.try_get::<i64, _>("cached")? != 0,
+        outputs: json_column(row, "outputs")?,
+        error: row.try_get("error")?,
+        handle: row.try_get("handle")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}

@@ -1,0 +1,581 @@
+//! Pipeline runs through the real `nexus up`: spec validation over REST, DAG order and
+//! parallelism, parameters and artifacts between steps, retries, timeouts, cancel,
+//! caching, and a `kill -9` of Nexus mid-run on SQLite and PostgreSQL.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use common::registry::{Database, TestDatabase};
+use common::{Repository, Server};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// A `nexus up` with its own data dir, kept across restarts.
+struct Runner {
+    server: Option<Server>,
+    data: TempDir,
+    args: Vec<String>,
+}
+
+impl Runner {
+    async fn start(extra: &[&str]) -> Result<Runner> {
+        let data = tempfile::tempdir()?;
+        let mut args: Vec<String> = vec!["--data-dir".into(), data.path().display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut runner = Runner {
+            server: None,
+            data,
+            args,
+        };
+        runner.restart().await?;
+        Ok(runner)
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        self.server = None;
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.server = Some(Server::start_up(Repository::empty()?, &args).await?);
+        Ok(())
+    }
+
+    /// SIGKILL, as `kill -9`.
+    fn kill(&mut self) {
+        self.server = None;
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+
+    async fn submit(&self, spec: &str, parameters: Value) -> Result<(u16, Value)> {
+        self.server()
+            .post(
+                "/api/v1/pipelines/runs",
+                &json!({"spec": spec, "parameters": parameters}),
+            )
+            .await
+    }
+
+    async fn run_id(&self, spec: &str, parameters: Value) -> Result<String> {
+        let (status, body) = self.submit(spec, parameters).await?;
+        ensure!(status == 201, "submit answered {status}: {body}");
+        Ok(body["run"]["id"].as_str().context("run id")?.to_string())
+    }
+
+    async fn get(&self, id: &str) -> Result<Value> {
+        let (status, body) = self
+            .server()
+            .get(&format!("/api/v1/pipelines/runs/{id}"))
+            .await?;
+        ensure!(status == 200, "get run answered {status}: {body}");
+        Ok(body["run"].clone())
+    }
+
+    async fn wait(&self, id: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let run = self.get(id).await?;
+            if !matches!(run["status"].as_str(), Some("PENDING" | "RUNNING")) {
+                return Ok(run);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "run not finished after {timeout:?}: {run:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn run(&self, spec: &str, parameters: Value) -> Result<Value> {
+        let id = self.run_id(spec, parameters).await?;
+        self.wait(&id, Duration::from_secs(60)).await
+    }
+}
+
+fn task<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["tasks"]
+        .as_array()
+        .and_then(|tasks| tasks.iter().find(|t| t["path"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn scratch() -> Result<(TempDir, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().to_path_buf();
+    Ok((dir, path))
+}
+
+/// Reads `<dir>/<name>` as whitespace-separated numbers (timestamps written by steps).
+fn stamps(dir: &Path, name: &str) -> Result<(u128, u128)> {
+    let text = std::fs::read_to_string(dir.join(name)).with_context(|| format!("stamp {name}"))?;
+    let numbers: Vec<u128> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    match numbers.as_slice() {
+        [start, end] => Ok((*start, *end)),
+        other => bail!("stamp {name}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_before_anything_runs() -> Result<()> {
+    let runner = Runner::start(&[]).await?;
+    let cases = [
+        (
+            "name: p\nsteps:\n- name: a\n  command: [echo, '{{params.missing}}']\n",
+            Some("a"),
+            Some("command[1]"),
+            "unknown parameter 'missing'",
+        ),
+        (
+            "name: p\nsteps:\n- name: a\n  command: [echo]\n  args: ['{{steps.ghost.outputs.x}}']\n",
+            Some("a"),
+            Some("args[0]"),
+            "unknown step 'ghost'",
+        ),
+        (
+            "name: p\nsteps:\n- name: a\n  command: [echo]\n  after: [b]\n- name: b\n  command: [echo]\n  after: [a]\n",
+            Some("a"),
+            Some("after"),
+            "dependency cycle",
+        ),
+        (
+            "name: p\nparameters: {n: {}}\nsteps:\n- name: a\n  command: [echo, '{{params.n}}']\n",
+            None,
+            Some("parameters.n"),
+            "'n' is required",
+        ),
+        ("name: p\nsteps: [[\n", None, None, "not valid YAML"),
+        ("hello: world\n", None, None, "neither a Nexus pipeline"),
+    ];
+    for (spec, step, field, message) in cases {
+        let (status, body) = runner.submit(spec, json!({})).await?;
+        ensure!(status == 400, "{spec}: answered {status}: {body}");
+        let error = &body["error"];
+        ensure!(error["code"] == "INVALID_SPEC", "{spec}: {body}");
+        ensure!(
+            error["message"].as_str().unwrap_or("").contains(message),
+            "{spec}: {body}"
+        );
+        ensure!(error["step"].as_str() == step, "{spec}: step in {body}");
+        ensure!(error["field"].as_str() == field, "{spec}: field in {body}");
+    }
+    let (status, body) = runner.server().get("/api/v1/pipelines/runs").await?;
+    ensure!(
+        status == 200 && body["runs"] == json!([]),
+        "nothing was recorded: {body}"
+    );
+    let (status, _) = runner.server().get("/api/v1/pipelines/runs/nope").await?;
+    ensure!(status == 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn dag_order_parallelism_parameters_and_artifacts() -> Result<()> {
+    let runner = Runner::start(&["--pipeline-parallelism", "2"]).await?;
+    let (_keep, dir) = scratch()?;
+    let stamp = |name: &str, body: &str| {
+        format!(
+            "date +%s%N > {dir}/{name}; {body}; sleep 0.4; date +%s%N >> {dir}/{name}",
+            dir = dir.display()
+        )
+    };
+    // a -> (b, c, d) -> e, at most two at once: b, c and d overlap two by two, never three.
+    let spec = format!(
+        r#"
+name: diamond
+parameters:
+  greeting: hello
+  count: 3
+steps:
+  - name: a
+    command: "{a}"
+    outputs: {{parameters: [word], artifacts: [data]}}
+  - name: b
+    command: "{b}"
+    outputs: {{parameters: [upper]}}
+  - name: c
+    command: "{c}"
+    outputs: {{artifacts: [folder]}}
+    after: [a]
+  - name: d
+    command: "{d}"
+    after: [a]
+  - name: e
+    command: [sh, -c, 'cat "$0" "$1/x" "$1/sub/y" > "$2"; echo "{{{{steps.b.outputs.upper}}}}" >> "$2"', "{{{{steps.a.outputs.data}}}}", "{{{{steps.c.outputs.folder}}}}", "{dir}/result"]
+    after: [d]
+"#,
+        a = stamp(
+            "a",
+            "printf '%s' '{{params.greeting}}' > {{outputs.word}}; seq {{params.count}} > {{outputs.data}}"
+        ),
+        b = stamp(
+            "b",
+            "echo '{{steps.a.outputs.word}}' | tr a-z A-Z > {{outputs.upper}}"
+        ),
+        c = stamp(
+            "c",
+            "mkdir -p {{outputs.folder}}/sub; echo x > {{outputs.folder}}/x; echo y > {{outputs.folder}}/sub/y"
+        ),
+        d = stamp("d", "true"),
+        dir = dir.display(),
+    );
+    let run = runner.run(&spec, json!({"greeting": "hi there"})).await?;
+    ensure!(run["status"] == "SUCCEEDED", "{run:#}");
+    ensure!(
+        run["parameters"] == json!({"greeting": "hi there", "count": 3}),
+        "{run:#}"
+    );
+    ensure!(
+        task(&run, "a")["outputs"]["parameters"]["word"] == "hi there",
+        "{run:#}"
+    );
+    ensure!(
+        task(&run, "b")["outputs"]["parameters"]["upper"] == "HI THERE",
+        "{run:#}"
+    );
+    let result = std::fs::read_to_string(dir.join("result"))?;
+    ensure!(result == "1\n2\n3\nx\ny\nHI THERE\n", "{result:?}");
+    // The artifact is in the registry's artifact store, not only in a's folder.
+    let uri = task(&run, "a")["outputs"]["artifacts"]["data"][0]["uri"]
+        .as_str()
+        .context("uri")?;
+    ensure!(
+        uri.starts_with(&runner.data.path().join("artifacts").display().to_string()),
+        "{uri}"
+    );
+    ensure!(std::fs::read_to_string(uri)? == "1\n2\n3\n");
+
+    let (a, b, c, d) = (
+        stamps(&dir, "a")?,
+        stamps(&dir, "b")?,
+        stamps(&dir, "c")?,
+        stamps(&dir, "d")?,
+    );
+    for (name, s) in [("b", b), ("c", c), ("d", d)] {
+        ensure!(s.0 >= a.1, "{name} started before a ended");
+    }
+    let overlap = |x: (u128, u128), y: (u128, u128)| x.0 < y.1 && y.0 < x.1;
+    let pairs = [overlap(b, c), overlap(b, d), overlap(c, d)];
+    ensure!(
+        pairs.iter().any(|p| *p),
+        "with parallelism 2, two of b, c, d ran together"
+    );
+    ensure!(!(pairs[0] && pairs[1] && pairs[2]), "never three at once");
+    Ok(())
+}
+
+#[tokio::test]
+async fn retries_timeouts_and_failures() -> Result<()> {
+    let runner = Runner::start(&[]).await?;
+    let (_keep, dir) = scratch()?;
+    let spec = format!(
+        r#"
+name: flaky
+steps:
+  - name: flaky
+    # Fails twice, then succeeds: the count of attempts is kept in a file.
+    command: 'n=$(cat {dir}/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > {dir}/count; [ $n -ge 3 ]'
+    retries: 3
+    backoff: 100ms
+  - name: slow
+    command: 'sleep 300 & echo $! > {dir}/sleeper; wait'
+    timeout: 1s
+  - name: after-slow
+    command: [touch, "{dir}/never"]
+    after: [slow]
+"#,
+        dir = dir.display()
+    );
+    let run = runner.run(&spec, json!({})).await?;
+    ensure!(run["status"] == "FAILED", "{run:#}");
+    let flaky = task(&run, "flaky");
+    ensure!(
+        flaky["status"] == "SUCCEEDED" && flaky["attempts"] == 3,
+        "{flaky:#}"
+    );
+    let slow = task(&run, "slow");
+    ensure!(slow["status"] == "FAILED", "{slow:#}");
+    ensure!(
+        slow["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("timed out after 1s"),
+        "{slow:#}"
+    );
+    let downstream = task(&run, "after-slow");
+    ensure!(downstream["status"] == "SKIPPED", "{downstream:#}");
+    ensure!(
+        !dir.join("never").exists(),
+        "a step after a failed one never runs"
+    );
+    ensure!(
+        run["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("'slow' failed"),
+        "{run:#}"
+    );
+    // The timeout took the step's whole process group, the background sleep included.
+    let sleeper: i32 = std::fs::read_to_string(dir.join("sleeper"))?
+        .trim()
+        .parse()?;
+    ensure!(
+        !Path::new(&format!("/proc/{sleeper}")).exists(),
+        "sleep {sleeper} still running"
+    );
+
+    // A step that keeps failing uses up its retries.
+    let run = runner
+        .run("name: broken\nsteps:\n- name: x\n  command: 'echo boom >&2; exit 3'\n  retries: 1\n  backoff: 0s\n", json!({}))
+        .await?;
+    let x = task(&run, "x");
+    ensure!(run["status"] == "FAILED" && x["attempts"] == 2, "{run:#}");
+    ensure!(
+        x["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exited with code 3"),
+        "{x:#}"
+    );
+    let id = run["id"].as_str().unwrap_or_default();
+    let logs = reqwest::get(
+        runner
+            .server()
+            .url(&format!("/api/v1/pipelines/runs/{id}/logs?step=x")),
+    )
+    .await?
+    .text()
+    .await?;
+    ensure!(
+        logs.matches("boom").count() == 2,
+        "both attempts' stderr in the log: {logs}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_step() -> Result<()> {
+    let runner = Runner::start(&[]).await?;
+    let (_keep, dir) = scratch()?;
+    let spec = format!(
+        "name: long\nsteps:\n- name: wait\n  command: 'sleep 300 & echo $! > {d}/pid; wait'\n- name: later\n  command: [touch, {d}/later]\n  after: [wait]\n",
+        d = dir.display()
+    );
+    let id = runner.run_id(&spec, json!({})).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.join("pid").exists() {
+        ensure!(Instant::now() < deadline, "step never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = runner
+        .server()
+        .post(&format!("/api/v1/pipelines/runs/{id}/cancel"), &json!({}))
+        .await?;
+    ensure!(status == 200, "cancel answered {status}: {body}");
+    let run = runner.wait(&id, Duration::from_secs(20)).await?;
+    ensure!(run["status"] == "CANCELLED", "{run:#}");
+    ensure!(task(&run, "wait")["status"] == "CANCELLED", "{run:#}");
+    ensure!(!dir.join("later").exists());
+    let pid: i32 = std::fs::read_to_string(dir.join("pid"))?.trim().parse()?;
+    ensure!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "sleep {pid} survived the cancel"
+    );
+    let (status, _) = runner
+        .server()
+        .post(&format!("/api/v1/pipelines/runs/{id}/cancel"), &json!({}))
+        .await?;
+    ensure!(status == 409, "cancelling an ended run is a conflict");
+    Ok(())
+}
+
+#[tokio::test]
+async fn cached_steps_are_not_run_again() -> Result<()> {
+    let runner = Runner::start(&[]).await?;
+    let (_keep, dir) = scratch()?;
+    let spec = format!(
+        r#"
+name: cached
+cache: true
+parameters: {{n: 1}}
+steps:
+  - name: produce
+    command: 'echo run >> {d}/produce; echo "value {{{{params.n}}}}" > {{{{outputs.v}}}}'
+    outputs: {{artifacts: [v]}}
+  - name: consume
+    command: 'echo run >> {d}/consume; cat {{{{steps.produce.outputs.v}}}} > {{{{outputs.copy}}}}'
+    outputs: {{parameters: [copy]}}
+  - name: uncached
+    command: 'echo run >> {d}/uncached'
+    cache: false
+"#,
+        d = dir.display()
+    );
+    let runs = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let first = runner.run(&spec, json!({})).await?;
+    ensure!(first["status"] == "SUCCEEDED", "{first:#}");
+    let second = runner.run(&spec, json!({})).await?;
+    ensure!(second["status"] == "SUCCEEDED", "{second:#}");
+    ensure!(
+        task(&second, "produce")["cached"] == true && task(&second, "consume")["cached"] == true,
+        "{second:#}"
+    );
+    ensure!(
+        task(&second, "consume")["outputs"]["parameters"]["copy"] == "value 1",
+        "{second:#}"
+    );
+    ensure!((runs("produce"), runs("consume"), runs("uncached")) == (1, 1, 2));
+    // Other inputs, another key.
+    let third = runner.run(&spec, json!({"n": 2})).await?;
+    ensure!(task(&third, "produce")["cached"] == false, "{third:#}");
+    ensure!(
+        task(&third, "consume")["outputs"]["parameters"]["copy"] == "value 2",
+        "{third:#}"
+    );
+    ensure!((runs("produce"), runs("consume")) == (2, 2));
+    Ok(())
+}
+
+/// Kills Nexus while the middle step of a chain runs; after a restart the run finishes,
+/// the finished step is not run again and the interrupted one runs once more, never
+/// beside its first attempt.
+async fn resume_after_kill(database: Database) -> Result<()> {
+    let Some(db) = TestDatabase::create(database).await? else {
+        return Ok(());
+    };
+    let db_args = db.args();
+    let args: Vec<&str> = db_args.iter().map(String::as_str).collect();
+    let mut runner = Runner::start(&args).await?;
+    let (_keep, dir) = scratch()?;
+    let journal = dir.join("journal");
+    let spec = format!(
+        r#"
+name: chain
+steps:
+  - name: first
+    command: 'echo first >> {j}; echo 42 > {{{{outputs.n}}}}'
+    outputs: {{parameters: [n]}}
+  - name: second
+    command: 'echo second-start {{{{steps.first.outputs.n}}}} >> {j}; sleep 2; echo second-end >> {j}'
+  - name: third
+    command: 'echo third >> {j}'
+    after: [second]
+"#,
+        j = journal.display()
+    );
+    let id = runner.run_id(&spec, json!({})).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .contains("second-start")
+    {
+        ensure!(Instant::now() < deadline, "second never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runner.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    runner.restart().await?;
+    let run = runner.wait(&id, Duration::from_secs(60)).await?;
+    ensure!(run["status"] == "SUCCEEDED", "{run:#}");
+    let lines: Vec<String> = std::fs::read_to_string(&journal)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ensure!(
+        lines
+            == [
+                "first",
+                "second-start 42",
+                "second-start 42",
+                "second-end",
+                "third"
+            ],
+        "journal: {lines:?}"
+    );
+    ensure!(task(&run, "first")["attempts"] == 1, "{run:#}");
+    ensure!(task(&run, "second")["attempts"] == 2, "{run:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn kill_9_mid_run_resumes_on_sqlite() -> Result<()> {
+    resume_after_kill(Database::Sqlite).await
+}
+
+#[tokio::test]
+async fn kill_9_mid_run_resumes_on_postgres() -> Result<()> {
+    resume_after_kill(Database::Postgres).await
+}
+
+#[tokio::test]
+async fn cli_submits_waits_and_reads_logs() -> Result<()> {
+    let runner = Runner::start(&[]).await?;
+    let (_keep, dir) = scratch()?;
+    let spec_path = dir.join("hello.yaml");
+    std::fs::write(
+        &spec_path,
+        "name: hello\nparameters: {who: world}\nsteps:\n- name: greet\n  workdir: .\n  command: 'echo hello {{params.who}}; pwd > where'\n",
+    )?;
+    let url = runner.server().url("");
+    let out = common::nexus(&[
+        "pipeline",
+        "--url",
+        &url,
+        "submit",
+        spec_path.to_str().unwrap_or_default(),
+        "--param",
+        "who=nexus",
+        "--wait",
+    ])
+    .await?;
+    let id = out.lines().next().unwrap_or_default().trim().to_string();
+    ensure!(out.contains("SUCCEEDED"), "{out}");
+    // A relative workdir resolves against the spec's folder.
+    ensure!(
+        std::fs::read_to_string(dir.join("where"))?.trim()
+            == std::fs::canonicalize(&dir)?.display().to_string()
+    );
+    let logs = common::nexus(&["pipeline", "--url", &url, "logs", &id, "greet"]).await?;
+    ensure!(logs.contains("hello nexus"), "{logs}");
+    let list = common::nexus(&["pipeline", "--url", &url, "list"]).await?;
+    ensure!(list.contains(&id) && list.contains("hello"), "{list}");
+    let status = common::nexus(&["pipeline", "--url", &url, "status", &id, "--json"]).await?;
+    let status: Value = serde_json::from_str(&status)?;
+    ensure!(status["tasks"][0]["status"] == "SUCCEEDED", "{status:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn database_down_is_a_503_with_the_cause() -> Result<()> {
+    let runner = Runner::start(&["--database-url", "postgres://postgres@127.0.0.1:1/x"]).await?;
+    let (status, body) = runner
+        .submit("name: p\nsteps:\n- name: a\n  command: [true]\n", json!({}))
+        .await?;
+    ensure!(
+        status == 503,
+        "submit with no database answered {status}: {body}"
+    );
+    ensure!(body["error"]["code"] == "UNAVAILABLE", "{body}");
+    ensure!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused"),
+        "{body}"
+    );
+    let (status, _) = runner.server().get("/api/v1/pipelines/runs").await?;
+    ensure!(status == 503);
+    // Serving is unaffected.
+    let (status, _) = runner.server().get("/v2/health/ready").await?;
+    ensure!(status == 200);
+    Ok(())
+}
