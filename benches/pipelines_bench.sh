@@ -4,7 +4,7 @@
 # Target: >= 20x less total overhead. How overhead is defined (and why that is fair) is in the
 # header of benches/pipelines/bench.py. Prints a markdown table; does not write RESULTS.md.
 #
-# usage: benches/pipelines_bench.sh [--steps 100] [--samples 20] [--json OUT]
+# usage: benches/pipelines_bench.sh [--launcher bare|pip] [--steps 100] [--samples 20] [--json OUT]
 #        NEXUS_BIN=... to pick the binary (default target/release/nexus if it has
 #        `nexus pipeline`, else target/debug/nexus); BUILD=1 builds the release binary first.
 set -euo pipefail

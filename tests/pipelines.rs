@@ -551,6 +551,16 @@ async fn cli_submits_waits_and_reads_logs() -> Result<()> {
     let status = common::nexus(&["pipeline", "--url", &url, "status", &id, "--json"]).await?;
     let status: Value = serde_json::from_str(&status)?;
     ensure!(status["tasks"][0]["status"] == "SUCCEEDED", "{status:#}");
+    let metrics = reqwest::get(runner.server().metrics_url())
+        .await?
+        .text()
+        .await?;
+    for line in [
+        "nexus_pipeline_runs_total{status=\"SUCCEEDED\"} 1",
+        "nexus_pipeline_steps_total{status=\"SUCCEEDED\"} 1",
+    ] {
+        ensure!(metrics.contains(line), "{line} not in /metrics:\n{metrics}");
+    }
     Ok(())
 }
 

@@ -46,6 +46,11 @@ Pipelines:
     /api/v1/pipelines/runs, poll the run; total = finished_at - created_at (server clock, ms).
     Both replace `python3` with this interpreter (kfp.local: sys.executable; Nexus:
     --pipeline-python).
+  * --launcher pip compiles the components with kfp's default launcher instead: every step
+    first runs `pip install kfp==…` (already installed, so no download) and then the program.
+    The step's work is still only the program; the prelude is runner overhead, which kfp.local
+    pays on every step and Nexus once per interpreter and package set. The runners time the
+    prelude as part of their step, so these rows use the standalone estimate for both.
   * Nexus spec: 100 steps running `true` (chain via `after`, and fan-out). Its step cost is
     ~1 ms, so the overhead estimate is exact to within a few ms: it is Nexus's engine overhead
     with no Python step in the way. kfp.local has no equivalent (SubprocessRunner only runs
@@ -86,10 +91,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- KFP pipelines
-def kfp_pipelines(steps: int):
+def kfp_pipelines(steps: int, install: bool = False):
     from kfp import dsl
 
-    @dsl.component(base_image="python:3.11", install_kfp_package=False)
+    @dsl.component(base_image="python:3.11", install_kfp_package=install)
     def noop():
         pass
 
@@ -287,7 +292,7 @@ def cost(samples: list[float]) -> tuple[float, float]:
     return mean, se
 
 
-def row(shape, runner, pipeline, steps, result, step_cost, parallel=False, paired_step=None):
+def row(shape, runner, pipeline, steps, result, step_cost, parallel=False, paired_step=None, standalone_only=False):
     mean, se = step_cost
     work, err = steps * mean, steps * 2 * se
     r = {
@@ -301,7 +306,10 @@ def row(shape, runner, pipeline, steps, result, step_cost, parallel=False, paire
         r["inner_overhead_s"] = result["total"] - result["inner"]
     # Paired: the step cost kfp.local itself measured for the same command in this session
     # (KFP IR rows), else the standalone mean (the `true` rows, where it is tight).
-    if runner == "kfp.local":
+    if standalone_only and not parallel:
+        # --launcher pip: the install prelude is overhead, but runners time it as step work.
+        r["paired_overhead_s"] = r["overhead_s"]
+    elif runner == "kfp.local":
         r["paired_overhead_s"] = r["inner_overhead_s"]  # exact: kfp.local timed its own steps
     elif not parallel:
         r["paired_overhead_s"] = result["total"] - steps * (paired_step if paired_step is not None else mean)
@@ -330,7 +338,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def ratios(rows: list[dict]) -> str:
+def ratios(rows: list[dict], kfp_ir_only: bool = False) -> str:
     """Headline: kfp.local's overhead (in-run: exact) over Nexus's (paired for the KFP IR,
     standalone for the `true` spec)."""
     by = {(r["shape"], r["runner"], r["pipeline"]): r for r in rows}
@@ -339,8 +347,9 @@ def ratios(rows: list[dict]) -> str:
         kfp = by.get((shape, "kfp.local", "KFP IR"))
         if not kfp:
             continue
-        a = kfp["inner_overhead_s"]
-        for key in ((shape, "nexus p=1", "KFP IR"), (shape, "nexus p=1", "Nexus spec (true)")):
+        a = kfp["paired_overhead_s"]
+        keys = [(shape, "nexus p=1", "KFP IR")] + ([] if kfp_ir_only else [(shape, "nexus p=1", "Nexus spec (true)")])
+        for key in keys:
             nx = by.get(key)
             if not nx:
                 continue
@@ -361,6 +370,13 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=20, help="standalone runs of each step command")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     p.add_argument("--skip-kfp-local", action="store_true")
+    p.add_argument(
+        "--launcher",
+        choices=("bare", "pip"),
+        default="bare",
+        help="bare: components compiled with install_kfp_package=False (the step is only the program); "
+        "pip: kfp's default launcher, which pip-installs kfp before every step (what users compile)",
+    )
     a = p.parse_args()
 
     binary = pick_binary()
@@ -370,9 +386,14 @@ def main() -> None:
 
     import kfp
 
-    pipelines = kfp_pipelines(a.steps)
+    pip = a.launcher == "pip"
+    pipelines = kfp_pipelines(a.steps, pip)
     irs = {shape: compile_ir(fn, tmp / f"{shape}.yaml") for shape, fn in pipelines.items()}
     step_argv = kfp_step_command(irs["chain"], tmp)
+    if pip:
+        # The step's own work is the program after `sh -c "<pip install …> && $0 $@"`.
+        assert step_argv[:2] == ["sh", "-c"] and "pip install" in step_argv[2], step_argv[:3]
+        step_argv = step_argv[3:]
     time_command(step_argv, 2)  # warm the page cache
     samples: list[float] = []
     true_samples: list[float] = []
@@ -389,7 +410,7 @@ def main() -> None:
 
     rows: list[dict] = []
     results: dict = {}
-    warm = kfp_pipelines(2)
+    warm = kfp_pipelines(2, pip)
     if not a.skip_kfp_local:
         # Warm-up: kfp.local's lazy imports and first-call setup are not per-step overhead.
         run_kfp_local(warm["chain"], tmp / "kfp-local-warmup")
@@ -424,7 +445,8 @@ def main() -> None:
     paired = sum(v["inner"] for v in kfp_local) / sum(v["tasks"] for v in kfp_local) if kfp_local else None
     for shape in ("chain", "fanout"):
         if ("kfp.local", shape) in results:
-            rows.append(row(shape, "kfp.local", "KFP IR", a.steps, results[("kfp.local", shape)], kfp_cost))
+            rows.append(row(shape, "kfp.local", "KFP IR", a.steps, results[("kfp.local", shape)], kfp_cost,
+                            standalone_only=pip))
         for key, res in results.items():
             if len(key) != 3 or key[1] != shape:
                 continue
@@ -432,9 +454,10 @@ def main() -> None:
             parallel = not label.endswith("p=1")
             pipeline = "KFP IR" if kind == "kfp" else "Nexus spec (true)"
             rows.append(row(shape, label, pipeline, a.steps, res, kfp_cost if kind == "kfp" else true_cost, parallel,
-                            paired if kind == "kfp" else None))
+                            paired if kind == "kfp" else None, standalone_only=pip and kind == "kfp"))
 
-    print(f"## Pipelines: {a.steps} no-op steps, Nexus vs kfp.local (one run each)\n")
+    launcher = "kfp's default launcher (pip prelude per step)" if pip else "install_kfp_package=False"
+    print(f"## Pipelines: {a.steps} no-op steps, Nexus vs kfp.local (one run each), {launcher}\n")
     print(
         f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, kfp {kfp.__version__}, "
         f"nexus `{binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary}`.  "
@@ -445,7 +468,7 @@ def main() -> None:
     )
     print(table(rows))
     print()
-    print(ratios(rows))
+    print(ratios(rows, kfp_ir_only=pip))
     print(
         "\nstandalone: total - steps x the step command's standalone mean; in-run: total - the step time the "
         "runner itself measured (kfp.local: its subprocess calls, exact; Nexus: sum of task started..finished, "

@@ -66,6 +66,9 @@ pub struct Engine {
     config: EngineConfig,
     slots: Arc<Semaphore>,
     active: parking_lot::Mutex<HashMap<String, CancellationToken>>,
+    /// KFP package-install preludes that already succeeded in this process (see
+    /// [`kfp::split_install`]).
+    installed: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Compiles a spec text (Nexus YAML or KFP IR) into a pipeline.
@@ -97,6 +100,7 @@ impl Engine {
             slots: Arc::new(Semaphore::new(config.parallelism.max(1))),
             config,
             active: parking_lot::Mutex::new(HashMap::new()),
+            installed: parking_lot::Mutex::new(Default::default()),
         })
     }
 
@@ -262,6 +266,7 @@ impl Engine {
             Status::Failed
         };
         tracing::info!(run = %id, status = status.as_str(), error = ?result.error, "pipeline run ended");
+        metrics::counter!("nexus_pipeline_runs_total", "status" => status.as_str()).increment(1);
         if let Err(e) = run
             .write(|| {
                 self.store.set_run_status(
@@ -298,6 +303,15 @@ enum Ended {
 }
 
 impl Ended {
+    fn status(&self) -> Status {
+        match self {
+            Ended::Succeeded(_) => Status::Succeeded,
+            Ended::Failed(_) => Status::Failed,
+            Ended::Skipped | Ended::Blocked(_) => Status::Skipped,
+            Ended::Cancelled => Status::Cancelled,
+        }
+    }
+
     fn state(&self) -> &'static str {
         match self {
             Ended::Succeeded(_) | Ended::Skipped => "SUCCEEDED",
@@ -382,13 +396,14 @@ impl Run {
     }
 
     async fn finish(&self, path: &str, name: &str, ended: &Ended) {
-        let (status, error, outputs) = match ended {
-            Ended::Succeeded(o) => (Status::Succeeded, None, Some(o)),
-            Ended::Failed(e) => (Status::Failed, Some(e.as_str()), None),
-            Ended::Skipped => (Status::Skipped, None, None),
-            Ended::Blocked(e) => (Status::Skipped, Some(e.as_str()), None),
-            Ended::Cancelled => (Status::Cancelled, None, None),
+        metrics::counter!("nexus_pipeline_steps_total", "status" => ended.status().as_str())
+            .increment(1);
+        let (error, outputs) = match ended {
+            Ended::Succeeded(o) => (None, Some(o)),
+            Ended::Failed(e) | Ended::Blocked(e) => (Some(e.as_str()), None),
+            Ended::Skipped | Ended::Cancelled => (None, None),
         };
+        let status = ended.status();
         self.record(
             path,
             name,
@@ -767,7 +782,18 @@ impl Run {
             tokio::fs::create_dir_all(&outputs_dir)
                 .await
                 .map_err(|e| format!("creating {}: {e}", outputs_dir.display()))?;
-            let (argv, env, kfp_input) = self.render(task, exec, &inputs, &local, path, &step_dir);
+            let (mut argv, env, kfp_input) =
+                self.render(task, exec, &inputs, &local, path, &step_dir);
+            // The packages a lightweight component installs first are installed already when
+            // an earlier step with the same prelude succeeded: run only the program.
+            let mut install = None;
+            if let Some((prelude, program)) = kfp::split_install(&argv) {
+                if self.engine.installed.lock().contains(prelude) {
+                    argv = program.to_vec();
+                } else {
+                    install = Some(prelude.to_string());
+                }
+            }
             let mut process_env = env;
             process_env.insert("NEXUS_RUN_ID".into(), self.id.clone());
             process_env.insert("NEXUS_STEP".into(), path.to_string());
@@ -847,6 +873,9 @@ impl Run {
                     .await
                 {
                     Ok(outputs) => {
+                        if let Some(prelude) = install {
+                            self.engine.installed.lock().insert(prelude);
+                        }
                         if let Some(key) = &cache_key
                             && let Err(e) = self
                                 .engine

@@ -799,6 +799,25 @@ pub fn render_argv(exec: &Exec, input: &Value, ctx: &Context<'_>) -> Vec<String>
     argv
 }
 
+/// Splits a lightweight component's launcher, `sh -c "<pip install …> && \"$0\" \"$@\"" PROGRAM…`,
+/// into its install prelude and the program it then runs. kfp.local (and a cluster) run the
+/// prelude before every step; its effect is the same each time, so once it has succeeded
+/// in this interpreter the engine runs only the program.
+pub fn split_install(argv: &[String]) -> Option<(&str, &[String])> {
+    match argv {
+        [sh, c, prelude, program @ ..]
+            if sh == "sh"
+                && c == "-c"
+                && !program.is_empty()
+                && prelude.contains(" -m pip install ")
+                && prelude.trim_end().ends_with("&& \"$0\" \"$@\"") =>
+        {
+            Some((prelude.as_str(), program))
+        }
+        _ => None,
+    }
+}
+
 /// An output artifact a step left behind.
 pub struct Produced {
     pub name: String,
@@ -977,6 +996,30 @@ mod tests {
         let input = executor_input(&exec, &params, &BTreeMap::new(), &ctx);
         let argv = render_argv(&exec, &input, &ctx);
         assert_eq!(argv, vec!["echo", "hi", "/w/t/outputs/out", "n=3"]);
+    }
+
+    #[test]
+    fn install_prelude_is_split_from_the_program() {
+        let prelude = "\nif ! [ -x \"$(command -v pip)\" ]; then\n    python3 -m ensurepip\nfi\n\nPIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install --quiet 'kfp==2.17.3' '--no-deps' && \"$0\" \"$@\"\n";
+        let argv: Vec<String> = [
+            "sh",
+            "-c",
+            prelude,
+            "sh",
+            "-ec",
+            "program",
+            "code",
+            "--executor_input",
+            "{}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (found, program) = split_install(&argv).expect("a KFP launcher");
+        assert_eq!(found, prelude);
+        assert_eq!(program, &argv[3..]);
+        assert!(split_install(&argv[3..]).is_none());
+        assert!(split_install(&["sh".into(), "-c".into(), "echo hi".into()]).is_none());
     }
 
     #[test]
