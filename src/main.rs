@@ -321,7 +321,7 @@ async fn main() -> anyhow::Result<()> {
             let (store, root) = registry.artifacts.object_store();
             let engine = pipelines
                 .open(
-                    &registry_args.database_url(),
+                    registry.store.pool().clone(),
                     &registry_args.data_dir,
                     ArtifactStore::new(store, root, registry.artifacts.destination()),
                     own_url.clone(),

@@ -50,16 +50,17 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
-    /// Opens the runner: its tables in `database_url`, step folders and logs under
-    /// `data_dir/pipelines`, artifacts in `artifacts`. Unfinished runs resume.
+    /// Opens the runner: its tables in the database behind `pool` (the registry's), step
+    /// folders and logs under `data_dir/pipelines`, artifacts in `artifacts`. Unfinished runs
+    /// resume.
     pub async fn open(
         &self,
-        database_url: &str,
+        pool: sqlx::AnyPool,
         data_dir: &Path,
         artifacts: ArtifactStore,
         server_url: String,
     ) -> Result<Arc<Engine>, PipelineError> {
-        let store = store::Store::open(database_url)?;
+        let store = store::Store::new(pool);
         let root = std::fs::canonicalize(data_dir)
             .unwrap_or_else(|_| data_dir.to_path_buf())
             .join("pipelines");

@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyRow;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::{AnyPool, AssertSqlSafe, Connection, Executor, Row, SqlStr};
+use sqlx::{AnyPool, AssertSqlSafe, Connection, Row, SqlStr};
 
 use crate::error::PipelineError;
 use crate::graph::Pipeline;
@@ -174,39 +174,21 @@ pub struct Store {
     /// handler (which sleeps in whole milliseconds), keeps a wide fan-out from stalling.
     writer: Arc<tokio::sync::Mutex<()>>,
     migrated: Arc<tokio::sync::OnceCell<()>>,
-    url: String,
 }
 
 impl Store {
-    /// Prepares a pool for `url`. Nothing connects yet: the first use connects and applies
-    /// the migrations, so Nexus starts (and serves models) while the database is down, and
-    /// pipeline requests answer 503 with the cause until it is back.
-    pub fn open(url: &str) -> Result<Self> {
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(3))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_lazy(url)
-            .map_err(|e| PipelineError::Invalid(format!("invalid database URL: {e}")))?;
-        Ok(Store {
+    /// Keeps the pipeline tables in the database behind `pool` (the registry's). Nothing
+    /// connects yet: the first use connects and applies the migrations, so Nexus starts (and
+    /// serves models) while the database is down, and pipeline requests answer 503 with the
+    /// cause until it is back.
+    pub fn new(pool: AnyPool) -> Self {
+        let sqlite = pool.connect_options().database_url.scheme() == "sqlite";
+        Store {
             pool,
             sqlite,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             migrated: Arc::new(tokio::sync::OnceCell::new()),
-            url: url.to_string(),
-        })
+        }
     }
 
     /// Connects and migrates once; until that works every call tries again.
@@ -214,9 +196,10 @@ impl Store {
         match self.migrate().await {
             Err(PipelineError::Unavailable(why)) => {
                 // "The pool timed out" hides the reason: one direct connection tells it.
+                let options = self.pool.connect_options();
                 let direct = tokio::time::timeout(
                     Duration::from_secs(2),
-                    sqlx::AnyConnection::connect(&self.url),
+                    sqlx::AnyConnection::connect_with(&options),
                 )
                 .await;
                 let cause = match direct {

@@ -218,6 +218,11 @@ impl Store {
         })
     }
 
+    /// The connection pool, for the pipeline runner's tables in the same database.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// The database kind.
     pub fn database(&self) -> Database {
         self.database
