@@ -523,7 +523,7 @@ async fn cli_submits_waits_and_reads_logs() -> Result<()> {
     let spec_path = dir.join("hello.yaml");
     std::fs::write(
         &spec_path,
-        "name: hello\nparameters: {who: world}\nsteps:\n- name: greet\n  workdir: .\n  command: 'echo hello {{params.who}}; pwd > where'\n",
+        "name: hello\nparameters: {who: world}\nsteps:\n- name: greet\n  workdir: .\n  command: 'echo hello {{params.who}}; pwd > where; echo \"$NEXUS_URL $NEXUS_RUN_ID\" > env'\n",
     )?;
     let url = runner.server().url("");
     let out = common::nexus(&[
@@ -544,6 +544,8 @@ async fn cli_submits_waits_and_reads_logs() -> Result<()> {
         std::fs::read_to_string(dir.join("where"))?.trim()
             == std::fs::canonicalize(&dir)?.display().to_string()
     );
+    // Steps learn where this server is (to push models) and which run they belong to.
+    ensure!(std::fs::read_to_string(dir.join("env"))?.trim() == format!("{url} {id}"));
     let logs = common::nexus(&["pipeline", "--url", &url, "logs", &id, "greet"]).await?;
     ensure!(logs.contains("hello nexus"), "{logs}");
     let list = common::nexus(&["pipeline", "--url", &url, "list"]).await?;

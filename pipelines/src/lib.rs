@@ -45,6 +45,10 @@ pub struct PipelineArgs {
     /// kfp.local's SubprocessRunner does (default: `python3` from PATH, unchanged).
     #[arg(long = "pipeline-python", env = "NEXUS_PIPELINE_PYTHON")]
     pub python: Option<String>,
+    /// The URL steps are given to reach this server (NEXUS_URL, MLFLOW_TRACKING_URI); default:
+    /// the address Nexus listens on, which pods of the Kubernetes executor may not reach.
+    #[arg(long = "pipeline-server-url", env = "NEXUS_PIPELINE_SERVER_URL")]
+    pub server_url: Option<String>,
     #[command(flatten)]
     pub kubernetes: executor::kubernetes::KubernetesArgs,
 }
@@ -82,7 +86,7 @@ impl PipelineArgs {
                     .map(|n| n.get())
                     .unwrap_or(2)
             }),
-            server_url,
+            server_url: self.server_url.clone().unwrap_or(server_url),
             python: self.python.clone(),
             owner: format!("{host}:{}", root.display()),
         };
