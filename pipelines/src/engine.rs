@@ -222,7 +222,13 @@ impl Engine {
         }
         let loaded = async {
             let (pipeline, parameters, name) = self.store.graph(id).await?;
-            let prior = self.store.tasks(id).await?;
+            let prior: BTreeMap<String, TaskRecord> = self
+                .store
+                .tasks(id)
+                .await?
+                .into_iter()
+                .map(|t| (t.path.clone(), t))
+                .collect();
             let run = self.store.get_run(id, false).await?;
             Ok::<_, PipelineError>((pipeline, parameters, name, prior, run.cancel_requested))
         }

@@ -364,7 +364,8 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn tasks(&self, run_id: &str) -> Result<BTreeMap<String, TaskRecord>> {
+    /// A run's tasks in the order they were first seen (roughly the order they ran).
+    pub async fn tasks(&self, run_id: &str) -> Result<Vec<TaskRecord>> {
         self.ready().await?;
         let rows = sqlx::query(
             "SELECT path, name, status, attempts, cached, outputs, error, handle, started_at, finished_at FROM pipeline_tasks WHERE run_id = $1 ORDER BY seq",
@@ -372,12 +373,7 @@ impl Store {
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let t = task_record(r)?;
-                Ok((t.path.clone(), t))
-            })
-            .collect()
+        rows.iter().map(task_record).collect()
     }
 
     /// Writes a task's new state, creating its row on first sight.
@@ -462,7 +458,7 @@ impl Store {
         .ok_or_else(|| PipelineError::NotFound(format!("pipeline run '{id}' not found")))?;
         let mut run = run_record(&row)?;
         if with_tasks {
-            run.tasks = Some(self.tasks(id).await?.into_values().collect());
+            run.tasks = Some(self.tasks(id).await?);
         }
         Ok(run)
     }
