@@ -783,8 +783,10 @@ impl Run {
         let mut attempt = done;
         loop {
             attempt += 1;
+            // Nothing a failed attempt wrote may pass for this attempt's outputs.
             let outputs_dir = step_dir.join("outputs");
             let _ = tokio::fs::remove_dir_all(&outputs_dir).await;
+            let _ = tokio::fs::remove_file(step_dir.join(kfp::EXECUTOR_OUTPUT)).await;
             tokio::fs::create_dir_all(&outputs_dir)
                 .await
                 .map_err(|e| format!("creating {}: {e}", outputs_dir.display()))?;

@@ -556,7 +556,8 @@ pub struct Context<'a> {
     pub python: Option<&'a str>,
 }
 
-const EXECUTOR_OUTPUT: &str = "executor_output.json";
+/// Where a KFP step writes its `ExecutorOutput`, in its folder.
+pub const EXECUTOR_OUTPUT: &str = "executor_output.json";
 
 /// The `ExecutorInput` message (JSON) for a task.
 pub fn executor_input(

@@ -79,6 +79,7 @@ impl LocalExecutor {
         command
             .args(args)
             .envs(&launch.env)
+            .env(MARKER, step_id(&launch.run_id, &launch.path))
             .current_dir(&launch.workdir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
@@ -107,7 +108,10 @@ impl LocalExecutor {
             return Exit::Failed("the process exited before it could be tracked".into());
         };
         let pgid = pid as i32;
-        on_start(pgid.to_string());
+        on_start(format!(
+            "{pgid} {MARKER}={}",
+            step_id(&launch.run_id, &launch.path)
+        ));
         let timeout = async {
             match launch.timeout {
                 Some(t) => tokio::time::sleep(t).await,
@@ -140,6 +144,43 @@ impl LocalExecutor {
     }
 }
 
+/// The environment variable that marks every process of a step, so a restarted Nexus can
+/// tell its own leftovers from whatever now has the same process group id.
+const MARKER: &str = "NEXUS_STEP_ID";
+
+fn step_id(run_id: &str, path: &str) -> String {
+    format!("{run_id}/{path}")
+}
+
+/// Whether any live process in group `pgid` has `marker` in its environment.
+fn group_carries(pgid: i32, marker: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            return false;
+        };
+        // Fields after the command name, which may itself hold spaces and parentheses:
+        // state, ppid, pgrp, …
+        let group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = &stat[stat.rfind(')')? + 1..];
+                rest.split_whitespace().nth(2)?.parse::<i32>().ok()
+            });
+        group == Some(pgid)
+            && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|entry| entry == marker.as_bytes())
+            })
+    })
+}
+
 fn describe(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -159,10 +200,20 @@ impl Executor for LocalExecutor {
         Box::pin(self.run_attempt(launch, on_start, cancel))
     }
 
+    /// The handle is `PGID NEXUS_STEP_ID=RUN/PATH`: the group is stopped only if a process in it
+    /// still carries that marker in its environment, so a process group id the system has
+    /// since given to something else is left alone.
     fn stop_stale(&self, handle: &str) -> BoxFuture<'_, ()> {
-        let pgid = handle.parse::<i32>().ok().filter(|p| *p > 1);
+        let parsed = handle.split_once(' ').and_then(|(pgid, marker)| {
+            Some((
+                pgid.parse::<i32>().ok().filter(|p| *p > 1)?,
+                marker.to_string(),
+            ))
+        });
         Box::pin(async move {
-            if let Some(pgid) = pgid {
+            if let Some((pgid, marker)) = parsed
+                && group_carries(pgid, &marker)
+            {
                 stop_group(pgid).await;
             }
         })
@@ -170,5 +221,31 @@ impl Executor for LocalExecutor {
 
     fn name(&self) -> &'static str {
         "local"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    #[test]
+    fn only_groups_carrying_the_marker_are_stale() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env(MARKER, "run/step")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let pgid = child.id() as i32;
+        assert!(group_carries(pgid, "NEXUS_STEP_ID=run/step"));
+        assert!(!group_carries(pgid, "NEXUS_STEP_ID=run/other"));
+        // This test's own group is not a step's.
+        // SAFETY: getpgrp has no preconditions.
+        let own = unsafe { libc::getpgrp() };
+        assert!(!group_carries(own, "NEXUS_STEP_ID=run/step"));
+        child.kill().expect("kill");
+        child.wait().expect("wait");
     }
 }
