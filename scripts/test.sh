@@ -12,7 +12,9 @@ bash scripts/setup.sh
 # database or schema there.
 export NEXUS_TEST_POSTGRES_URL="${NEXUS_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 
-cargo build --bin nexus
+# One build: `cargo test` also builds target/debug/nexus (for tests/*.rs), with the same
+# features the Python suite below then runs. A separate `cargo build` would compile ~140
+# crates a second time with the non-test feature set.
 cargo test --workspace
 
 NEXUS_BIN="$repo/target/debug/nexus" .venv/bin/python -m pytest tests/clients -q
