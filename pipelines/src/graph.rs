@@ -340,18 +340,6 @@ impl Dag {
         }
         None
     }
-
-    /// Number of processes the DAG runs when no loop is involved (for progress display);
-    /// loops count their body once.
-    pub fn exec_count(&self) -> usize {
-        self.tasks
-            .iter()
-            .map(|t| match &t.body {
-                Body::Exec(_) => 1,
-                Body::Dag(d) => d.exec_count(),
-            })
-            .sum()
-    }
 }
 
 impl Selector {
