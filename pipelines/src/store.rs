@@ -242,14 +242,6 @@ impl Store {
         }
     }
 
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(if self.sqlite {
-            self.pool.begin_with("BEGIN IMMEDIATE").await?
-        } else {
-            self.pool.begin().await?
-        })
-    }
-
     pub async fn create_run(
         &self,
         id: &str,
@@ -387,19 +379,20 @@ impl Store {
         self.ready().await?;
         let now = now_ms();
         let _turn = self.turn().await;
-        let mut tx = self.begin().await?;
+        // One statement, so one round trip and atomic without a transaction.
         sqlx::query(
-            "INSERT INTO pipeline_tasks (run_id, path, name, status, seq) VALUES ($1, $2, $3, 'PENDING', $4) ON CONFLICT (run_id, path) DO NOTHING",
+            "INSERT INTO pipeline_tasks (run_id, path, name, seq, status, attempts, cached, outputs, error, handle, started_at, finished_at) \
+             VALUES ($1, $2, $3, $4, COALESCE($5, 'PENDING'), COALESCE($6, 0), COALESCE($7, 0), $8, $9, $10, $11, $12) \
+             ON CONFLICT (run_id, path) DO UPDATE SET status = COALESCE($5, pipeline_tasks.status), \
+             attempts = COALESCE($6, pipeline_tasks.attempts), cached = COALESCE($7, pipeline_tasks.cached), \
+             outputs = COALESCE($8, pipeline_tasks.outputs), error = COALESCE($9, pipeline_tasks.error), \
+             handle = COALESCE($10, pipeline_tasks.handle), started_at = COALESCE($11, pipeline_tasks.started_at), \
+             finished_at = COALESCE($12, pipeline_tasks.finished_at)",
         )
         .bind(run_id)
         .bind(path)
         .bind(name)
         .bind(now * 1000 + seq_tiebreak())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE pipeline_tasks SET status = COALESCE($1, status), attempts = COALESCE($2, attempts), cached = COALESCE($3, cached), outputs = COALESCE($4, outputs), error = COALESCE($5, error), handle = COALESCE($6, handle), started_at = COALESCE($7, started_at), finished_at = COALESCE($8, finished_at) WHERE run_id = $9 AND path = $10",
-        )
         .bind(u.status.map(Status::as_str))
         .bind(u.attempts)
         .bind(u.cached.map(i64::from))
@@ -408,11 +401,8 @@ impl Store {
         .bind(u.handle)
         .bind(u.started.then_some(now))
         .bind(u.finished.then_some(now))
-        .bind(run_id)
-        .bind(path)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
