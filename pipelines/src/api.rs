@@ -102,8 +102,7 @@ async fn logs(
             "run '{id}' has no step '{step}'"
         )));
     }
-    let root = engine.logs_root().join(&id);
-    let stream = async_stream(engine, id, root, query.step, query.follow);
+    let stream = async_stream(engine, id, query.step, query.follow);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(stream),
@@ -111,14 +110,9 @@ async fn logs(
         .into_response())
 }
 
-fn log_file(root: &std::path::Path, path: &str) -> std::path::PathBuf {
-    root.join(format!("{}.log", path.replace('/', "__")))
-}
-
 fn async_stream(
     engine: Arc<Engine>,
     id: String,
-    root: std::path::PathBuf,
     step: Option<String>,
     follow: bool,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
@@ -143,7 +137,7 @@ fn async_stream(
                     && !selected.is_empty()
                     && selected.iter().all(|t| t.status.is_terminal()));
             for task in &selected {
-                let file = log_file(&root, &task.path);
+                let file = engine.log_path(&id, &task.path);
                 let offset = sent.get(&task.path).copied().unwrap_or(0);
                 let Ok(mut f) = tokio::fs::File::open(&file).await else {
                     continue;

@@ -108,8 +108,12 @@ impl Engine {
         &self.store
     }
 
-    pub fn logs_root(&self) -> &std::path::Path {
-        &self.config.logs_root
+    /// Where a step's stdout and stderr go: one file per step, across its attempts.
+    pub fn log_path(&self, run_id: &str, path: &str) -> PathBuf {
+        self.config
+            .logs_root
+            .join(run_id)
+            .join(format!("{}.log", path.replace('/', "__")))
     }
 
     /// Validates and records a run, then starts it.
@@ -178,15 +182,12 @@ impl Engine {
 
     /// Heartbeats for held runs, cancel requests made through another process, and runs
     /// left behind by a Nexus that died.
-    pub fn background(self: &Arc<Self>, shutdown: CancellationToken) {
+    pub fn background(self: &Arc<Self>) {
         let engine = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = shutdown.cancelled() => return,
-                }
+                tick.tick().await;
                 if let Err(e) = engine.store.heartbeat(&engine.config.owner).await {
                     tracing::warn!(error = %e, "pipeline heartbeat failed");
                     continue;
@@ -382,19 +383,7 @@ impl Run {
     async fn record(&self, path: &str, name: &str, update: TaskUpdate<'_>) {
         let store = &self.engine.store;
         let result = self
-            .write(|| {
-                let u = TaskUpdate {
-                    status: update.status,
-                    attempts: update.attempts,
-                    cached: update.cached,
-                    outputs: update.outputs,
-                    error: update.error,
-                    handle: update.handle,
-                    started: update.started,
-                    finished: update.finished,
-                };
-                store.update_task(&self.id, path, name, u)
-            })
+            .write(|| store.update_task(&self.id, path, name, update))
             .await;
         if let Err(e) = result {
             tracing::error!(run = %self.id, task = %path, error = %e, "cannot record task state");
@@ -769,10 +758,7 @@ impl Run {
             return Ok(Ended::Succeeded(outputs));
         }
 
-        let log = config
-            .logs_root
-            .join(&self.id)
-            .join(format!("{}.log", path.replace('/', "__")));
+        let log = self.engine.log_path(&self.id, path);
         if let Some(parent) = log.parent() {
             tokio::fs::create_dir_all(parent)
                 .await

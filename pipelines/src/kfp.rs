@@ -585,13 +585,13 @@ pub fn executor_input(
             let items: Vec<Value> = list
                 .iter()
                 .map(|a| {
-                    json!({
-                        "name": a.artifact.name,
-                        "type": {"schemaTitle": a.artifact.schema_title.clone().unwrap_or_else(|| "system.Artifact".into()),
-                                 "schemaVersion": a.artifact.schema_version.clone().unwrap_or_else(|| "0.0.1".into())},
-                        "uri": a.path,
-                        "metadata": a.artifact.metadata,
-                    })
+                    runtime_artifact(
+                        &a.artifact.name,
+                        a.artifact.schema_title.as_deref(),
+                        a.artifact.schema_version.as_deref(),
+                        &a.path,
+                        &a.artifact.metadata,
+                    )
                 })
                 .collect();
             (name.clone(), json!({"artifacts": items}))
@@ -604,13 +604,13 @@ pub fn executor_input(
         if decl.artifact {
             out_artifacts.insert(
                 name.clone(),
-                json!({"artifacts": [{
-                    "name": name,
-                    "type": {"schemaTitle": decl.kind.clone().unwrap_or_else(|| "system.Artifact".into()),
-                             "schemaVersion": decl.schema_version.clone().unwrap_or_else(|| "0.0.1".into())},
-                    "uri": file,
-                    "metadata": {},
-                }]}),
+                json!({"artifacts": [runtime_artifact(
+                    name,
+                    decl.kind.as_deref(),
+                    decl.schema_version.as_deref(),
+                    &file,
+                    &Map::new(),
+                )]}),
             );
         } else {
             out_params.insert(name.clone(), json!({"outputFile": file}));
@@ -631,6 +631,25 @@ pub fn executor_input(
     });
     resolve_self_references(&mut input, ctx);
     input
+}
+
+/// A `RuntimeArtifact` message (JSON), typed `system.Artifact` 0.0.1 unless told otherwise.
+fn runtime_artifact(
+    name: &str,
+    schema_title: Option<&str>,
+    schema_version: Option<&str>,
+    uri: &str,
+    metadata: &Map<String, Value>,
+) -> Value {
+    json!({
+        "name": name,
+        "type": {
+            "schemaTitle": schema_title.unwrap_or("system.Artifact"),
+            "schemaVersion": schema_version.unwrap_or("0.0.1"),
+        },
+        "uri": uri,
+        "metadata": metadata,
+    })
 }
 
 /// Parameter values that are themselves placeholders (f-strings over upstream outputs).

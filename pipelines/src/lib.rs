@@ -97,7 +97,7 @@ impl PipelineArgs {
             // The background loop tries again every few seconds.
             Err(e) => tracing::warn!(error = %e, "pipeline runs not resumed yet"),
         }
-        engine.background(tokio_util::sync::CancellationToken::new());
+        engine.background();
         Ok(engine)
     }
 }

@@ -154,7 +154,7 @@ pub struct TaskRecord {
 }
 
 /// A task state change to write.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct TaskUpdate<'a> {
     pub status: Option<Status>,
     pub attempts: Option<i64>,
@@ -439,13 +439,11 @@ impl Store {
 
     pub async fn get_run(&self, id: &str, with_tasks: bool) -> Result<RunRecord> {
         self.ready().await?;
-        let row = sqlx::query(
-            "SELECT id, name, flavor, status, parameters, outputs, error, cancel_requested, created_at, started_at, finished_at FROM pipeline_runs WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| PipelineError::NotFound(format!("pipeline run '{id}' not found")))?;
+        let row = sqlx::query(AssertSqlSafe(format!("{RUN_SELECT} WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| PipelineError::NotFound(format!("pipeline run '{id}' not found")))?;
         let mut run = run_record(&row)?;
         if with_tasks {
             run.tasks = Some(self.tasks(id).await?);
@@ -455,11 +453,10 @@ impl Store {
 
     pub async fn list_runs(&self, status: Option<Status>, limit: i64) -> Result<Vec<RunRecord>> {
         self.ready().await?;
-        const COLUMNS: &str = "SELECT id, name, flavor, status, parameters, outputs, error, cancel_requested, created_at, started_at, finished_at FROM pipeline_runs";
         let rows = match status {
             Some(status) => {
                 sqlx::query(AssertSqlSafe(format!(
-                    "{COLUMNS} WHERE status = $1 ORDER BY created_at DESC LIMIT $2"
+                    "{RUN_SELECT} WHERE status = $1 ORDER BY created_at DESC LIMIT $2"
                 )))
                 .bind(status.as_str())
                 .bind(limit)
@@ -468,7 +465,7 @@ impl Store {
             }
             None => {
                 sqlx::query(AssertSqlSafe(format!(
-                    "{COLUMNS} ORDER BY created_at DESC LIMIT $1"
+                    "{RUN_SELECT} ORDER BY created_at DESC LIMIT $1"
                 )))
                 .bind(limit)
                 .fetch_all(&self.pool)
@@ -478,6 +475,9 @@ impl Store {
         rows.iter().map(run_record).collect()
     }
 }
+
+/// The columns `run_record` reads.
+const RUN_SELECT: &str = "SELECT id, name, flavor, status, parameters, outputs, error, cancel_requested, created_at, started_at, finished_at FROM pipeline_runs";
 
 /// Orders rows created in the same millisecond by creation within this process.
 fn seq_tiebreak() -> i64 {
