@@ -12,13 +12,17 @@ python="${PYTHON:-python3}"
 
 # --- System packages (Debian/Ubuntu) -----------------------------------------
 # python3-venv/pip for the test venv; protobuf-compiler because the `triton-client`
-# dev-dependency compiles Triton's protos with the system protoc; gcc for C build scripts.
+# dev-dependency compiles Triton's protos with the system protoc; gcc for C build scripts;
+# libssl-dev + pkg-config for rdkafka's TLS.
 missing=()
 if ! command -v "$python" >/dev/null 2>&1 || ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv python3-pip)
 fi
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+# rdkafka's TLS/SASL support links the system OpenSSL through pkg-config.
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+[[ -f /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
 if [[ ${#missing[@]} -gt 0 ]]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing ${missing[*]} with apt-get"

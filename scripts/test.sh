@@ -7,6 +7,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 bash scripts/setup.sh
+# The Kafka-protocol broker the event tests start (built once into ~/.cache/nexus).
+bash scripts/install-tansu.sh
 
 # PostgreSQL runs on every machine (trust auth); tests that need it make their own
 # database or schema there.

@@ -10,12 +10,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use nexus_bench::BenchCommand;
+use nexus_events::{EventBus, KafkaArgs};
+use nexus_optimizer::{Optimizer, OptimizerArgs};
 use nexus_pipelines::cli::PipelineCommand;
 use nexus_pipelines::{ArtifactStore, PipelineArgs};
 use nexus_registry::RegistryArgs;
 use nexus_registry::client::{Reference, RegistryClient};
 use nexus_serving::remote::BoxFuture;
-use nexus_serving::{Extensions, ModelSource, ServeArgs};
+use nexus_serving::{Extensions, InferenceHooks, ModelSource, ServeArgs};
 
 /// Nexus: ML inference (KServe V2 / Triton protocol over HTTP and gRPC) in one binary.
 #[derive(Parser)]
@@ -69,6 +71,57 @@ enum AliasCommand {
     },
 }
 
+/// The event bus and the optimiser that feeds on it (`serve` and `up`).
+#[derive(clap::Args)]
+struct TuningArgs {
+    /// Turn off inference events, feedback and the optimiser (requests get no server-issued id).
+    #[arg(long)]
+    no_events: bool,
+    #[command(flatten)]
+    events: KafkaArgs,
+    #[command(flatten)]
+    optimizer: OptimizerArgs,
+}
+
+/// The optimiser as serving sees it, and the bus to flush at shutdown.
+struct Tuning {
+    hooks: Option<Arc<dyn InferenceHooks>>,
+    routes: axum::Router,
+    bus: Option<Arc<dyn EventBus>>,
+}
+
+impl TuningArgs {
+    /// Connects the bus and builds the optimiser: serving's hooks and its HTTP routes.
+    async fn open(&self) -> anyhow::Result<Tuning> {
+        if self.no_events {
+            return Ok(Tuning {
+                hooks: None,
+                routes: axum::Router::new(),
+                bus: None,
+            });
+        }
+        let bus = nexus_events::open(&self.events)
+            .await
+            .context("connecting the event bus")?;
+        tracing::info!(bus = bus.kind(), "event bus ready");
+        let optimizer = Optimizer::new(self.optimizer.clone(), Arc::clone(&bus));
+        Ok(Tuning {
+            routes: nexus_optimizer::api::router(Arc::clone(&optimizer)),
+            hooks: Some(optimizer),
+            bus: Some(bus),
+        })
+    }
+}
+
+impl Tuning {
+    /// Hands events still queued to the broker before the process exits.
+    async fn flush(&self) {
+        if let Some(bus) = &self.bus {
+            bus.flush().await;
+        }
+    }
+}
+
 fn parse_tag(text: &str) -> Result<(String, String), String> {
     let (k, v) = text.split_once('=').ok_or("expected KEY=VALUE")?;
     Ok((k.to_string(), v.to_string()))
@@ -84,6 +137,8 @@ enum Command {
         model_repository: Vec<PathBuf>,
         #[command(flatten)]
         serve: ServeArgs,
+        #[command(flatten)]
+        tuning: Box<TuningArgs>,
     },
     /// Everything on one machine with embedded defaults: serves the example models, with
     /// the MLflow-compatible registry on the same HTTP port.
@@ -97,6 +152,8 @@ enum Command {
         registry: RegistryArgs,
         #[command(flatten)]
         pipelines: Box<PipelineArgs>,
+        #[command(flatten)]
+        tuning: Box<TuningArgs>,
     },
     /// The model registry and experiment tracking alone, speaking MLflow's REST API.
     Registry {
@@ -158,6 +215,20 @@ impl ModelSource for RegistrySource {
             };
             self.0
                 .resolve(name, &reference)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn set_alias<'a>(
+        &'a self,
+        name: &'a str,
+        alias: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .set_alias(name, alias, version)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -292,20 +363,27 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             model_repository,
             serve,
+            tuning,
         } => {
+            let tuning = tuning.open().await?;
             let extensions = Extensions {
-                routes: axum::Router::new(),
+                routes: tuning.routes.clone(),
                 source: serve.registry_url.as_deref().map(registry_source),
+                hooks: tuning.hooks.clone(),
             };
-            nexus_serving::serve(model_repository, serve, extensions, shutdown_signal())
-                .await
-                .context("nexus serve failed")
+            let served =
+                nexus_serving::serve(model_repository, serve, extensions, shutdown_signal())
+                    .await
+                    .context("nexus serve failed");
+            tuning.flush().await;
+            served
         }
         Command::Up {
             model_repository,
             serve,
             registry,
             pipelines,
+            tuning,
         } => {
             if !model_repository.is_dir() {
                 anyhow::bail!(
@@ -330,15 +408,21 @@ async fn main() -> anyhow::Result<()> {
                 .context("starting the pipeline runner")?;
             // Registry models come from this very server unless another registry is named.
             let url = serve.registry_url.clone().unwrap_or(own_url);
+            let tuning = tuning.open().await?;
             let extensions = Extensions {
                 routes: registry
                     .router()
-                    .merge(nexus_pipelines::api::router(engine)),
+                    .merge(nexus_pipelines::api::router(engine))
+                    .merge(tuning.routes.clone()),
                 source: Some(registry_source(&url)),
+                hooks: tuning.hooks.clone(),
             };
-            nexus_serving::serve(vec![model_repository], serve, extensions, shutdown_signal())
-                .await
-                .context("nexus up failed")
+            let served =
+                nexus_serving::serve(vec![model_repository], serve, extensions, shutdown_signal())
+                    .await
+                    .context("nexus up failed");
+            tuning.flush().await;
+            served
         }
         Command::Registry {
             address,

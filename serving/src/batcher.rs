@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -90,11 +90,20 @@ impl Queued {
     }
 }
 
+/// The two settings the optimiser tunes while the batcher runs; read at every batch.
+#[derive(Debug)]
+struct Tuning {
+    max_delay_us: AtomicU64,
+    target: AtomicU64,
+}
+
 /// The handle callers use; dropping it stops the task once its queue is empty.
 pub struct Batcher {
     requests: mpsc::UnboundedSender<Queued>,
     queued: Arc<AtomicUsize>,
     max_queue: usize,
+    max_batch: u64,
+    tuning: Arc<Tuning>,
     stats: Arc<VersionStats>,
     label: String,
 }
@@ -109,7 +118,12 @@ impl Batcher {
     ) -> Self {
         let (requests, incoming) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let tuning = Arc::new(Tuning {
+            max_delay_us: AtomicU64::new(policy.max_delay.as_micros() as u64),
+            target: AtomicU64::new(policy.target),
+        });
         let task = BatchTask {
+            tuning: Arc::clone(&tuning),
             free: Arc::new(Semaphore::new(pool.size().max(1))),
             pool,
             incoming,
@@ -124,9 +138,30 @@ impl Batcher {
             requests,
             queued,
             max_queue: policy.max_queue,
+            max_batch: policy.max_batch,
+            tuning,
             stats,
             label: label.to_string(),
         }
+    }
+
+    /// The current (max queue delay, preferred batch size, max batch size).
+    pub fn settings(&self) -> (Duration, u64, u64) {
+        (
+            Duration::from_micros(self.tuning.max_delay_us.load(Ordering::Relaxed)),
+            self.tuning.target.load(Ordering::Relaxed),
+            self.max_batch,
+        )
+    }
+
+    /// Changes the queue delay and preferred batch size (clamped to 1..=max batch) of
+    /// batches formed from now on.
+    pub fn tune(&self, max_delay: Duration, preferred: u64) {
+        let delay = u64::try_from(max_delay.as_micros()).unwrap_or(u64::MAX);
+        self.tuning.max_delay_us.store(delay, Ordering::Relaxed);
+        self.tuning
+            .target
+            .store(preferred.clamp(1, self.max_batch), Ordering::Relaxed);
     }
 
     /// Queues `work` and waits for its share of a batch.
@@ -171,6 +206,7 @@ struct BatchTask {
     incoming: mpsc::UnboundedReceiver<Queued>,
     pending: VecDeque<Queued>,
     policy: BatchPolicy,
+    tuning: Arc<Tuning>,
     /// Free instances: a batch is formed only when one can run it, so requests that
     /// arrive while all instances are busy join the next batch instead of queueing.
     free: Arc<Semaphore>,
@@ -230,10 +266,12 @@ impl BatchTask {
         let Some(head) = self.pending.front() else {
             return Vec::new();
         };
-        let flush_at = head.enqueued + self.policy.max_delay;
+        let delay = Duration::from_micros(self.tuning.max_delay_us.load(Ordering::Relaxed));
+        let target = self.tuning.target.load(Ordering::Relaxed);
+        let flush_at = head.enqueued + delay;
         loop {
             let (rows, _) = self.compatible();
-            if rows >= self.policy.target || !self.open || Instant::now() >= flush_at {
+            if rows >= target || !self.open || Instant::now() >= flush_at {
                 break;
             }
             match tokio::time::timeout_at(flush_at.into(), self.incoming.recv()).await {
@@ -417,6 +455,7 @@ fn answer(result: Result<Executed, ServingError>, waiting: Vec<Waiting>, rows: u
                 outputs,
                 queue,
                 compute,
+                batch_rows: rows,
             }));
             return;
         }
@@ -429,6 +468,7 @@ fn answer(result: Result<Executed, ServingError>, waiting: Vec<Waiting>, rows: u
             outputs,
             queue,
             compute,
+            batch_rows: rows,
         }));
     }
 }

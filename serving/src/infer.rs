@@ -21,6 +21,8 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Output names to return; empty means all of the model's outputs.
     pub outputs: Vec<String>,
+    /// W3C trace id from the request's `traceparent`, if any.
+    pub trace_id: Option<String>,
 }
 
 /// The outputs of an inference, in the order requested (or the config's order).
@@ -30,6 +32,10 @@ pub struct InferResponse {
     pub model_version: String,
     pub id: String,
     pub outputs: Vec<Tensor>,
+    /// Time the request waited for an instance (not sent to clients).
+    pub queue: std::time::Duration,
+    /// Rows of the execution it ran in (not sent to clients).
+    pub batch_size: u64,
 }
 
 impl LoadedVersion {
@@ -44,6 +50,11 @@ impl LoadedVersion {
         }
         shape.extend_from_slice(dims);
         shape
+    }
+
+    /// The dynamic batcher, whose delay and preferred batch size can be tuned live.
+    pub fn batcher(&self) -> Option<&crate::batcher::Batcher> {
+        self.scheduler.batcher()
     }
 
     /// Model metadata (V2 `GET /v2/models/{m}` and gRPC `ModelMetadata`) listing `versions`.
@@ -110,6 +121,8 @@ impl LoadedVersion {
             model_version: self.version.to_string(),
             id: request.id,
             outputs: tensors,
+            queue: done.queue,
+            batch_size: done.batch_rows,
         };
         Ok((response, rows, done))
     }

@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod error;
 pub mod grpc;
+pub mod hooks;
 pub mod http;
 pub mod infer;
 pub mod instance;
@@ -26,6 +27,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use nexus_models::{BackendError, ModelRepository, RepositoryError};
 
 pub use error::ServingError;
+pub use hooks::{InferenceHooks, InferenceRecord, Protocol, ServingHandle};
 pub use manager::{ControlMode, ManagerOptions, ModelManager};
 pub use remote::{ModelSource, RemoteSpec, Watcher};
 
@@ -139,6 +141,8 @@ pub struct Extensions {
     pub routes: axum::Router,
     /// Where `--model models:/…` references are resolved.
     pub source: Option<Arc<dyn ModelSource>>,
+    /// Routing between versions and a record of every inference (the optimiser).
+    pub hooks: Option<Arc<dyn InferenceHooks>>,
 }
 
 /// Runs the inference server on the model repositories `roots` (searched in order) and
@@ -157,6 +161,7 @@ pub async fn serve(
         .collect::<Result<Vec<_>, _>>()
         .map_err(ServeError::Server)?;
     let mut roots = roots;
+    let registry = extensions.source.clone();
     let source = match (specs.is_empty(), extensions.source) {
         (true, _) => None,
         (false, Some(source)) => {
@@ -206,24 +211,24 @@ pub async fn serve(
             intra_op_threads: args.ort_intra_threads,
         },
     );
+    if let Some(hooks) = &extensions.hooks {
+        manager.set_hooks(Arc::clone(hooks));
+        Arc::clone(hooks).started(ServingHandle {
+            manager: Arc::clone(&manager),
+            source: registry,
+            remote: specs.clone(),
+        });
+    }
     let startup = {
         let manager = Arc::clone(&manager);
         let explicit = args.load_models.clone();
         let poll = (args.model_control_mode == ControlMode::Poll)
             .then(|| Duration::from_secs(args.repository_poll_secs.max(1)));
-        let watchers: Vec<Watcher> = source
-            .iter()
-            .flat_map(|source| {
-                specs.iter().map(|spec| {
-                    Watcher::new(
-                        spec.clone(),
-                        Arc::clone(source),
-                        Arc::clone(&manager),
-                        args.model_cache.clone(),
-                    )
-                })
-            })
-            .collect();
+        let watchers = match &source {
+            Some(source) => Watcher::for_specs(&specs, source, &manager, &args.model_cache)
+                .map_err(ServeError::Server)?,
+            None => Vec::new(),
+        };
         let interval = Duration::from_secs(args.registry_poll_secs.max(1));
         tokio::spawn(async move {
             let mut running = tokio::task::JoinSet::new();

@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
@@ -18,6 +18,8 @@ use nexus_models::pb::model_instance_group::Kind;
 use nexus_models::{Backend, Device, ModelConfig, ModelRepository};
 
 use crate::error::ServingError;
+use crate::hooks::{InferenceHooks, InferenceRecord, Protocol, RequestIds};
+use crate::infer::{InferRequest, InferResponse};
 use crate::instance::InstancePool;
 use crate::metrics::VersionStats;
 use crate::pb::repository_index_response::ModelIndex;
@@ -88,6 +90,8 @@ pub struct ModelManager {
     /// Serialises loads and unloads so two never race on the same model.
     changes: tokio::sync::Mutex<()>,
     started: AtomicBool,
+    hooks: OnceLock<Arc<dyn InferenceHooks>>,
+    ids: RequestIds,
 }
 
 impl ModelManager {
@@ -99,7 +103,63 @@ impl ModelManager {
             models: RwLock::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(()),
             started: AtomicBool::new(false),
+            hooks: OnceLock::new(),
+            ids: RequestIds::new(),
         })
+    }
+
+    /// Installs the hooks that route and record inferences (once; later calls are ignored).
+    pub fn set_hooks(&self, hooks: Arc<dyn InferenceHooks>) {
+        let _ = self.hooks.set(hooks);
+    }
+
+    /// Runs one request for `model`: at `version`, or (when empty) at the version the
+    /// hooks route it to, else the newest. With hooks installed, a request without an id
+    /// gets one (returned to the client, the key for feedback) and is recorded.
+    pub async fn infer(
+        &self,
+        model: &str,
+        version: &str,
+        mut request: InferRequest,
+        protocol: Protocol,
+    ) -> Result<InferResponse, ServingError> {
+        let Some(hooks) = self.hooks.get() else {
+            return self.get(model, version)?.infer(request).await;
+        };
+        let start = Instant::now();
+        let mut routed = None;
+        if version.is_empty() {
+            let ready = self.ready_versions(model);
+            if ready.len() > 1 {
+                routed = hooks
+                    .route(model, &ready)
+                    .filter(|v| ready.contains(v))
+                    .map(|v| v.to_string());
+            }
+        }
+        if request.id.is_empty() {
+            request.id = self.ids.issue();
+        }
+        let id = request.id.clone();
+        let trace_id = request.trace_id.clone();
+        let inputs = hooks.sample().then(|| request.inputs.clone());
+        let chosen = routed.as_deref().unwrap_or(version);
+        let (served, result) = match self.get(model, chosen) {
+            Ok(loaded) => (loaded.version.to_string(), loaded.infer(request).await),
+            Err(e) => (chosen.to_string(), Err(e)),
+        };
+        hooks.record(InferenceRecord {
+            id: &id,
+            model,
+            version: &served,
+            routed: routed.is_some(),
+            protocol,
+            result: result.as_ref(),
+            latency: start.elapsed(),
+            trace_id: trace_id.as_deref(),
+            inputs: inputs.as_deref(),
+        });
+        result
     }
 
     /// The model control mode.

@@ -6,6 +6,7 @@
 //! atomically while the old one finishes its in-flight requests, so an alias move never
 //! fails a request.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -28,6 +29,13 @@ pub trait ModelSource: Send + Sync {
         name: &'a str,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<String, String>>;
+    /// Points `alias` of `name` at `version` (promotion).
+    fn set_alias<'a>(
+        &'a self,
+        name: &'a str,
+        alias: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
     /// Downloads every file of `name` version `version` into the folder `dest`.
     fn fetch<'a>(
         &'a self,
@@ -108,80 +116,111 @@ impl RemoteSpec {
     }
 }
 
-/// Keeps one registry model loaded at the version its reference names.
+/// Keeps one served model loaded at the versions its references name: usually one
+/// (`models:/fraud@champion`), or several served side by side under one name
+/// (`--model models:/fraud@champion --model models:/fraud@challenger`) for the router.
 pub struct Watcher {
-    spec: RemoteSpec,
+    specs: Vec<RemoteSpec>,
     source: Arc<dyn ModelSource>,
     manager: Arc<ModelManager>,
     cache: PathBuf,
-    current: Option<String>,
+    current: BTreeSet<u64>,
 }
 
 impl Watcher {
-    /// A watcher for `spec`, caching files under `cache` (a root of the manager's repository).
-    pub fn new(
-        spec: RemoteSpec,
-        source: Arc<dyn ModelSource>,
-        manager: Arc<ModelManager>,
-        cache: PathBuf,
-    ) -> Self {
-        Watcher {
-            spec,
-            source,
-            manager,
-            cache,
-            current: None,
+    /// One watcher per served name, caching files under `cache` (a root of the manager's
+    /// repository). References served under one name must name one registered model.
+    pub fn for_specs(
+        specs: &[RemoteSpec],
+        source: &Arc<dyn ModelSource>,
+        manager: &Arc<ModelManager>,
+        cache: &Path,
+    ) -> Result<Vec<Watcher>, String> {
+        let mut grouped: BTreeMap<&str, Vec<RemoteSpec>> = BTreeMap::new();
+        for spec in specs {
+            grouped
+                .entry(&spec.serve_as)
+                .or_default()
+                .push(spec.clone());
         }
+        grouped
+            .into_values()
+            .map(|specs| {
+                if specs.iter().any(|s| s.name != specs[0].name) {
+                    return Err(format!(
+                        "'{}' is served from two registered models; serve each under its own name",
+                        specs[0].serve_as
+                    ));
+                }
+                Ok(Watcher {
+                    specs,
+                    source: Arc::clone(source),
+                    manager: Arc::clone(manager),
+                    cache: cache.to_path_buf(),
+                    current: BTreeSet::new(),
+                })
+            })
+            .collect()
     }
 
-    /// Resolves the reference once and, when it names a new version, fetches and loads it.
+    /// Resolves the references once and, when they name other versions, fetches and loads them.
     pub async fn sync(&mut self) -> Result<(), String> {
-        let registered = self.spec.name.clone();
-        let name = self.spec.serve_as.clone();
-        let version = self
-            .source
-            .resolve(&registered, &self.spec.reference)
-            .await?;
-        if self.current.as_deref() == Some(version.as_str()) {
+        let registered = self.specs[0].name.clone();
+        let name = self.specs[0].serve_as.clone();
+        let mut wanted = BTreeSet::new();
+        for spec in &self.specs {
+            let version = self.source.resolve(&registered, &spec.reference).await?;
+            let number: u64 = version.parse().map_err(|_| {
+                format!("registry answered version '{version}' for {name}, not a number")
+            })?;
+            wanted.insert(number);
+        }
+        if wanted == self.current {
             return Ok(());
         }
-        let number: u64 = version.parse().map_err(|_| {
-            format!("registry answered version '{version}' for {name}, not a number")
-        })?;
         let model_dir = self.cache.join(&name);
-        let version_dir = model_dir.join(&version);
-        if !version_dir.join(DEFAULT_MODEL_FILE).exists() {
-            let staging = model_dir.join(format!(".fetch-{version}"));
+        let base = self.specs[0].config.as_ref();
+        for &number in &wanted {
+            let version_dir = model_dir.join(number.to_string());
+            if version_dir.join(DEFAULT_MODEL_FILE).exists() {
+                continue;
+            }
+            let staging = model_dir.join(format!(".fetch-{number}"));
             let _ = tokio::fs::remove_dir_all(&staging).await;
-            self.source.fetch(&registered, &version, &staging).await?;
-            let config = arrange(&staging, &name, number, self.spec.config.as_ref()).await?;
-            tokio::fs::write(staging.join(CONFIG_FILE), config)
-                .await
-                .map_err(|e| format!("cannot write the config of {name}: {e}"))?;
+            self.source
+                .fetch(&registered, &number.to_string(), &staging)
+                .await?;
+            arrange(&staging, &name).await?;
+            let fetched = staging.join(CONFIG_FILE);
+            if fetched.exists() {
+                tokio::fs::create_dir_all(&model_dir)
+                    .await
+                    .map_err(|e| format!("cannot create {}: {e}", model_dir.display()))?;
+                tokio::fs::rename(&fetched, model_dir.join(CONFIG_FILE))
+                    .await
+                    .map_err(|e| format!("cannot install the config of {name}: {e}"))?;
+            }
             let _ = tokio::fs::remove_dir_all(&version_dir).await;
             tokio::fs::rename(staging.join("model"), &version_dir)
                 .await
-                .map_err(|e| format!("cannot move {name} version {version} into the cache: {e}"))?;
-            tokio::fs::rename(staging.join(CONFIG_FILE), model_dir.join(CONFIG_FILE))
-                .await
-                .map_err(|e| format!("cannot install the config of {name}: {e}"))?;
+                .map_err(|e| format!("cannot move {name} version {number} into the cache: {e}"))?;
             let _ = tokio::fs::remove_dir_all(&staging).await;
-        } else {
-            let base = self.spec.config.as_ref();
-            let config = select_version(&model_dir.join(CONFIG_FILE), &name, number, base).await?;
-            tokio::fs::write(model_dir.join(CONFIG_FILE), config)
-                .await
-                .map_err(|e| format!("cannot write the config of {name}: {e}"))?;
         }
+        let config = select_versions(&model_dir.join(CONFIG_FILE), &name, &wanted, base).await?;
+        tokio::fs::write(model_dir.join(CONFIG_FILE), config)
+            .await
+            .map_err(|e| format!("cannot write the config of {name}: {e}"))?;
         self.manager
             .load(&name, None)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(model = %name, reference = %self.spec.reference, %version, "serving registry version");
-        if let Some(old) = self.current.replace(version) {
-            // The manager already serves the new version; the old files are no longer read.
-            let _ = tokio::fs::remove_dir_all(model_dir.join(old)).await;
+        let references: Vec<&str> = self.specs.iter().map(|s| s.reference.as_str()).collect();
+        tracing::info!(model = %name, ?references, versions = ?wanted, "serving registry versions");
+        for old in self.current.difference(&wanted) {
+            // The manager no longer serves it; its files are no longer read.
+            let _ = tokio::fs::remove_dir_all(model_dir.join(old.to_string())).await;
         }
+        self.current = wanted;
         Ok(())
     }
 
@@ -192,20 +231,14 @@ impl Watcher {
         loop {
             ticker.tick().await;
             if let Err(e) = self.sync().await {
-                tracing::warn!(model = %self.spec.name, error = %e, "registry sync failed; still serving the current version");
+                tracing::warn!(model = %self.specs[0].name, error = %e, "registry sync failed; still serving the current versions");
             }
         }
     }
 }
 
-/// Lays out fetched files as `<staging>/model/model.onnx` and returns the config text:
-/// `base`, else the fetched `config.pbtxt` if any, renamed to `name`, selecting only `version`.
-async fn arrange(
-    staging: &Path,
-    name: &str,
-    version: u64,
-    base: Option<&pb::ModelConfig>,
-) -> Result<String, String> {
+/// Lays out fetched files as `<staging>/model/model.onnx`.
+async fn arrange(staging: &Path, name: &str) -> Result<(), String> {
     let onnx = find_onnx(staging)
         .ok_or_else(|| format!("the registry version of {name} holds no .onnx file"))?;
     let model = staging.join("model");
@@ -214,16 +247,15 @@ async fn arrange(
         .map_err(|e| format!("cannot create {}: {e}", model.display()))?;
     tokio::fs::rename(&onnx, model.join(DEFAULT_MODEL_FILE))
         .await
-        .map_err(|e| format!("cannot move {}: {e}", onnx.display()))?;
-    select_version(&staging.join(CONFIG_FILE), name, version, base).await
+        .map_err(|e| format!("cannot move {}: {e}", onnx.display()))
 }
 
 /// `base`, else the config at `path` (or an empty one), with `name` and a policy serving
-/// only `version`.
-async fn select_version(
+/// exactly `versions`.
+async fn select_versions(
     path: &Path,
     name: &str,
-    version: u64,
+    versions: &BTreeSet<u64>,
     base: Option<&pb::ModelConfig>,
 ) -> Result<String, String> {
     let mut parsed = match (base, tokio::fs::read_to_string(path).await) {
@@ -236,7 +268,7 @@ async fn select_version(
     parsed.version_policy = Some(pb::ModelVersionPolicy {
         policy_choice: Some(pb::model_version_policy::PolicyChoice::Specific(
             pb::model_version_policy::Specific {
-                versions: vec![version as i64],
+                versions: versions.iter().map(|v| *v as i64).collect(),
             },
         )),
     });
@@ -283,7 +315,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fetched_files_become_one_selected_version() {
+    async fn fetched_files_become_the_selected_versions() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("model.onnx"), b"onnx").unwrap();
         std::fs::write(dir.path().join("MLmodel"), b"flavors: {}").unwrap();
@@ -292,11 +324,15 @@ mod tests {
             "name: \"other\" max_batch_size: 4",
         )
         .unwrap();
-        let text = arrange(dir.path(), "fraud", 7, None).await.unwrap();
+        arrange(dir.path(), "fraud").await.unwrap();
+        let versions = BTreeSet::from([7, 9]);
+        let text = select_versions(&dir.path().join(CONFIG_FILE), "fraud", &versions, None)
+            .await
+            .unwrap();
         let config = config::parse_text(&text).unwrap();
         assert_eq!(config.name, "fraud");
         assert_eq!(config.max_batch_size, 4);
-        assert_eq!(config::select_versions(&config, &[1, 7, 9]), vec![7]);
+        assert_eq!(config::select_versions(&config, &[1, 7, 9]), vec![7, 9]);
         assert!(dir.path().join("model/model.onnx").is_file());
     }
 

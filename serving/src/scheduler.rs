@@ -27,6 +27,8 @@ pub struct Done {
     pub outputs: Vec<Tensor>,
     pub queue: Duration,
     pub compute: ComputeTimings,
+    /// Rows of the execution the request ran in.
+    pub batch_rows: u64,
 }
 
 /// How one model version's requests reach its instances.
@@ -56,6 +58,14 @@ impl Scheduler {
         }
     }
 
+    /// The dynamic batcher, when the version has one.
+    pub fn batcher(&self) -> Option<&Batcher> {
+        match self {
+            Scheduler::Dynamic(batcher) => Some(batcher),
+            Scheduler::Direct { .. } => None,
+        }
+    }
+
     /// Runs `work` and returns its outputs.
     pub async fn run(&self, work: Work) -> Result<Done, ServingError> {
         match self {
@@ -63,6 +73,7 @@ impl Scheduler {
             Scheduler::Direct { pool, stats } => {
                 let (tx, rx) = oneshot::channel();
                 let enqueued = Instant::now();
+                let rows = work.rows;
                 stats.queued(1);
                 pool.submit(Execution {
                     inputs: work.inputs,
@@ -75,6 +86,7 @@ impl Scheduler {
                             queue: e.started.saturating_duration_since(enqueued),
                             outputs: e.outputs,
                             compute: e.compute,
+                            batch_rows: rows,
                         });
                         // The caller may be gone (client disconnected); nothing to do then.
                         let _ = tx.send(done);

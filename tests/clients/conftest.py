@@ -321,3 +321,76 @@ def up_server(work: Path, extra: list[str]):
     base = f"http://127.0.0.1:{http}"
     with serving(proc, f"{base}/v2/health/ready", log, "nexus up"):
         yield base, log
+
+
+# --- Kafka-protocol broker (test_events.py) ------------------------------------------------------
+# `NEXUS_TEST_KAFKA_BROKERS=host:port` names an external broker; otherwise tansu (`$NEXUS_TANSU`,
+# else ~/.cache/nexus/tansu/bin/tansu, installed by scripts/install-tansu.sh) runs on a free port
+# with its in-memory storage, one per test module.
+
+KAFKA_BROKERS_ENV = "NEXUS_TEST_KAFKA_BROKERS"
+
+
+def tansu_binary() -> Path:
+    """Where tansu should be: `$NEXUS_TANSU`, else ~/.cache/nexus/tansu/bin/tansu."""
+    return Path(os.environ.get("NEXUS_TANSU") or Path.home() / ".cache" / "nexus" / "tansu" / "bin" / "tansu")
+
+
+def external_kafka_brokers() -> str | None:
+    """The external broker of NEXUS_TEST_KAFKA_BROKERS, if set."""
+    return os.environ.get(KAFKA_BROKERS_ENV, "").strip() or None
+
+
+@pytest.fixture(scope="module")
+def kafka_brokers(tmp_path_factory) -> str:
+    """Bootstrap servers of a Kafka-protocol broker: the external one, or a tansu started for
+    this module (stopped with SIGTERM at its end). Fails without either: CI installs tansu."""
+    external = external_kafka_brokers()
+    if external:
+        yield external
+        return
+    binary = tansu_binary()
+    if not binary.is_file():
+        pytest.fail(
+            f"the event tests need a Kafka-protocol broker: tansu not found at {binary}; run "
+            f"scripts/install-tansu.sh (or set NEXUS_TANSU to its binary, or {KAFKA_BROKERS_ENV}=host:port)",
+            pytrace=False,
+        )
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    _server_logs.append(log)
+    (port,) = _free_ports(1)
+    url = f"tcp://127.0.0.1:{port}"
+    cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+           "--storage-engine", "memory://tansu/"]  # fmt: skip
+    # tansu also reads these from the environment; the command line must be what counts.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")}  # fmt: skip
+    with open(log, "wb") as out:
+        out.write(("$ " + " ".join(cmd) + "\n").encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"tansu exited with {proc.returncode} at start; log:\n{_log_tail(log)}", pytrace=False)
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"tansu not listening on {port} after 10 s; log:\n{_log_tail(log)}", pytrace=False)
+            time.sleep(0.02)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def nexus_serve(repository: Path, log: Path, extra_args: list[str]):
+    """`nexus serve` on `repository` with `extra_args` as a context manager: yields the ready
+    Server, stops it when the block ends."""
+    yield from _start_server(repository, log, extra_args)

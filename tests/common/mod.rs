@@ -198,6 +198,20 @@ pub async fn wait_for_ok(
     }
 }
 
+/// The sum of every sample of metric `name` (all label sets) in a Prometheus scrape of
+/// `url`; 0 when the metric is absent.
+pub async fn metric_sum(url: &str, name: &str) -> Result<f64> {
+    let text = reqwest::get(url).await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// Three ports that were free a moment ago.
 fn free_ports() -> Result<[u16; 3]> {
     // Hold all three listeners at once so the kernel hands out three different ports.
@@ -318,6 +332,16 @@ impl Server {
             _log_dir: log_dir,
             client: reqwest::Client::new(),
         })
+    }
+
+    /// Stops the server with SIGTERM (a graceful shutdown), waits for it to exit and
+    /// returns its repository for a restart.
+    pub async fn into_stopped_repository(mut self) -> Result<Repository> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status()?;
+        ensure!(status.success(), "kill -TERM {pid} failed");
+        self.wait_exit(Duration::from_secs(30)).await?;
+        Ok(self.into_repository())
     }
 
     fn into_repository(mut self) -> Repository {

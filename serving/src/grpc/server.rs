@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use nexus_models::{DataType, Tensor, TensorData, config};
 
 use crate::error::ServingError;
+use crate::hooks::{self, Protocol};
 use crate::infer::{InferRequest, InferResponse};
 use crate::manager::ModelManager;
 use crate::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
@@ -148,6 +149,7 @@ fn decode(request: pb::ModelInferRequest) -> Result<InferRequest, ServingError> 
         id: request.id,
         inputs,
         outputs,
+        trace_id: None,
     })
 }
 
@@ -176,13 +178,30 @@ fn encode(response: InferResponse) -> pb::ModelInferResponse {
     }
 }
 
+/// The trace id of the call's `traceparent` metadata, if any.
+fn call_trace_id<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(hooks::trace_id)
+}
+
 async fn infer(
     manager: &ModelManager,
-    request: pb::ModelInferRequest,
+    mut request: pb::ModelInferRequest,
+    trace_id: Option<String>,
 ) -> Result<pb::ModelInferResponse, ServingError> {
-    let loaded = manager.get(&request.model_name, &request.model_version)?;
-    let request = decode(request)?;
-    Ok(encode(loaded.infer(request).await?))
+    let model = std::mem::take(&mut request.model_name);
+    let version = std::mem::take(&mut request.model_version);
+    // Fail fast on an unknown model, before decoding the tensors.
+    manager.get(&model, &version)?;
+    let mut request = decode(request)?;
+    request.trace_id = trace_id;
+    let response = manager
+        .infer(&model, &version, request, Protocol::Grpc)
+        .await?;
+    Ok(encode(response))
 }
 
 type ResponseStream =
@@ -245,8 +264,9 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let trace_id = call_trace_id(&request);
         Ok(Response::new(
-            infer(&self.manager, request.into_inner()).await?,
+            infer(&self.manager, request.into_inner(), trace_id).await?,
         ))
     }
 
@@ -256,6 +276,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let trace_id = call_trace_id(&request);
         let mut requests = request.into_inner();
         let manager = Arc::clone(&self.manager);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -263,7 +284,7 @@ impl GrpcInferenceService for GrpcService {
             while let Some(next) = requests.next().await {
                 let reply = match next {
                     Err(status) => Err(status),
-                    Ok(request) => Ok(match infer(&manager, request).await {
+                    Ok(request) => Ok(match infer(&manager, request, trace_id.clone()).await {
                         Ok(response) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),

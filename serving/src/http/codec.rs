@@ -189,6 +189,7 @@ pub fn decode(
         id: parsed.id.unwrap_or_default(),
         inputs,
         outputs,
+        trace_id: None,
     };
     Ok((request, format))
 }
@@ -342,6 +343,8 @@ mod tests {
                 Tensor::new("y", vec![2], TensorData::F32(vec![1.0, 2.0])).unwrap(),
                 Tensor::new("z", vec![1], TensorData::I64(vec![3])).unwrap(),
             ],
+            queue: Default::default(),
+            batch_size: 2,
         };
         let format = OutputFormat {
             all_binary: false,

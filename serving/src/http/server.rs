@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use nexus_models::config;
 
 use crate::error::ServingError;
+use crate::hooks::{self, Protocol};
 use crate::http::codec;
 use crate::manager::ModelManager;
 use crate::metrics;
@@ -249,7 +250,8 @@ async fn infer(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ServingError> {
-    let loaded = state.manager.get(model, version)?;
+    // Fail fast on an unknown model, before reading the body.
+    state.manager.get(model, version)?;
     let header_length = match headers.get(codec::HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -264,8 +266,15 @@ async fn infer(
         ),
     };
     let body = read_body(state, body).await?;
-    let (request, format) = codec::decode(&body, header_length)?;
-    let response = loaded.infer(request).await?;
+    let (mut request, format) = codec::decode(&body, header_length)?;
+    request.trace_id = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(hooks::trace_id);
+    let response = state
+        .manager
+        .infer(model, version, request, Protocol::Http)
+        .await?;
     let (json_len, body) = codec::encode(&response, &format);
     let mut reply = Response::new(Body::from(body));
     let content_type = match json_len {

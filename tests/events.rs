@@ -1,0 +1,696 @@
+//! Events and the optimiser against the real binary: feedback checks, the bandit moving
+//! traffic to the better version (in-process bus and Kafka), an optimiser restart that
+//! neither loses nor double-counts feedback, a broker outage under load, the batching
+//! tuner reacting to its SLO, and a promotion that moves a registry alias.
+//!
+//! Kafka tests run against the `tansu` broker (started per test from
+//! `$NEXUS_TANSU` or `~/.cache/nexus/tansu/bin/tansu`, installed by scripts/setup.sh), or
+//! an external broker named by `NEXUS_TEST_KAFKA_BROKERS`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use common::{Repository, Server, nexus, poll_until};
+use nexus_events::testing::TestBroker;
+
+/// The true reward rate of each version in the simulations.
+const RATES: [(&str, f64); 2] = [("1", 0.2), ("2", 0.7)];
+
+/// Requests of the bandit simulation.
+const EVENTS: usize = 2000;
+/// Stated bound: in the last quarter of the simulation, the better version gets at
+/// least this share of the traffic.
+const FINAL_SHARE: f64 = 0.85;
+/// Stated bound: the simulation's regret is at most this fraction of a 50/50 split's.
+const REGRET_FRACTION: f64 = 0.35;
+
+/// The examples with both versions of mlp_classifier ready (they serve the newest only).
+fn two_versions() -> Result<Repository> {
+    let repository = Repository::examples()?;
+    let config = repository.path().join("mlp_classifier/config.pbtxt");
+    let text = fs::read_to_string(&config)?;
+    let all = text.replace(
+        "version_policy: { latest: { num_versions: 1 } }",
+        "version_policy: { all: {} }",
+    );
+    ensure!(
+        all != text,
+        "mlp_classifier's version policy changed; update this test"
+    );
+    fs::write(config, all)?;
+    Ok(repository)
+}
+
+fn mlp_request(id: Option<&str>) -> Value {
+    let mut request = json!({"inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0.5, -1.0, 2.0, 0.25]}
+    ]});
+    if let Some(id) = id {
+        request["id"] = json!(id);
+    }
+    request
+}
+
+/// Infers on mlp_classifier (at `version`, or routed) and returns (request id, version, label).
+async fn infer(server: &Server, version: Option<&str>) -> Result<(String, String, i64)> {
+    let path = match version {
+        Some(v) => format!("/v2/models/mlp_classifier/versions/{v}/infer"),
+        None => "/v2/models/mlp_classifier/infer".to_string(),
+    };
+    let (status, body) = server.post(&path, &mlp_request(None)).await?;
+    ensure!(status == 200, "inference answered {status}: {body}");
+    let id = body["id"]
+        .as_str()
+        .context("no server-issued id")?
+        .to_string();
+    let served = body["model_version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let label = body["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|t| t["name"] == "label"))
+        .and_then(|t| t["data"][0].as_i64())
+        .context("no label output")?;
+    Ok((id, served, label))
+}
+
+/// xorshift64*: reproducible simulated rewards without a dependency.
+struct Draws(u64);
+
+impl Draws {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn rate(version: &str) -> f64 {
+    RATES
+        .iter()
+        .find(|(v, _)| *v == version)
+        .map_or(0.0, |r| r.1)
+}
+
+/// Serves mlp_classifier's two versions, sends `EVENTS` unpinned requests each followed by
+/// a simulated reward, and checks the stated bounds; pinned requests stay on version 1.
+async fn bandit_converges(extra: &[&str]) -> Result<()> {
+    let mut args = vec![
+        "--route-model",
+        "mlp_classifier",
+        "--optimizer-interval-ms",
+        "100",
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(two_versions()?, &args).await?;
+    let mut draws = Draws(0x9e37_79b9_7f4a_7c15);
+    let best = RATES.iter().map(|r| r.1).fold(0.0, f64::max);
+    let (mut regret, mut late_best) = (0.0, 0usize);
+    let late = EVENTS - EVENTS / 4;
+    for n in 0..EVENTS {
+        let (id, version, _) = infer(&server, None).await?;
+        regret += best - rate(&version);
+        if n >= late && rate(&version) == best {
+            late_best += 1;
+        }
+        let reward = if draws.uniform() < rate(&version) {
+            1.0
+        } else {
+            0.0
+        };
+        let (status, body) = server
+            .post(
+                "/v2/models/mlp_classifier/feedback",
+                &json!({"id": id, "reward": reward}),
+            )
+            .await?;
+        ensure!(status == 200, "feedback answered {status}: {body}");
+        if n % 100 == 0 {
+            let (_, pinned, _) = infer(&server, Some("1")).await?;
+            ensure!(
+                pinned == "1",
+                "a request pinned to version 1 was answered by {pinned}"
+            );
+        }
+    }
+    let share = late_best as f64 / (EVENTS - late) as f64;
+    let uniform_regret = EVENTS as f64 * (best - (RATES[0].1 + RATES[1].1) / 2.0);
+    // Every reward sent reaches the bandit, once (the optimiser applies them a moment later).
+    let state = poll_until(Duration::from_secs(20), "every reward counted", || async {
+        let (_, state) = server.get("/api/v1/optimizer/state").await?;
+        let counted: u64 = ["1", "2"]
+            .iter()
+            .map(|v| {
+                state["models"]["mlp_classifier"]["arms"][v]["count"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum();
+        ensure!(
+            counted <= EVENTS as u64,
+            "the bandit counted {counted} rewards of {EVENTS} sent"
+        );
+        Ok((counted == EVENTS as u64).then_some(state))
+    })
+    .await?;
+    eprintln!(
+        "bandit: late share of the better version {share:.3}, regret {regret:.1} \
+         (50/50 split: {uniform_regret:.1}); state {state}"
+    );
+    ensure!(
+        share >= FINAL_SHARE,
+        "the better version got {share:.3} of the last {} requests, below {FINAL_SHARE}; state {state}",
+        EVENTS - late
+    );
+    ensure!(
+        regret <= REGRET_FRACTION * uniform_regret,
+        "regret {regret:.1} above {REGRET_FRACTION} × a 50/50 split's {uniform_regret:.1}"
+    );
+    let (_, decisions) = server
+        .get("/api/v1/optimizer/decisions?kind=traffic")
+        .await?;
+    let decisions = decisions["decisions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(!decisions.is_empty(), "no traffic decision listed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandit_moves_traffic_to_the_better_version_in_process() -> Result<()> {
+    bandit_converges(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandit_moves_traffic_to_the_better_version_through_kafka() -> Result<()> {
+    let broker = TestBroker::start()?;
+    let kafka = broker.args();
+    let args: Vec<&str> = kafka.iter().map(String::as_str).collect();
+    bandit_converges(&args).await
+}
+
+/// Feedback is accepted only for requests this server answered, for the model that
+/// answered them, with a reward or a label; anything else is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_is_checked_against_answered_requests() -> Result<()> {
+    let server = Server::start(two_versions()?, &["--route-model", "mlp_classifier"]).await?;
+    let path = "/v2/models/mlp_classifier/feedback";
+    let (id, version, label) = infer(&server, Some("2")).await?;
+
+    let (status, body) = server.post(path, &json!({"id": id, "reward": 0.5})).await?;
+    ensure!(status == 200 && body["accepted"] == 1, "{status}: {body}");
+    let (status, body) = server
+        .post(
+            path,
+            &json!([{"id": id, "label": label}, {"id": id, "label": label + 1}]),
+        )
+        .await?;
+    ensure!(status == 200 && body["accepted"] == 2, "{status}: {body}");
+
+    // A client-chosen id is echoed and accepted too.
+    let (status, body) = server
+        .post(
+            "/v2/models/mlp_classifier/versions/1/infer",
+            &mlp_request(Some("client-7")),
+        )
+        .await?;
+    ensure!(
+        status == 200 && body["id"] == "client-7",
+        "{status}: {body}"
+    );
+    let (status, _) = server
+        .post(path, &json!({"id": "client-7", "reward": 1}))
+        .await?;
+    ensure!(status == 200);
+
+    for (body, want, says) in [
+        (
+            json!({"id": "never-issued", "reward": 1}),
+            404,
+            "was not answered",
+        ),
+        (json!({"id": id}), 400, "give a reward or a label"),
+        (
+            json!({"id": id, "reward": 1, "extra": 1}),
+            400,
+            "unknown field",
+        ),
+        (json!([]), 400, "empty"),
+        (
+            json!([{"id": id, "reward": 1}, {"id": "nope", "reward": 1}]),
+            404,
+            "nope",
+        ),
+    ] {
+        let (status, reply) = server.post(path, &body).await?;
+        let error = reply["error"].as_str().unwrap_or_default();
+        ensure!(
+            status == want && error.contains(says),
+            "{body} answered {status} {reply}, wanted {want} mentioning {says:?}"
+        );
+    }
+    let response = reqwest::Client::new()
+        .post(server.url(path))
+        .body("{not json")
+        .send()
+        .await?;
+    ensure!(
+        response.status() == 400,
+        "malformed JSON answered {}",
+        response.status()
+    );
+    let (status, reply) = server
+        .post(
+            "/v2/models/simple/feedback",
+            &json!({"id": id, "reward": 1}),
+        )
+        .await?;
+    ensure!(
+        status == 400
+            && reply["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("mlp_classifier"),
+        "feedback for another model answered {status} {reply}"
+    );
+
+    // Exactly the accepted rewards reach the bandit: 0.5, then a matching and a wrong label.
+    let arm = poll_until(Duration::from_secs(10), "feedback applied", || async {
+        let (_, state) = server.get("/api/v1/optimizer/state").await?;
+        let arm = state["models"]["mlp_classifier"]["arms"][&version].clone();
+        Ok((arm["count"].as_u64() == Some(3)).then_some(arm))
+    })
+    .await?;
+    ensure!(arm["sum"].as_f64() == Some(1.5), "rewards summed to {arm}");
+    Ok(())
+}
+
+/// The freeze switch stops weight changes while feedback keeps arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_weights_do_not_move() -> Result<()> {
+    let server = Server::start(
+        two_versions()?,
+        &[
+            "--route-model",
+            "mlp_classifier",
+            "--optimizer-interval-ms",
+            "50",
+            "--freeze-routing",
+        ],
+    )
+    .await?;
+    for _ in 0..200 {
+        let (id, version, _) = infer(&server, None).await?;
+        let reward = if version == "2" { 1.0 } else { 0.0 };
+        server
+            .post(
+                "/v2/models/mlp_classifier/feedback",
+                &json!({"id": id, "reward": reward}),
+            )
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, state) = server.get("/api/v1/optimizer/state").await?;
+    ensure!(state["frozen"] == true, "{state}");
+    let weights = &state["models"]["mlp_classifier"]["weights"];
+    for v in ["1", "2"] {
+        let share = weights[v].as_f64().unwrap_or(0.0);
+        ensure!(
+            (share - 0.5).abs() < 1e-9,
+            "frozen weights moved: {weights}"
+        );
+    }
+    let (status, state) = server
+        .post("/api/v1/optimizer/freeze", &json!({"frozen": false}))
+        .await?;
+    ensure!(
+        status == 200 && state["frozen"] == false,
+        "{status}: {state}"
+    );
+    poll_until(
+        Duration::from_secs(10),
+        "weights move once unfrozen",
+        || async {
+            let (_, state) = server.get("/api/v1/optimizer/state").await?;
+            let share = state["models"]["mlp_classifier"]["weights"]["2"]
+                .as_f64()
+                .unwrap_or(0.0);
+            Ok((share > 0.6).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The rewards counted per version, from the optimiser's state.
+async fn counts(server: &Server) -> Result<BTreeMap<String, u64>> {
+    let (_, state) = server.get("/api/v1/optimizer/state").await?;
+    let arms = state["models"]["mlp_classifier"]["arms"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    Ok(arms
+        .iter()
+        .map(|(v, a)| (v.clone(), a["count"].as_u64().unwrap_or(0)))
+        .collect())
+}
+
+/// Stopped and started again on the same broker, the optimiser resumes its posterior from
+/// the decisions topic: every reward counted once, the decision history kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimiser_restart_neither_loses_nor_reapplies_feedback() -> Result<()> {
+    let broker = TestBroker::start()?;
+    let mut args: Vec<String> = [
+        "--route-model",
+        "mlp_classifier",
+        "--optimizer-interval-ms",
+        "100",
+        "--checkpoint-secs",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(broker.args());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(two_versions()?, &argv).await?;
+    let sent = 300u64;
+    for n in 0..sent {
+        let (id, version, _) = infer(&server, None).await?;
+        let reward = if version == "2" || n % 3 == 0 {
+            1.0
+        } else {
+            0.0
+        };
+        let (status, body) = server
+            .post(
+                "/v2/models/mlp_classifier/feedback",
+                &json!({"id": id, "reward": reward}),
+            )
+            .await?;
+        ensure!(status == 200, "feedback answered {status}: {body}");
+    }
+    let before = poll_until(
+        Duration::from_secs(20),
+        "all feedback counted and checkpointed",
+        || async {
+            let counts = counts(&server).await?;
+            let (_, decisions) = server
+                .get("/api/v1/optimizer/decisions?kind=traffic")
+                .await?;
+            let last = decisions["decisions"]
+                .as_array()
+                .and_then(|d| d.last().cloned());
+            let snapshot: u64 = last
+                .as_ref()
+                .and_then(|d| d["arms"].as_object())
+                .map_or(0, |a| a.values().filter_map(|x| x["count"].as_u64()).sum());
+            Ok((counts.values().sum::<u64>() == sent && snapshot == sent)
+                .then_some((counts, decisions)))
+        },
+    )
+    .await?;
+    let (counts_before, decisions_before) = before;
+    let repository = server.into_stopped_repository().await?;
+
+    let server = Server::start(repository, &argv).await?;
+    // Give the restarted optimiser time to replay and to consume from its group's offsets.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts_after = counts(&server).await?;
+    ensure!(
+        counts_after == counts_before,
+        "after a restart the bandit counts {counts_after:?}, before {counts_before:?}"
+    );
+    let (_, decisions_after) = server.get("/api/v1/optimizer/decisions").await?;
+    let ids = |d: &Value| -> Vec<String> {
+        d["decisions"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|x| x["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (old, new) = (ids(&decisions_before), ids(&decisions_after));
+    ensure!(
+        new.len() >= old.len() && old.iter().all(|id| new.contains(id)),
+        "the decision history was not restored: before {old:?}, after {new:?}"
+    );
+    // New feedback after the restart is counted on top, once.
+    let (id, version, _) = infer(&server, Some("1")).await?;
+    server
+        .post(
+            "/v2/models/mlp_classifier/feedback",
+            &json!({"id": id, "reward": 1}),
+        )
+        .await?;
+    poll_until(
+        Duration::from_secs(10),
+        "new feedback counted once",
+        || async {
+            let now = counts(&server).await?;
+            let want = counts_before.get(&version).copied().unwrap_or(0) + 1;
+            Ok((now.get(&version) == Some(&want)).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Under steady load the broker goes away and comes back: no inference fails, the events
+/// that could not be delivered are counted as dropped, and events flow again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_outage_fails_no_request_and_counts_drops() -> Result<()> {
+    let mut broker = TestBroker::start_local()?;
+    let mut args: Vec<String> = ["--event-timeout-ms", "1000"].map(String::from).to_vec();
+    args.extend(broker.args());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Arc::new(Server::start(Repository::examples()?, &argv).await?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut clients = JoinSet::new();
+    for _ in 0..4 {
+        let (server, stop, answered) = (
+            Arc::clone(&server),
+            Arc::clone(&stop),
+            Arc::clone(&answered),
+        );
+        clients.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = server
+                    .post("/v2/models/simple/infer", &common::simple_request(1))
+                    .await?;
+                ensure!(
+                    status == 200,
+                    "inference failed during the outage: {status} {body}"
+                );
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    let metric = |name: &'static str| {
+        let server = Arc::clone(&server);
+        async move { common::metric_sum(&server.metrics_url(), name).await }
+    };
+    poll_until(Duration::from_secs(20), "events published", || async {
+        Ok((metric("nexus_events_published_total").await? > 100.0).then_some(()))
+    })
+    .await?;
+    broker.stop()?;
+    poll_until(
+        Duration::from_secs(30),
+        "undeliverable events counted as dropped",
+        || async { Ok((metric("nexus_events_dropped_total").await? > 0.0).then_some(())) },
+    )
+    .await?;
+    let during = answered.load(Ordering::Relaxed);
+    broker.restart()?;
+    let reader = broker.reader("nexus.inference");
+    let delivered = poll_until(
+        Duration::from_secs(60),
+        "events delivered after the broker returned",
+        || async {
+            let events = reader.read_available().await?;
+            Ok((!events.is_empty()).then_some(events.len()))
+        },
+    )
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(client) = clients.join_next().await {
+        client??;
+    }
+    let total = answered.load(Ordering::Relaxed);
+    ensure!(total > during, "no request answered after the outage");
+    eprintln!("outage: {total} requests answered, {delivered} events read after recovery");
+    Ok(())
+}
+
+/// With an SLO no model can meet, the tuner backs the batching delay off and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_tuner_backs_off_when_the_slo_is_broken() -> Result<()> {
+    let server = Server::start(
+        Repository::examples()?,
+        &[
+            "--latency-slo-ms",
+            "0.001",
+            "--optimizer-interval-ms",
+            "200",
+        ],
+    )
+    .await?;
+    let decision = poll_until(Duration::from_secs(30), "a batching decision", || async {
+        for _ in 0..50 {
+            infer(&server, None).await?;
+        }
+        let (_, body) = server
+            .get("/api/v1/optimizer/decisions?kind=batching&model=mlp_classifier")
+            .await?;
+        Ok(body["decisions"]
+            .as_array()
+            .and_then(|d| d.first().cloned()))
+    })
+    .await?;
+    let change = &decision["batching"];
+    ensure!(
+        change["observed_p99_ms"].as_f64().unwrap_or(0.0) > 0.001
+            && change["max_queue_delay_us"]
+                .as_u64()
+                .is_some_and(|d| d < 100),
+        "expected a back-off below the configured 100 µs: {decision}"
+    );
+    Ok(())
+}
+
+/// Champion (version 1) and challenger (version 2) of a registry model serve side by side;
+/// the challenger earns better rewards, the optimiser moves `champion` to it in the
+/// registry, and serving follows: only version 2 is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promotion_moves_the_alias_and_serving_follows() -> Result<()> {
+    let models = common::python_fixture("tests/fixtures/swap_models.py")?;
+    let data = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
+    let (data_dir, cache_dir) = (
+        data.path().display().to_string(),
+        cache.path().display().to_string(),
+    );
+    let server = Server::start_up(
+        Repository::examples()?,
+        &[
+            "--data-dir",
+            &data_dir,
+            "--model-cache",
+            &cache_dir,
+            "--model",
+            "models:/swap@champion",
+            "--model",
+            "models:/swap@challenger",
+            "--route-model",
+            "swap",
+            "--registry-poll-secs",
+            "1",
+            "--optimizer-interval-ms",
+            "100",
+            "--promotion-min-samples",
+            "60",
+        ],
+    )
+    .await?;
+    let registry = server.url("");
+    for (file, alias) in [("v1.onnx", "champion"), ("v2.onnx", "challenger")] {
+        let path = models.path().join(file).display().to_string();
+        nexus(&[
+            "models",
+            "push",
+            &path,
+            "--name",
+            "swap",
+            "--alias",
+            alias,
+            "--registry-url",
+            &registry,
+        ])
+        .await?;
+    }
+    poll_until(Duration::from_secs(30), "both versions ready", || async {
+        let (s1, _) = server.get("/v2/models/swap/versions/1/ready").await?;
+        let (s2, _) = server.get("/v2/models/swap/versions/2/ready").await?;
+        Ok((s1 == 200 && s2 == 200).then_some(()))
+    })
+    .await?;
+    let request = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]});
+    let draws = std::sync::Mutex::new(Draws(7));
+    let promoted = poll_until(
+        Duration::from_secs(120),
+        "champion promoted to version 2",
+        || async {
+            for _ in 0..20 {
+                let (status, body) = server.post("/v2/models/swap/infer", &request).await?;
+                ensure!(status == 200, "inference failed: {status} {body}");
+                let version = body["model_version"].as_str().unwrap_or_default();
+                let p = if version == "2" { 0.8 } else { 0.2 };
+                let u = draws.lock().expect("no panics").uniform();
+                let reward = if u < p { 1 } else { 0 };
+                let (status, reply) = server
+                    .post(
+                        "/v2/models/swap/feedback",
+                        &json!({"id": body["id"], "reward": reward}),
+                    )
+                    .await?;
+                // Once version 1 is unloaded, its last answers may be refused as unknown.
+                ensure!(
+                    status == 200 || status == 404,
+                    "feedback answered {status}: {reply}"
+                );
+            }
+            let (_, body) = server
+                .get("/api/v1/optimizer/decisions?kind=promotion")
+                .await?;
+            Ok(body["decisions"]
+                .as_array()
+                .and_then(|d| d.first().cloned()))
+        },
+    )
+    .await?;
+    let change = &promoted["promotion"];
+    ensure!(
+        change["from_version"] == "1"
+            && change["to_version"] == "2"
+            && change["alias"] == "champion",
+        "unexpected promotion {promoted}"
+    );
+    let mlflow = server.mlflow();
+    let alias = mlflow
+        .get(
+            "registered-models/alias",
+            &json!({"name": "swap", "alias": "champion"}),
+        )
+        .await?;
+    ensure!(
+        alias["model_version"]["version"] == "2",
+        "registry alias: {alias}"
+    );
+    poll_until(
+        Duration::from_secs(30),
+        "serving only version 2",
+        || async {
+            let (s1, _) = server.get("/v2/models/swap/versions/1/ready").await?;
+            let (_, body) = server.post("/v2/models/swap/infer", &request).await?;
+            Ok((s1 != 200 && body["model_version"] == "2").then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
