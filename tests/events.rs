@@ -84,6 +84,18 @@ async fn infer(server: &Server, version: Option<&str>) -> Result<(String, String
     Ok((id, served, label))
 }
 
+/// Sends one reward for request `id` of mlp_classifier; fails unless it is accepted.
+async fn feedback(server: &Server, id: &str, reward: f64) -> Result<()> {
+    let (status, body) = server
+        .post(
+            "/v2/models/mlp_classifier/feedback",
+            &json!({"id": id, "reward": reward}),
+        )
+        .await?;
+    ensure!(status == 200, "feedback answered {status}: {body}");
+    Ok(())
+}
+
 /// xorshift64*: reproducible simulated rewards without a dependency.
 struct Draws(u64);
 
@@ -129,13 +141,7 @@ async fn bandit_converges(extra: &[&str]) -> Result<()> {
         } else {
             0.0
         };
-        let (status, body) = server
-            .post(
-                "/v2/models/mlp_classifier/feedback",
-                &json!({"id": id, "reward": reward}),
-            )
-            .await?;
-        ensure!(status == 200, "feedback answered {status}: {body}");
+        feedback(&server, &id, reward).await?;
         if n % 100 == 0 {
             let (_, pinned, _) = infer(&server, Some("1")).await?;
             ensure!(
@@ -393,13 +399,7 @@ async fn optimiser_restart_neither_loses_nor_reapplies_feedback() -> Result<()> 
         } else {
             0.0
         };
-        let (status, body) = server
-            .post(
-                "/v2/models/mlp_classifier/feedback",
-                &json!({"id": id, "reward": reward}),
-            )
-            .await?;
-        ensure!(status == 200, "feedback answered {status}: {body}");
+        feedback(&server, &id, reward).await?;
     }
     let before = poll_until(
         Duration::from_secs(20),
@@ -580,19 +580,10 @@ async fn batching_tuner_backs_off_when_the_slo_is_broken() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn promotion_moves_the_alias_and_serving_follows() -> Result<()> {
     let models = common::python_fixture("tests/fixtures/swap_models.py")?;
-    let data = tempfile::tempdir()?;
-    let cache = tempfile::tempdir()?;
-    let (data_dir, cache_dir) = (
-        data.path().display().to_string(),
-        cache.path().display().to_string(),
-    );
-    let server = Server::start_up(
-        Repository::examples()?,
-        &[
-            "--data-dir",
-            &data_dir,
-            "--model-cache",
-            &cache_dir,
+    let dirs = common::UpDirs::new()?;
+    let mut args = dirs.args();
+    args.extend(
+        [
             "--model",
             "models:/swap@champion",
             "--model",
@@ -605,9 +596,11 @@ async fn promotion_moves_the_alias_and_serving_follows() -> Result<()> {
             "100",
             "--promotion-min-samples",
             "60",
-        ],
-    )
-    .await?;
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_up(Repository::examples()?, &argv).await?;
     let registry = server.url("");
     for (file, alias) in [("v1.onnx", "champion"), ("v2.onnx", "challenger")] {
         let path = models.path().join(file).display().to_string();

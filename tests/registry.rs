@@ -1248,26 +1248,19 @@ async fn swap_client(url: String, task: u32, load: Arc<Load>) -> Vec<Sample> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alias_move_swaps_versions_under_load_without_failures() -> Result<()> {
     let models = common::python_fixture("tests/fixtures/swap_models.py")?;
-    let data = tempfile::tempdir()?;
-    let cache = tempfile::tempdir()?;
-    let (data_dir, cache_dir) = (
-        data.path().display().to_string(),
-        cache.path().display().to_string(),
-    );
-    let server = Server::start_up(
-        Repository::examples()?,
-        &[
-            "--data-dir",
-            &data_dir,
+    let dirs = common::UpDirs::new()?;
+    let mut args = dirs.args();
+    args.extend(
+        [
             "--model",
             "models:/swap@champion",
             "--registry-poll-secs",
             "1",
-            "--model-cache",
-            &cache_dir,
-        ],
-    )
-    .await?;
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_up(Repository::examples()?, &argv).await?;
     let registry_url = server.url("");
     let v1 = models.path().join("v1.onnx").display().to_string();
     let v2 = models.path().join("v2.onnx").display().to_string();

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use nexus_events::testing::{TestBroker, unique_name};
 use nexus_events::{EventBus, KafkaArgs, KafkaBus, Topic};
 use parking_lot::Mutex;
@@ -23,18 +23,8 @@ fn counter(name: &str, topic: &str, reason: &str) -> u64 {
         (snapshotter, Mutex::new(HashMap::new()))
     });
     let mut totals = totals.lock();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        if let DebugValue::Counter(n) = value {
-            let mut labels: Vec<String> = key
-                .key()
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            labels.sort();
-            *totals
-                .entry(format!("{}{{{}}}", key.key().name(), labels.join(",")))
-                .or_default() += n;
-        }
+    for (key, n) in common::counters(snapshotter) {
+        *totals.entry(key).or_default() += n;
     }
     let mut labels = vec![format!("topic={topic}")];
     if !reason.is_empty() {

@@ -2,13 +2,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::DebuggingRecorder;
 use nexus_events::{EventBus, KafkaArgs, MemoryBus, Topic};
 
-use common::{assert_quiet, next, next_n, seq_of};
+use common::{assert_quiet, counters, next, next_n, seq_of};
 
 #[tokio::test]
 async fn round_trip() {
@@ -42,24 +41,6 @@ async fn publish_never_blocks() {
     assert!(bus.healthy().await.is_ok());
     assert_eq!(bus.kind(), "memory");
     bus.flush().await;
-}
-
-/// Counters by `name{label=value,...}` (labels sorted); a snapshot resets them.
-fn counters(snapshotter: &Snapshotter) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        if let DebugValue::Counter(n) = value {
-            let mut labels: Vec<String> = key
-                .key()
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            labels.sort();
-            *out.entry(format!("{}{{{}}}", key.key().name(), labels.join(",")))
-                .or_default() += n;
-        }
-    }
-    out
 }
 
 #[tokio::test]

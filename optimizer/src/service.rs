@@ -279,15 +279,19 @@ impl Loop {
         names
     }
 
-    /// Updates one model's weights; false when a changed decision could not be published.
-    async fn decide_traffic(&mut self, model: &str) -> bool {
-        let ready: Vec<String> = self
-            .serving
+    /// The versions of `model` ready now, as the bandit names its arms.
+    fn ready(&self, model: &str) -> Vec<String> {
+        self.serving
             .manager
             .ready_versions(model)
             .iter()
             .map(u64::to_string)
-            .collect();
+            .collect()
+    }
+
+    /// Updates one model's weights; false when a changed decision could not be published.
+    async fn decide_traffic(&mut self, model: &str) -> bool {
+        let ready = self.ready(model);
         if ready.len() < 2 {
             return true;
         }
@@ -377,13 +381,7 @@ impl Loop {
                 .filter(|a| a.count > 0)
                 .map_or(f64::MIN, |a| a.sum / a.count as f64)
         };
-        let ready: Vec<String> = self
-            .serving
-            .manager
-            .ready_versions(model)
-            .iter()
-            .map(u64::to_string)
-            .collect();
+        let ready = self.ready(model);
         let Some(best) = ready
             .iter()
             .filter(|v| count(v) >= min)

@@ -66,6 +66,16 @@ def _log_tail(path: Path, lines: int = 200) -> str:
     return "\n".join(text[-lines:])
 
 
+def stop(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if `proc` is still running after `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def serving(proc: subprocess.Popen, ready_url: str, log: Path, what: str):
     """Waits until `ready_url` answers 200 (failing with the server's log if `proc` exits first
@@ -88,12 +98,7 @@ def serving(proc: subprocess.Popen, ready_url: str, log: Path, what: str):
             time.sleep(0.2)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
 
 
 def _start_server(repository: Path, log: Path, extra_args: list[str]):
@@ -381,12 +386,7 @@ def kafka_brokers(tmp_path_factory) -> str:
             time.sleep(0.02)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=5)
 
 
 @contextlib.contextmanager

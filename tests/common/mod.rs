@@ -245,6 +245,31 @@ impl Mode {
     }
 }
 
+/// The folders `nexus up` keeps state in: the registry's data dir and the model cache.
+pub struct UpDirs {
+    data: TempDir,
+    cache: TempDir,
+}
+
+impl UpDirs {
+    pub fn new() -> Result<Self> {
+        Ok(UpDirs {
+            data: tempfile::tempdir()?,
+            cache: tempfile::tempdir()?,
+        })
+    }
+
+    /// `--data-dir D --model-cache C`.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--data-dir".into(),
+            self.data.path().display().to_string(),
+            "--model-cache".into(),
+            self.cache.path().display().to_string(),
+        ]
+    }
+}
+
 /// A `nexus serve` (or `nexus up`) process; killed when dropped, its stderr printed if
 /// the test panicked.
 pub struct Server {

@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use metrics_util::debugging::{DebugValue, Snapshotter};
+
 use nexus_events::schema::{
     ArmState, DECISION_SCHEMA, DecisionKind, FEEDBACK_SCHEMA, INFERENCE_SCHEMA, TensorSample,
 };
@@ -380,4 +382,22 @@ pub fn publish_is_quick(bus: &dyn EventBus, topic: Topic, n: usize) -> Vec<bool>
         assert!(took < Duration::from_millis(50), "publish took {took:?}");
     }
     results
+}
+
+/// Counters by `name{label=value,...}` (labels sorted); a snapshot resets them.
+pub fn counters(snapshotter: &Snapshotter) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if let DebugValue::Counter(n) = value {
+            let mut labels: Vec<String> = key
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            *out.entry(format!("{}{{{}}}", key.key().name(), labels.join(",")))
+                .or_default() += n;
+        }
+    }
+    out
 }
