@@ -108,6 +108,11 @@ pub struct KafkaArgs {
     )]
     pub event_timeout_ms: u64,
 
+    /// How long inference events wait to be sent together (librdkafka `linger.ms`): larger
+    /// batches cost serving less per event. Feedback and decisions are sent at once.
+    #[arg(long = "kafka-linger-ms", default_value_t = 50)]
+    pub linger_ms: u64,
+
     #[command(flatten)]
     pub topics: TopicNames,
 }
@@ -123,6 +128,7 @@ impl Default for KafkaArgs {
             replication_factor: 1,
             event_buffer: 100_000,
             event_timeout_ms: 10_000,
+            linger_ms: 50,
             topics: TopicNames::default(),
         }
     }
@@ -157,11 +163,13 @@ impl KafkaArgs {
         Ok(config)
     }
 
-    fn producer_config(&self) -> Result<ClientConfig, EventError> {
+    fn producer_config(&self, linger_ms: u64) -> Result<ClientConfig, EventError> {
         let mut config = self.common_config()?;
         let buffer = self.event_buffer.to_string();
         let timeout = self.event_timeout_ms.to_string();
+        let linger = linger_ms.to_string();
         let defaults = [
+            ("linger.ms", linger.as_str()),
             ("acks", self.acks.as_str()),
             ("compression.type", self.compression.as_str()),
             ("queue.buffering.max.messages", buffer.as_str()),
@@ -335,7 +343,11 @@ impl ProducerContext for DeliveryContext {
 
 /// The Kafka event bus.
 pub struct KafkaBus {
+    /// Inference events: batched for `--kafka-linger-ms`.
     producer: Arc<ThreadedProducer<DeliveryContext>>,
+    /// Confirmed publishes (feedback, decisions): sent without lingering, since a caller
+    /// waits for each.
+    confirmed: Arc<ThreadedProducer<DeliveryContext>>,
     args: KafkaArgs,
     next_id: AtomicU64,
     full: Throttle,
@@ -372,22 +384,27 @@ impl KafkaBus {
     /// [`EventError::Unavailable`] when no broker answers within 10 s.
     pub async fn connect(args: &KafkaArgs) -> Result<KafkaBus, EventError> {
         let brokers = args.brokers.clone().unwrap_or_default();
-        let context = DeliveryContext {
-            pending: Mutex::new(HashMap::new()),
-            undelivered: AtomicU64::new(0),
-            throttle: Throttle::new(),
+        let create = |linger_ms: u64| -> Result<_, EventError> {
+            let context = DeliveryContext {
+                pending: Mutex::new(HashMap::new()),
+                undelivered: AtomicU64::new(0),
+                throttle: Throttle::new(),
+            };
+            let producer: ThreadedProducer<DeliveryContext> = args
+                .producer_config(linger_ms)?
+                .create_with_context(context)
+                .map_err(|e| EventError::Config(format!("kafka producer: {e}")))?;
+            Ok(Arc::new(producer))
         };
-        let producer: ThreadedProducer<DeliveryContext> = args
-            .producer_config()?
-            .create_with_context(context)
-            .map_err(|e| EventError::Config(format!("kafka producer: {e}")))?;
-        let producer = Arc::new(producer);
+        let producer = create(args.linger_ms)?;
+        let confirmed = create(0)?;
         let probe = producer.clone();
         blocking(move || probe.client().fetch_metadata(None, CONNECT_TIMEOUT))
             .await?
             .map_err(|e| unavailable(&brokers, "cannot reach Kafka", e))?;
         let bus = KafkaBus {
             producer,
+            confirmed,
             args: args.clone(),
             next_id: AtomicU64::new(1),
             full: Throttle::new(),
@@ -411,12 +428,15 @@ impl KafkaBus {
     /// Events librdkafka failed to deliver (after `--event-timeout-ms`) since start,
     /// not counting `publish_confirmed`'s, whose caller gets the error.
     pub fn undelivered(&self) -> u64 {
-        self.producer.context().undelivered.load(Ordering::Relaxed)
+        [&self.producer, &self.confirmed]
+            .iter()
+            .map(|p| p.context().undelivered.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Events queued in librdkafka, not yet acknowledged by the broker.
     pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.producer.in_flight_count() + self.confirmed.in_flight_count()
     }
 
     /// Creates those of the three topics that the cluster does not have, with the
@@ -554,13 +574,13 @@ impl EventBus for KafkaBus {
         Box::pin(async move {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            let pending = &self.producer.context().pending;
+            let pending = &self.confirmed.context().pending;
             pending.lock().insert(id, tx);
             let timeout = Duration::from_millis(self.args.event_timeout_ms);
             let deadline = Instant::now() + timeout;
             loop {
                 let record = self.record(topic, id).key(key).payload(payload.as_slice());
-                let error = match self.producer.send(record) {
+                let error = match self.confirmed.send(record) {
                     Ok(()) => break,
                     Err((error, _)) => error,
                 };
@@ -652,12 +672,14 @@ impl EventBus for KafkaBus {
 
     fn flush(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let producer = self.producer.clone();
-            match blocking(move || producer.flush(FLUSH_TIMEOUT)).await {
+            let producers = [self.producer.clone(), self.confirmed.clone()];
+            let flushed =
+                blocking(move || producers.iter().try_for_each(|p| p.flush(FLUSH_TIMEOUT)));
+            match flushed.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(
                     error = %e,
-                    in_flight = self.producer.in_flight_count(),
+                    in_flight = self.in_flight(),
                     "events still queued for Kafka after flush"
                 ),
                 Err(e) => tracing::warn!(error = %e, "flush failed"),

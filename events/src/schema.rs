@@ -21,9 +21,12 @@ pub struct TensorSample {
     pub data: serde_json::Value,
 }
 
-/// One inference request served (or refused) by a model version.
+/// One inference request served (or refused) by a model version. `S` is how tensors are
+/// held: [`TensorSample`] when read back, a borrowing type when a producer writes one
+/// without copying the request's tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InferenceEvent {
+#[serde(bound(serialize = "S: Serialize", deserialize = "S: Deserialize<'de>"))]
+pub struct InferenceEvent<S = TensorSample> {
     pub schema: String,
     /// The request id: the client's, or the one the server issued (returned as `id`).
     pub id: String,
@@ -50,9 +53,9 @@ pub struct InferenceEvent {
     pub trace_id: Option<String>,
     /// Inputs and outputs, for the fraction of requests `--log-sample-rate` selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inputs: Option<Vec<TensorSample>>,
+    pub inputs: Option<Vec<S>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outputs: Option<Vec<TensorSample>>,
+    pub outputs: Option<Vec<S>>,
 }
 
 /// Feedback on one earlier request: a reward, or the true label.

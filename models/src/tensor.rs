@@ -322,30 +322,34 @@ impl TensorData {
         })
     }
 
-    /// Encodes as a flat V2 JSON array. BYTES elements become strings (lossy for
-    /// bytes that are not UTF-8, as in Triton; use binary output for those).
+    /// Encodes as a flat V2 JSON array (see the `Serialize` impl).
     pub fn to_json(&self) -> Value {
-        fn arr<T: Into<Value> + Copy>(v: &[T]) -> Value {
-            Value::Array(v.iter().map(|x| (*x).into()).collect())
-        }
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// A flat V2 JSON array, written straight to the serializer (no `Value` per element).
+/// Floats are written as f64, as `serde_json::Value` holds them, so every JSON encoding of
+/// a tensor reads the same. BYTES elements become strings (lossy for bytes that are not
+/// UTF-8, as in Triton; use binary output for those).
+impl serde::Serialize for TensorData {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            TensorData::Bool(v) => arr(v),
-            TensorData::U8(v) => arr(v),
-            TensorData::U16(v) => arr(v),
-            TensorData::U32(v) => arr(v),
-            TensorData::U64(v) => arr(v),
-            TensorData::I8(v) => arr(v),
-            TensorData::I16(v) => arr(v),
-            TensorData::I32(v) => arr(v),
-            TensorData::I64(v) => arr(v),
-            TensorData::F16(v) => Value::Array(v.iter().map(|x| x.to_f64().into()).collect()),
-            TensorData::F32(v) => arr(v),
-            TensorData::F64(v) => arr(v),
-            TensorData::Bytes(v) => Value::Array(
-                v.iter()
-                    .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
-                    .collect(),
-            ),
+            TensorData::Bool(v) => serializer.collect_seq(v),
+            TensorData::U8(v) => serializer.collect_seq(v),
+            TensorData::U16(v) => serializer.collect_seq(v),
+            TensorData::U32(v) => serializer.collect_seq(v),
+            TensorData::U64(v) => serializer.collect_seq(v),
+            TensorData::I8(v) => serializer.collect_seq(v),
+            TensorData::I16(v) => serializer.collect_seq(v),
+            TensorData::I32(v) => serializer.collect_seq(v),
+            TensorData::I64(v) => serializer.collect_seq(v),
+            TensorData::F16(v) => serializer.collect_seq(v.iter().map(|x| x.to_f64())),
+            TensorData::F32(v) => serializer.collect_seq(v.iter().map(|x| f64::from(*x))),
+            TensorData::F64(v) => serializer.collect_seq(v),
+            TensorData::Bytes(v) => {
+                serializer.collect_seq(v.iter().map(|b| String::from_utf8_lossy(b)))
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod recent;
 pub mod service;
 pub mod tuner;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,9 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 
-use nexus_events::schema::{DecisionEvent, INFERENCE_SCHEMA, InferenceEvent, TensorSample};
+use nexus_events::schema::{DecisionEvent, INFERENCE_SCHEMA, InferenceEvent};
 use nexus_events::{EventBus, Topic};
-use nexus_models::Tensor;
+use nexus_models::{Tensor, TensorData};
 use nexus_serving::{InferenceHooks, InferenceRecord, ServingHandle};
 
 pub use nexus_events::schema::ArmState;
@@ -96,8 +96,8 @@ impl Default for OptimizerArgs {
 /// Decisions kept in memory for the API.
 const DECISIONS_KEPT: usize = 10_000;
 
-/// Current traffic weights of one model: (version, share), shares summing to 1.
-type Weights = Arc<Vec<(u64, f64)>>;
+/// Current traffic weights of one model: share per version, summing to 1.
+type Weights = Arc<BTreeMap<String, f64>>;
 
 /// The optimiser: serving's hooks, the feedback endpoint's state, and the decision loop.
 pub struct Optimizer {
@@ -108,7 +108,7 @@ pub struct Optimizer {
     decisions: Mutex<VecDeque<DecisionEvent>>,
     frozen: AtomicBool,
     /// The bandit's posterior per model, as of the last decision loop pass (for the API).
-    arms: RwLock<HashMap<String, std::collections::BTreeMap<String, ArmState>>>,
+    arms: RwLock<HashMap<String, BTreeMap<String, ArmState>>>,
 }
 
 impl Optimizer {
@@ -160,42 +160,40 @@ impl Optimizer {
         let weights = self.weights.read();
         let arms = self.arms.read();
         let mut models = serde_json::Map::new();
-        for (model, w) in weights.iter() {
-            let shares: serde_json::Map<String, serde_json::Value> = w
-                .iter()
-                .map(|(v, s)| (v.to_string(), serde_json::json!(s)))
-                .collect();
-            models.insert(
-                model.clone(),
-                serde_json::json!({"weights": shares, "arms": arms.get(model)}),
-            );
-        }
         for (model, a) in arms.iter() {
+            let w = weights
+                .get(model)
+                .map(|w| w.as_ref().clone())
+                .unwrap_or_default();
+            models.insert(model.clone(), serde_json::json!({"weights": w, "arms": a}));
+        }
+        for (model, w) in weights.iter() {
             models
                 .entry(model.clone())
-                .or_insert_with(|| serde_json::json!({"weights": {}, "arms": a}));
+                .or_insert_with(|| serde_json::json!({"weights": w.as_ref(), "arms": {}}));
         }
         serde_json::json!({"frozen": self.is_frozen(), "models": models})
     }
 
-    /// The weights the router uses now for `model` (empty when not routed yet).
-    fn weights_of(&self, model: &str) -> std::collections::BTreeMap<String, f64> {
+    /// The weights the router uses now for `model` (empty when not routed).
+    fn weights_of(&self, model: &str) -> BTreeMap<String, f64> {
         self.weights
             .read()
             .get(model)
-            .map_or_else(Default::default, |w| {
-                w.iter().map(|(v, s)| (v.to_string(), *s)).collect()
-            })
+            .map_or_else(BTreeMap::new, |w| w.as_ref().clone())
     }
 
-    fn set_weights(&self, model: &str, weights: Vec<(u64, f64)>) {
+    /// Routes `model` by `weights`; empty weights stop routing it.
+    fn set_weights(&self, model: &str, weights: BTreeMap<String, f64>) {
         for (version, share) in &weights {
-            metrics::gauge!("nexus_traffic_weight", "model" => model.to_string(), "version" => version.to_string())
+            metrics::gauge!("nexus_traffic_weight", "model" => model.to_string(), "version" => version.clone())
                 .set(*share);
         }
-        self.weights
-            .write()
-            .insert(model.to_string(), Arc::new(weights));
+        let mut all = self.weights.write();
+        match weights.is_empty() {
+            true => all.remove(model),
+            false => all.insert(model.to_string(), Arc::new(weights)),
+        };
     }
 
     fn remember(&self, decision: DecisionEvent) {
@@ -222,26 +220,11 @@ impl InferenceHooks for Optimizer {
         service::spawn(self, serving);
     }
 
-    fn route(&self, model: &str, ready: &[u64]) -> Option<u64> {
+    fn route(&self, model: &str) -> Option<u64> {
         let weights = Arc::clone(self.weights.read().get(model)?);
-        let total: f64 = weights
-            .iter()
-            .filter(|(v, _)| ready.contains(v))
-            .map(|(_, s)| s)
-            .sum();
-        if total <= 0.0 {
-            return None;
-        }
-        let mut left = rand::rng().random::<f64>() * total;
-        let mut chosen = None;
-        for (version, share) in weights.iter().filter(|(v, _)| ready.contains(v)) {
-            chosen = Some(*version);
-            left -= share;
-            if left < 0.0 {
-                break;
-            }
-        }
-        chosen
+        bandit::pick(&weights, rand::rng().random::<f64>())?
+            .parse()
+            .ok()
     }
 
     fn sample(&self) -> bool {
@@ -250,11 +233,11 @@ impl InferenceHooks for Optimizer {
     }
 
     fn record(&self, record: InferenceRecord<'_>) {
-        let (status, error, outputs) = match record.result {
+        let (status, error, response) = match record.result {
             Ok(response) => ("ok", None, Some(response)),
             Err(e) => ("error", Some(e.to_string()), None),
         };
-        if let Some(response) = outputs {
+        if let Some(response) = response {
             let prediction = recent::prediction(&response.outputs);
             self.recent
                 .lock()
@@ -271,24 +254,38 @@ impl InferenceHooks for Optimizer {
             error,
             timestamp_ms: now_ms(),
             latency_us: micros(record.latency),
-            queue_us: outputs.map_or(0, |r| micros(r.queue)),
-            batch_size: outputs.map_or(0, |r| r.batch_size),
+            queue_us: response.map_or(0, |r| micros(r.queue)),
+            batch_size: response.map_or(0, |r| r.batch_size),
             trace_id: record.trace_id.map(str::to_string),
-            inputs: record.inputs.map(samples),
-            outputs: record.inputs.and(outputs).map(|r| samples(&r.outputs)),
+            inputs: record.inputs.as_deref().map(samples),
+            outputs: record
+                .inputs
+                .as_ref()
+                .and(response)
+                .map(|r| samples(&r.outputs)),
         };
         nexus_events::publish_json(self.bus.as_ref(), Topic::Inference, record.model, &event);
     }
 }
 
-fn samples(tensors: &[Tensor]) -> Vec<TensorSample> {
+/// A tensor as events carry it, borrowed from the request or response: serialized
+/// straight from the tensor's data, never copied.
+#[derive(serde::Serialize)]
+struct Sample<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+    data: &'a TensorData,
+}
+
+fn samples(tensors: &[Tensor]) -> Vec<Sample<'_>> {
     tensors
         .iter()
-        .map(|t| TensorSample {
-            name: t.name.clone(),
-            datatype: t.datatype().as_str().to_string(),
-            shape: t.shape.clone(),
-            data: t.data.to_json(),
+        .map(|t| Sample {
+            name: &t.name,
+            datatype: t.datatype().as_str(),
+            shape: &t.shape,
+            data: &t.data,
         })
         .collect()
 }

@@ -132,7 +132,7 @@ impl Loop {
                     arms.bandit.restore(decision.arms.clone());
                     arms.applied = decision.feedback_offsets.clone();
                     self.optimizer
-                        .set_weights(&decision.model, parse_weights(&decision.weights));
+                        .set_weights(&decision.model, decision.weights.clone());
                 }
                 DecisionKind::Batching => {
                     if let Some(b) = &decision.batching
@@ -293,6 +293,8 @@ impl Loop {
     async fn decide_traffic(&mut self, model: &str) -> bool {
         let ready = self.ready(model);
         if ready.len() < 2 {
+            // Nothing to split (any more): unpinned requests go to the newest again.
+            self.optimizer.set_weights(model, BTreeMap::new());
             return true;
         }
         let guard = Guardrails {
@@ -310,7 +312,7 @@ impl Loop {
             if current.is_empty() {
                 // First sight of this model: serve the bandit's starting split.
                 let initial = arms.bandit.weights().clone();
-                self.optimizer.set_weights(model, parse_weights(&initial));
+                self.optimizer.set_weights(model, initial);
             }
             return true;
         };
@@ -344,7 +346,7 @@ impl Loop {
         if published {
             self.arms_of(model).dirty = false;
         }
-        self.optimizer.set_weights(model, parse_weights(&weights));
+        self.optimizer.set_weights(model, weights);
         self.optimizer.remember(decision);
         published
     }
@@ -569,13 +571,6 @@ fn decision(kind: DecisionKind, model: &str, reason: String) -> DecisionEvent {
         arms: BTreeMap::new(),
         feedback_offsets: BTreeMap::new(),
     }
-}
-
-fn parse_weights(weights: &BTreeMap<String, f64>) -> Vec<(u64, f64)> {
-    weights
-        .iter()
-        .filter_map(|(v, s)| Some((v.parse().ok()?, *s)))
-        .collect()
 }
 
 fn total_count(bandit: &Bandit) -> u64 {

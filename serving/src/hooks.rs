@@ -44,7 +44,7 @@ pub struct InferenceRecord<'a> {
     pub latency: Duration,
     pub trace_id: Option<&'a str>,
     /// The request's inputs, when [`InferenceHooks::sample`] asked for them.
-    pub inputs: Option<&'a [Tensor]>,
+    pub inputs: Option<Vec<Tensor>>,
 }
 
 /// What serving offers to hooks once it runs.
@@ -61,9 +61,9 @@ pub struct ServingHandle {
 pub trait InferenceHooks: Send + Sync {
     /// Called once when serving starts, with what the hooks may control.
     fn started(self: Arc<Self>, serving: ServingHandle);
-    /// The version (one of `ready`, oldest first) an unpinned request of `model` goes to;
-    /// `None` keeps Triton's default, the newest.
-    fn route(&self, model: &str, ready: &[u64]) -> Option<u64>;
+    /// The version an unpinned request of `model` goes to; `None` (or a version that is
+    /// not ready) keeps Triton's default, the newest.
+    fn route(&self, model: &str) -> Option<u64>;
     /// Whether this request's inputs and outputs should be kept in its record.
     fn sample(&self) -> bool;
     /// Called once per request after it finished or failed.

@@ -127,26 +127,25 @@ impl ModelManager {
             return self.get(model, version)?.infer(request).await;
         };
         let start = Instant::now();
-        let mut routed = None;
-        if version.is_empty() {
-            let ready = self.ready_versions(model);
-            if ready.len() > 1 {
-                routed = hooks
-                    .route(model, &ready)
-                    .filter(|v| ready.contains(v))
-                    .map(|v| v.to_string());
-            }
-        }
+        let routed = match version.is_empty() {
+            true => hooks.route(model),
+            false => None,
+        };
         if request.id.is_empty() {
             request.id = self.ids.issue();
         }
         let id = request.id.clone();
         let trace_id = request.trace_id.clone();
         let inputs = hooks.sample().then(|| request.inputs.clone());
-        let chosen = routed.as_deref().unwrap_or(version);
-        let (served, result) = match self.get(model, chosen) {
+        // A routed version unloaded since the weights were set falls back to the default.
+        let routed = routed.and_then(|v| self.get_version(model, v));
+        let target = match &routed {
+            Some(loaded) => Ok(Arc::clone(loaded)),
+            None => self.get(model, version),
+        };
+        let (served, result) = match target {
             Ok(loaded) => (loaded.version.to_string(), loaded.infer(request).await),
-            Err(e) => (chosen.to_string(), Err(e)),
+            Err(e) => (version.to_string(), Err(e)),
         };
         hooks.record(InferenceRecord {
             id: &id,
@@ -157,7 +156,7 @@ impl ModelManager {
             result: result.as_ref(),
             latency: start.elapsed(),
             trace_id: trace_id.as_deref(),
-            inputs: inputs.as_deref(),
+            inputs,
         });
         result
     }
@@ -500,6 +499,16 @@ impl ModelManager {
                 "model '{name}' has no version {number}"
             ))),
         }
+    }
+
+    /// Version `version` of `name` if it is ready.
+    fn get_version(&self, name: &str, version: u64) -> Option<Arc<LoadedVersion>> {
+        self.models
+            .read()
+            .get(name)?
+            .versions
+            .get(&version)?
+            .ready()
     }
 
     /// Ready versions of `name`, oldest first.
