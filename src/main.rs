@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod config;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use nexus_pipelines::{ArtifactStore, PipelineArgs};
 use nexus_registry::RegistryArgs;
 use nexus_registry::client::{Reference, RegistryClient};
 use nexus_serving::remote::BoxFuture;
-use nexus_serving::{Extensions, InferenceHooks, ModelSource, ServeArgs};
+use nexus_serving::{Component, Extensions, InferenceHooks, ModelSource, ServeArgs, check_fn};
 
 /// Nexus: ML inference (KServe V2 / Triton protocol over HTTP and gRPC) in one binary.
 #[derive(Parser)]
@@ -74,6 +76,10 @@ enum AliasCommand {
 /// The event bus and the optimiser that feeds on it (`serve` and `up`).
 #[derive(clap::Args)]
 struct TuningArgs {
+    /// Config file (TOML, or YAML by extension) with any of these options as keys (flag names
+    /// with _ for -); NEXUS_<KEY> environment variables override it, flags override both.
+    #[arg(long, env = "NEXUS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Turn off inference events, feedback and the optimiser (requests get no server-issued id).
     #[arg(long)]
     no_events: bool,
@@ -88,6 +94,8 @@ struct Tuning {
     hooks: Option<Arc<dyn InferenceHooks>>,
     routes: axum::Router,
     bus: Option<Arc<dyn EventBus>>,
+    /// The events and optimiser entries of `/api/v1/services`.
+    components: Vec<Component>,
 }
 
 impl TuningArgs {
@@ -98,6 +106,7 @@ impl TuningArgs {
                 hooks: None,
                 routes: axum::Router::new(),
                 bus: None,
+                components: Vec::new(),
             });
         }
         let bus = nexus_events::open(&self.events)
@@ -105,10 +114,23 @@ impl TuningArgs {
             .context("connecting the event bus")?;
         tracing::info!(bus = bus.kind(), "event bus ready");
         let optimizer = Optimizer::new(self.optimizer.clone(), Arc::clone(&bus));
+        let address = match &self.events.brokers {
+            Some(brokers) => format!("kafka://{brokers}"),
+            None => "in-process".to_string(),
+        };
+        let probe = Arc::clone(&bus);
+        let events = Component::new("events", address).check(
+            "bus",
+            check_fn(move || {
+                let bus = Arc::clone(&probe);
+                Box::pin(async move { bus.healthy().await.map_err(|e| e.to_string()) })
+            }),
+        );
         Ok(Tuning {
             routes: nexus_optimizer::api::router(Arc::clone(&optimizer)),
             hooks: Some(optimizer),
             bus: Some(bus),
+            components: vec![events, Component::new("optimizer", "/api/v1/optimizer")],
         })
     }
 }
@@ -122,9 +144,45 @@ impl Tuning {
     }
 }
 
+/// The registry and pipelines entries of `/api/v1/services`: both need the database, the
+/// registry also its artifact store.
+fn registry_components(registry: &Arc<nexus_registry::Registry>, url: &str) -> Vec<Component> {
+    let database = {
+        let registry = Arc::clone(registry);
+        check_fn(move || {
+            let registry = Arc::clone(&registry);
+            Box::pin(async move { registry.store.ping().await.map_err(|e| e.to_string()) })
+        })
+    };
+    let artifacts = {
+        let registry = Arc::clone(registry);
+        check_fn(move || {
+            let registry = Arc::clone(&registry);
+            Box::pin(async move { registry.artifacts.ping().await.map_err(|e| e.to_string()) })
+        })
+    };
+    vec![
+        Component::new("registry", format!("{url}/api/2.0/mlflow"))
+            .check("database", Arc::clone(&database))
+            .check("artifacts", artifacts),
+        Component::new("pipelines", format!("{url}/api/v1/pipelines")).check("database", database),
+    ]
+}
+
 fn parse_tag(text: &str) -> Result<(String, String), String> {
     let (k, v) = text.split_once('=').ok_or("expected KEY=VALUE")?;
     Ok((k.to_string(), v.to_string()))
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration of `nexus up` (file, NEXUS_* environment, then the
+    /// flags given here), secrets masked, as a config file `--config` accepts.
+    Show {
+        /// `nexus up` flags, e.g. --config nexus.toml --http-port 9000.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -191,6 +249,11 @@ enum Command {
         url: String,
         #[command(subcommand)]
         command: PipelineCommand,
+    },
+    /// Show configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Benchmark any KServe V2 server (HTTP JSON/binary, gRPC) or ONNX Runtime in-process.
     Bench {
@@ -357,7 +420,8 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let argv = config::layered(&Cli::command(), std::env::args_os().collect())?;
+    let cli = Cli::parse_from(argv);
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve {
@@ -370,6 +434,7 @@ async fn main() -> anyhow::Result<()> {
                 routes: tuning.routes.clone(),
                 source: serve.registry_url.as_deref().map(registry_source),
                 hooks: tuning.hooks.clone(),
+                components: tuning.components.clone(),
             };
             let served =
                 nexus_serving::serve(model_repository, serve, extensions, shutdown_signal())
@@ -407,7 +472,10 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("starting the pipeline runner")?;
             // Registry models come from this very server unless another registry is named.
-            let url = serve.registry_url.clone().unwrap_or(own_url);
+            let url = serve
+                .registry_url
+                .clone()
+                .unwrap_or_else(|| own_url.clone());
             let tuning = tuning.open().await?;
             let extensions = Extensions {
                 routes: registry
@@ -416,6 +484,10 @@ async fn main() -> anyhow::Result<()> {
                     .merge(tuning.routes.clone()),
                 source: Some(registry_source(&url)),
                 hooks: tuning.hooks.clone(),
+                components: registry_components(&registry, &own_url)
+                    .into_iter()
+                    .chain(tuning.components.iter().cloned())
+                    .collect(),
             };
             let served =
                 nexus_serving::serve(vec![model_repository], serve, extensions, shutdown_signal())
@@ -434,6 +506,12 @@ async fn main() -> anyhow::Result<()> {
             command,
         } => models(&RegistryClient::new(&registry_url), command).await,
         Command::Pipeline { url, command } => nexus_pipelines::cli::run(&url, command).await,
+        Command::Config {
+            command: ConfigCommand::Show { args },
+        } => {
+            print!("{}", config::show(&Cli::command(), args)?);
+            Ok(())
+        }
         Command::Bench { command } => match command {
             BenchCommand::Run(args) => nexus_bench::run(*args).await.map(|_| ()),
             BenchCommand::Report(args) => {

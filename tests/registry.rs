@@ -1035,7 +1035,8 @@ fn check_unavailable(what: &str, status: u16, body: &Value, names: &str) -> Resu
 }
 
 /// `nexus up` on PostgreSQL through a proxy: with the database gone the registry answers
-/// 503 with the cause while health and inference carry on; back, the registry works.
+/// 503 with the cause while inference carries on, and `/health/ready` says not ready and
+/// why; back, the registry works and the process is ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_while_the_registry_database_is_down() -> Result<()> {
     let Some(database) = TestDatabase::create(Database::Postgres).await? else {
@@ -1074,7 +1075,28 @@ async fn up_serves_while_the_registry_database_is_down() -> Result<()> {
     check_unavailable("/health", status, &body, &proxy.address())?;
     check_unavailable("/health", status, &body, "refused")?;
     let (status, _) = server.get("/v2/health/ready").await?;
-    ensure!(status == 200, "ready while the database is down: {status}");
+    ensure!(
+        status == 200,
+        "inference ready while the database is down: {status}"
+    );
+    let (status, body) = server.get("/health/ready").await?;
+    let registry = body["components"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "registry"))
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        status == 503
+            && registry["status"] == "down"
+            && registry["checks"]["database"]["status"] == "error"
+            && registry["checks"]["artifacts"]["status"] == "ok",
+        "/health/ready with the database down: {status} {body}"
+    );
+    let (status, _) = server.get("/health/live").await?;
+    ensure!(
+        status == 200,
+        "not live while the database is down: {status}"
+    );
 
     proxy.up().await?;
     let created = || async {
@@ -1096,6 +1118,11 @@ async fn up_serves_while_the_registry_database_is_down() -> Result<()> {
     mlflow
         .get("registered-models/get", &json!({"name": "before"}))
         .await?;
+    poll_until(Duration::from_secs(30), "ready again", || async {
+        let (status, _) = server.get("/health/ready").await?;
+        Ok((status == 200).then_some(()))
+    })
+    .await?;
     infer_simple(&server, 8).await
 }
 

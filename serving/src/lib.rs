@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod hooks;
 pub mod http;
 pub mod infer;
@@ -27,6 +28,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use nexus_models::{BackendError, ModelRepository, RepositoryError};
 
 pub use error::ServingError;
+pub use health::{Component, HealthCheck, check_fn};
 pub use hooks::{InferenceHooks, InferenceRecord, Protocol, ServingHandle};
 pub use manager::{ControlMode, ManagerOptions, ModelManager};
 pub use remote::{ModelSource, RemoteSpec, Watcher};
@@ -143,6 +145,8 @@ pub struct Extensions {
     pub source: Option<Arc<dyn ModelSource>>,
     /// Routing between versions and a record of every inference (the optimiser).
     pub hooks: Option<Arc<dyn InferenceHooks>>,
+    /// The other parts of the process, for `/health/ready` and `/api/v1/services`.
+    pub components: Vec<Component>,
 }
 
 /// Runs the inference server on the model repositories `roots` (searched in order) and
@@ -252,6 +256,16 @@ pub async fn serve(
         max_request_bytes: args.max_request_bytes,
     }))
     .merge(extensions.routes)
+    .merge(health::router(
+        Arc::clone(&manager),
+        format!(
+            "http://{}, grpc://{}, http://{}/metrics",
+            local(&http),
+            local(&grpc),
+            local(&metrics_listener)
+        ),
+        extensions.components,
+    ))
     .layer(
         tower::ServiceBuilder::new()
             .layer(tower_http::trace::TraceLayer::new_for_http())
