@@ -173,3 +173,56 @@ async fn services_list_every_component() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every response carries a request id: the client's `x-request-id`, or a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_carries_a_request_id() -> Result<()> {
+    let dirs = UpDirs::new()?;
+    let args = dirs.args();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_up(Repository::examples()?, &argv).await?;
+    let client = reqwest::Client::new();
+    let mut issued = Vec::new();
+    for path in [
+        "/v2",
+        "/api/2.0/mlflow/registered-models/search",
+        "/api/v1/pipelines/runs",
+    ] {
+        let response = client.get(server.url(path)).send().await?;
+        let id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        ensure!(
+            id.as_deref().is_some_and(|i| !i.is_empty()),
+            "{path}: no x-request-id"
+        );
+        issued.extend(id);
+        let response = client
+            .get(server.url(path))
+            .header("x-request-id", "client-42")
+            .send()
+            .await?;
+        ensure!(
+            response
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                == Some("client-42"),
+            "{path}: the client's request id is not echoed"
+        );
+    }
+    issued.sort();
+    issued.dedup();
+    ensure!(issued.len() == 3, "request ids repeat: {issued:?}");
+    // The registry's request latency is measured per route pattern.
+    let scraped = reqwest::get(server.metrics_url()).await?.text().await?;
+    ensure!(
+        scraped.contains(
+            "nexus_registry_request_duration_seconds_count{method=\"GET\",route=\"/api/2.0/mlflow/registered-models/search\",status=\"200\"}"
+        ),
+        "no registry latency series"
+    );
+    Ok(())
+}

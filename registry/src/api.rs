@@ -265,7 +265,28 @@ pub fn router(state: Arc<Registry>) -> Router {
         .nest("/api/2.0/mlflow-artifacts", artifacts)
         .route("/health", get(health))
         .route("/version", get(|| async { env!("CARGO_PKG_VERSION") }))
+        .layer(axum::middleware::from_fn(timed))
         .with_state(state)
+}
+
+/// Records `nexus_registry_request_duration_seconds{method,route,status}`; `route` is the
+/// matched route pattern, so ids in paths do not multiply the series.
+async fn timed(request: Request, next: axum::middleware::Next) -> Response {
+    let start = std::time::Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    metrics::histogram!(
+        "nexus_registry_request_duration_seconds",
+        "method" => method,
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .record(start.elapsed().as_secs_f64());
+    response
 }
 
 /// Answers 503 with the cause while the database is down (or not yet migrated).

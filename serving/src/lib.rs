@@ -24,6 +24,8 @@ use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 use nexus_models::{BackendError, ModelRepository, RepositoryError};
 
@@ -134,6 +136,22 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+/// The span of one HTTP or gRPC request, carrying its `x-request-id` (the client's, or
+/// one issued here and returned in the response) so every log line of it can be found.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        request_id = %id,
+    )
 }
 
 /// What other components add to the server.
@@ -268,7 +286,9 @@ pub async fn serve(
     ))
     .layer(
         tower::ServiceBuilder::new()
-            .layer(tower_http::trace::TraceLayer::new_for_http())
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            .layer(PropagateRequestIdLayer::x_request_id())
             .layer(tower_http::decompression::RequestDecompressionLayer::new()),
     );
     let metrics_app = axum::Router::new().route(
@@ -283,6 +303,12 @@ pub async fn serve(
     let metrics_server =
         axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(shutdown.clone());
     let grpc_server = tonic::transport::Server::builder()
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_grpc().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
         .add_service(grpc::server::service(
             Arc::clone(&manager),
             args.max_request_bytes,

@@ -19,6 +19,12 @@ use crate::pb;
 /// Buckets of the `nexus_batch_size` histogram (rows per execution).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
+/// Buckets of every `*_duration_seconds` histogram (request latency, p99 alerts).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
 static PROMETHEUS: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once) and returns a handle to render it.
@@ -27,6 +33,12 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
         .get_or_init(|| {
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full("nexus_batch_size".into()), BATCH_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_duration_seconds".into()),
+                        LATENCY_BUCKETS,
+                    )
+                })
                 .and_then(|b| b.install_recorder())
                 .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))
         })
@@ -75,6 +87,8 @@ pub struct BatchTotals {
 struct Counters {
     pending: Gauge,
     batch_size: Histogram,
+    /// Request latency as a histogram: Triton's duration counters give means, not p99.
+    latency: Histogram,
     success: Counter,
     failure: Counter,
     inferences: Counter,
@@ -124,6 +138,7 @@ impl VersionStats {
             counters: Counters {
                 pending: metrics::gauge!("nv_inference_pending_request_count", &labels),
                 batch_size: metrics::histogram!("nexus_batch_size", &labels),
+                latency: metrics::histogram!("nexus_request_duration_seconds", &labels),
                 success: counter("nv_inference_request_success"),
                 failure: counter("nv_inference_request_failure"),
                 inferences: counter("nv_inference_count"),
@@ -155,6 +170,7 @@ impl VersionStats {
         self.touch();
         let c = &self.counters;
         c.success.increment(1);
+        c.latency.record(total.as_secs_f64());
         c.inferences.increment(batch_size);
         c.request_us.increment(micros(total));
         c.queue_us.increment(micros(queue));
