@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 use nexus_bench::BenchCommand;
 use nexus_events::{EventBus, KafkaArgs};
+use nexus_gateway::cli::TokenCommand;
+use nexus_gateway::tls::ServerTls;
+use nexus_gateway::{AuthConfig, Gateway, KeyStore, TlsConfig, check_bind};
 use nexus_optimizer::{Optimizer, OptimizerArgs};
 use nexus_pipelines::cli::PipelineCommand;
 use nexus_pipelines::{ArtifactStore, PipelineArgs};
@@ -197,6 +200,8 @@ enum Command {
         serve: ServeArgs,
         #[command(flatten)]
         tuning: Box<TuningArgs>,
+        #[command(flatten)]
+        front: Box<FrontArgs>,
     },
     /// Everything on one machine with embedded defaults: serves the example models, with
     /// the MLflow-compatible registry on the same HTTP port.
@@ -212,6 +217,15 @@ enum Command {
         pipelines: Box<PipelineArgs>,
         #[command(flatten)]
         tuning: Box<TuningArgs>,
+        #[command(flatten)]
+        front: Box<FrontArgs>,
+    },
+    /// Create, list and revoke API keys (stored hashed in the registry's database).
+    Token {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// The model registry and experiment tracking alone, speaking MLflow's REST API.
     Registry {
@@ -312,8 +326,44 @@ impl ModelSource for RegistrySource {
     }
 }
 
-fn registry_source(url: &str) -> Arc<dyn ModelSource> {
-    Arc::new(RegistrySource(RegistryClient::new(url)))
+fn registry_source(url: &str, token: Option<&str>) -> Arc<dyn ModelSource> {
+    Arc::new(RegistrySource(RegistryClient::with_token(url, token)))
+}
+
+/// MLflow's variable for the registry credential, used by every client Nexus runs.
+fn tracking_token() -> Option<String> {
+    std::env::var("MLFLOW_TRACKING_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// Authentication, rate limits and TLS of `serve` and `up`.
+#[derive(clap::Args)]
+struct FrontArgs {
+    #[command(flatten)]
+    auth: AuthConfig,
+    #[command(flatten)]
+    tls: TlsConfig,
+    /// Allow listening on a non-loopback address without authentication.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl FrontArgs {
+    /// The gateway (API keys from `keys` when given) and TLS settings; refuses an open
+    /// server on a non-loopback address unless --insecure.
+    async fn open(
+        &self,
+        address: IpAddr,
+        keys: Option<KeyStore>,
+    ) -> anyhow::Result<(Gateway, Option<ServerTls>)> {
+        let gateway = Gateway::new(&self.auth, keys)
+            .await
+            .context("configuring authentication")?;
+        check_bind(address, gateway.enabled(), self.insecure)?;
+        let tls = self.tls.server_config().context("configuring TLS")?;
+        Ok((gateway, tls))
+    }
 }
 
 async fn models(client: &RegistryClient, command: ModelsCommand) -> anyhow::Result<()> {
@@ -428,13 +478,21 @@ async fn main() -> anyhow::Result<()> {
             model_repository,
             serve,
             tuning,
+            front,
         } => {
+            let (gateway, tls) = front.open(serve.address, None).await?;
             let tuning = tuning.open().await?;
+            let token = tracking_token();
             let extensions = Extensions {
                 routes: tuning.routes.clone(),
-                source: serve.registry_url.as_deref().map(registry_source),
+                source: serve
+                    .registry_url
+                    .as_deref()
+                    .map(|url| registry_source(url, token.as_deref())),
                 hooks: tuning.hooks.clone(),
                 components: tuning.components.clone(),
+                gateway: Some(gateway),
+                tls,
             };
             let served =
                 nexus_serving::serve(model_repository, serve, extensions, shutdown_signal())
@@ -449,6 +507,7 @@ async fn main() -> anyhow::Result<()> {
             registry,
             pipelines,
             tuning,
+            front,
         } => {
             if !model_repository.is_dir() {
                 anyhow::bail!(
@@ -476,18 +535,28 @@ async fn main() -> anyhow::Result<()> {
                 .registry_url
                 .clone()
                 .unwrap_or_else(|| own_url.clone());
+            let keys = KeyStore::new(registry.store.pool().clone());
+            let (gateway, tls) = front.open(serve.address, Some(keys)).await?;
+            // This server's own registry calls (watcher, promotions) carry its internal
+            // credential when auth is on; another registry gets MLFLOW_TRACKING_TOKEN.
+            let token = match serve.registry_url {
+                None if gateway.enabled() => Some(gateway.internal_token().to_string()),
+                _ => tracking_token(),
+            };
             let tuning = tuning.open().await?;
             let extensions = Extensions {
                 routes: registry
                     .router()
                     .merge(nexus_pipelines::api::router(engine))
                     .merge(tuning.routes.clone()),
-                source: Some(registry_source(&url)),
+                source: Some(registry_source(&url, token.as_deref())),
                 hooks: tuning.hooks.clone(),
                 components: registry_components(&registry, &own_url)
                     .into_iter()
                     .chain(tuning.components.iter().cloned())
                     .collect(),
+                gateway: Some(gateway),
+                tls,
             };
             let served =
                 nexus_serving::serve(vec![model_repository], serve, extensions, shutdown_signal())
@@ -504,7 +573,25 @@ async fn main() -> anyhow::Result<()> {
         Command::Models {
             registry_url,
             command,
-        } => models(&RegistryClient::new(&registry_url), command).await,
+        } => {
+            let client = RegistryClient::with_token(&registry_url, tracking_token().as_deref());
+            models(&client, command).await
+        }
+        Command::Token { registry, command } => {
+            // Keys may be made before the first `nexus up` created the data folder.
+            std::fs::create_dir_all(&registry.data_dir).with_context(|| {
+                format!(
+                    "cannot create the data folder {}",
+                    registry.data_dir.display()
+                )
+            })?;
+            let store = nexus_registry::store::Store::open(&registry.database_url())
+                .await
+                .context("opening the registry database")?;
+            nexus_gateway::cli::run(store.pool().clone(), command)
+                .await
+                .map_err(Into::into)
+        }
         Command::Pipeline { url, command } => nexus_pipelines::cli::run(&url, command).await,
         Command::Config {
             command: ConfigCommand::Show { args },

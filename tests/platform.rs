@@ -226,3 +226,204 @@ async fn every_response_carries_a_request_id() -> Result<()> {
     );
     Ok(())
 }
+
+/// `nexus token create` for the database in `data_dir`; returns the token.
+fn create_token(data_dir: &str, role: &str) -> Result<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args([
+            "token",
+            "--data-dir",
+            data_dir,
+            "create",
+            "--role",
+            role,
+            "--name",
+            role,
+        ])
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let token = stdout.lines().last().unwrap_or_default().trim().to_string();
+    ensure!(token.starts_with("nexus_"), "not a token: {stdout}");
+    Ok(token)
+}
+
+/// The id of the key named `name`, from `nexus token list`.
+fn token_id(data_dir: &str, name: &str) -> Result<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["token", "--data-dir", data_dir, "list"])
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    text.lines()
+        .find(|l| l.split_whitespace().any(|w| w == name))
+        .and_then(|l| l.split_whitespace().next())
+        .map(String::from)
+        .with_context(|| format!("no key {name} in:\n{text}"))
+}
+
+async fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, serde_json::Value)> {
+    let mut request = reqwest::Client::new().request(method, server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    common::json_reply(request.send().await?).await
+}
+
+/// `nexus up --auth`: no credential is 401, a role without the right is 403 (MLflow's body
+/// on registry routes, V2's on inference), the right role passes, a revoked key stops
+/// working; registry models are still served (the watcher's own calls are authenticated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_admits_by_role_and_registry_models_still_load() -> Result<()> {
+    use reqwest::Method;
+    let models = common::python_fixture("tests/fixtures/swap_models.py")?;
+    let dirs = UpDirs::new()?;
+    let mut args = dirs.args();
+    let data_dir = args[1].clone();
+    let (reader, inference, deployer) = (
+        create_token(&data_dir, "reader")?,
+        create_token(&data_dir, "inference")?,
+        create_token(&data_dir, "deployer")?,
+    );
+    args.extend(
+        [
+            "--auth",
+            "--model",
+            "models:/swap@champion",
+            "--registry-poll-secs",
+            "1",
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_up(Repository::examples()?, &argv).await?;
+    let infer = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]});
+    let create = json!({"name": "swap"});
+
+    let (status, body) = call(&server, Method::GET, "/v2/models/simple", None, None).await?;
+    ensure!(
+        status == 401 && body["error"].is_string(),
+        "{status} {body}"
+    );
+    let search = "/api/2.0/mlflow/registered-models/search";
+    let (status, body) = call(&server, Method::GET, search, None, None).await?;
+    ensure!(
+        status == 401 && body["error_code"] == "UNAUTHENTICATED",
+        "{status} {body}"
+    );
+    let (status, _) = call(&server, Method::GET, search, Some(&reader), None).await?;
+    ensure!(status == 200, "reader search: {status}");
+    let create_path = "/api/2.0/mlflow/registered-models/create";
+    let (status, body) = call(
+        &server,
+        Method::POST,
+        create_path,
+        Some(&reader),
+        Some(create.clone()),
+    )
+    .await?;
+    ensure!(
+        status == 403 && body["error_code"] == "PERMISSION_DENIED",
+        "{status} {body}"
+    );
+    let (status, body) = call(
+        &server,
+        Method::POST,
+        "/v2/models/simple/infer",
+        Some(&reader),
+        Some(common::simple_request(1)),
+    )
+    .await?;
+    ensure!(
+        status == 403 && body["error"].is_string(),
+        "reader infer: {status} {body}"
+    );
+    let (status, _) = call(&server, Method::GET, "/health/ready", None, None).await?;
+    ensure!(status == 200, "health needs no credential: {status}");
+
+    // A deployer registers a version; the server's watcher (its own credential) serves it.
+    let file = models.path().join("v1.onnx").display().to_string();
+    let pushed = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args([
+            "models", "push", &file, "--name", "swap", "--alias", "champion",
+        ])
+        .args(["--registry-url", &server.url("")])
+        .env("MLFLOW_TRACKING_TOKEN", &deployer)
+        .output()?;
+    ensure!(
+        pushed.status.success(),
+        "push with a deployer token: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let answer = poll_until(Duration::from_secs(30), "swap served", || async {
+        let (status, body) = call(
+            &server,
+            Method::POST,
+            "/v2/models/swap/infer",
+            Some(&inference),
+            Some(infer.clone()),
+        )
+        .await?;
+        Ok((status == 200).then_some(body))
+    })
+    .await?;
+    ensure!(answer["outputs"][0]["data"][0] == 2.0, "{answer}");
+
+    // Revoked: refused once the key cache (1 s) has expired.
+    let id = token_id(&data_dir, "reader")?;
+    let revoked = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["token", "--data-dir", &data_dir, "revoke", &id])
+        .output()?;
+    ensure!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    poll_until(
+        Duration::from_secs(10),
+        "the revoked key refused",
+        || async {
+            let (status, _) = call(&server, Method::GET, search, Some(&reader), None).await?;
+            Ok((status == 401).then_some(()))
+        },
+    )
+    .await?;
+    let scraped = reqwest::get(server.metrics_url()).await?.text().await?;
+    ensure!(
+        scraped.contains("nexus_auth_denied_total"),
+        "no auth denial metric"
+    );
+    Ok(())
+}
+
+/// Listening beyond loopback without authentication needs --insecure.
+#[test]
+fn non_loopback_without_auth_is_refused() -> Result<()> {
+    let repository = Repository::examples()?;
+    let port = common::free_port()?.to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["serve", "--model-repository"])
+        .arg(repository.path())
+        .args(["--address", "0.0.0.0", "--http-port", &port])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(!output.status.success(), "started open on 0.0.0.0");
+    ensure!(
+        stderr.contains("--insecure") && stderr.contains("--auth"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -59,8 +59,23 @@ fn bar(total: u64, what: &str) -> ProgressBar {
 impl RegistryClient {
     /// A client for the registry at `base_url` (e.g. `http://127.0.0.1:8000`).
     pub fn new(base_url: &str) -> Self {
+        Self::with_token(base_url, None)
+    }
+
+    /// A client that sends `token` as `Authorization: Bearer` (MLflow's
+    /// `MLFLOW_TRACKING_TOKEN`) with every call, artifact transfers included.
+    pub fn with_token(base_url: &str, token: Option<&str>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) =
+            token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         RegistryClient {
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap_or_default(),
             base: base_url.trim_end_matches('/').to_string(),
         }
     }

@@ -21,11 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use nexus_gateway::tls::{TlsConnectInfo, TlsListener};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use nexus_models::{BackendError, ModelRepository, RepositoryError};
 
@@ -33,6 +34,7 @@ pub use error::ServingError;
 pub use health::{Component, HealthCheck, check_fn};
 pub use hooks::{InferenceHooks, InferenceRecord, Protocol, ServingHandle};
 pub use manager::{ControlMode, ManagerOptions, ModelManager};
+use remote::BoxFuture;
 pub use remote::{ModelSource, RemoteSpec, Watcher};
 
 /// Messages and service of `inference.GRPCInferenceService` (grpc_service.proto).
@@ -165,6 +167,10 @@ pub struct Extensions {
     pub hooks: Option<Arc<dyn InferenceHooks>>,
     /// The other parts of the process, for `/health/ready` and `/api/v1/services`.
     pub components: Vec<Component>,
+    /// Authentication, authorisation and rate limits for HTTP and gRPC (none: open).
+    pub gateway: Option<nexus_gateway::Gateway>,
+    /// TLS (and mTLS) for the HTTP and gRPC listeners.
+    pub tls: Option<nexus_gateway::tls::ServerTls>,
 }
 
 /// Runs the inference server on the model repositories `roots` (searched in order) and
@@ -283,8 +289,14 @@ pub async fn serve(
             local(&metrics_listener)
         ),
         extensions.components,
-    ))
-    .layer(
+    ));
+    let gateway = match extensions.gateway {
+        Some(gateway) => gateway,
+        None => nexus_gateway::Gateway::new(&nexus_gateway::AuthConfig::default(), None)
+            .await
+            .map_err(|e| ServeError::Server(e.to_string()))?,
+    };
+    let http_app = http_app.layer(gateway.http_layer()).layer(
         tower::ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(TraceLayer::new_for_http().make_span_with(request_span))
@@ -299,26 +311,65 @@ pub async fn serve(
         }),
     );
 
-    let http_server = axum::serve(http, http_app).with_graceful_shutdown(shutdown.clone());
+    let http_server: BoxFuture<'static, std::io::Result<()>> = match extensions.tls.clone() {
+        Some(config) => {
+            let listener = TlsListener::new(http, config)
+                .map_err(|e| ServeError::Server(format!("TLS for HTTP: {e}")))?;
+            let app = http_app.into_make_service_with_connect_info::<TlsConnectInfo>();
+            Box::pin(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.clone())
+                    .into_future(),
+            )
+        }
+        None => {
+            let app = http_app.into_make_service_with_connect_info::<SocketAddr>();
+            Box::pin(
+                axum::serve(http, app)
+                    .with_graceful_shutdown(shutdown.clone())
+                    .into_future(),
+            )
+        }
+    };
     let metrics_server =
         axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(shutdown.clone());
-    let grpc_server = tonic::transport::Server::builder()
+    let grpc_router = tonic::transport::Server::builder()
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(TraceLayer::new_for_grpc().make_span_with(request_span))
-                .layer(PropagateRequestIdLayer::x_request_id()),
+                .layer(
+                    TraceLayer::new_for_grpc()
+                        .make_span_with(request_span)
+                        // Refused calls (bad credentials, bad input) are the client's doing:
+                        // at ERROR anyone could flood the log.
+                        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(gateway.grpc_layer()),
         )
         .add_service(grpc::server::service(
             Arc::clone(&manager),
             args.max_request_bytes,
-        ))
-        .serve_with_incoming_shutdown(
-            // Small replies must not wait for Nagle's algorithm (a 40 ms stall per response).
-            TcpListenerStream::new(grpc)
-                .map(|stream| stream.and_then(|s| s.set_nodelay(true).map(|()| s))),
-            shutdown.clone(),
-        );
+        ));
+    let grpc_server: BoxFuture<'static, Result<(), tonic::transport::Error>> = match extensions.tls
+    {
+        Some(config) => {
+            let listener = TlsListener::new(grpc, config)
+                .map_err(|e| ServeError::Server(format!("TLS for gRPC: {e}")))?;
+            Box::pin(
+                grpc_router
+                    .serve_with_incoming_shutdown(listener.into_incoming(), shutdown.clone()),
+            )
+        }
+        None => Box::pin(
+            grpc_router.serve_with_incoming_shutdown(
+                // Small replies must not wait for Nagle's algorithm (a 40 ms stall per response).
+                TcpListenerStream::new(grpc)
+                    .map(|stream| stream.and_then(|s| s.set_nodelay(true).map(|()| s))),
+                shutdown.clone(),
+            ),
+        ),
+    };
 
     let result = tokio::try_join!(
         async {
