@@ -14,6 +14,7 @@ use std::sync::Arc;
 use nexus_bench::BenchCommand;
 use nexus_events::{EventBus, KafkaArgs};
 use nexus_gateway::cli::TokenCommand;
+use nexus_gateway::telemetry::OtlpProtocol;
 use nexus_gateway::tls::ServerTls;
 use nexus_gateway::{AuthConfig, Gateway, KeyStore, TlsConfig, check_bind};
 use nexus_optimizer::{Optimizer, OptimizerArgs};
@@ -23,6 +24,7 @@ use nexus_registry::RegistryArgs;
 use nexus_registry::client::{Reference, RegistryClient};
 use nexus_serving::remote::BoxFuture;
 use nexus_serving::{Component, Extensions, InferenceHooks, ModelSource, ServeArgs, check_fn};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 
 /// Nexus: ML inference (KServe V2 / Triton protocol over HTTP and gRPC) in one binary.
 #[derive(Parser)]
@@ -31,6 +33,18 @@ struct Cli {
     /// Log format: text for people, json for log collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318); incoming
+    /// W3C `traceparent` headers make Nexus's spans part of the caller's trace.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    otlp_endpoint: Option<String>,
+    /// OTLP body encoding.
+    #[arg(long, global = true, value_enum, default_value_t = OtlpProtocol::HttpProtobuf)]
+    otlp_protocol: OtlpProtocol,
     #[command(subcommand)]
     command: Command,
 }
@@ -430,16 +444,30 @@ async fn models(client: &RegistryClient, command: ModelsCommand) -> anyhow::Resu
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr (text or JSON) and, with an OTLP endpoint, spans to the collector; the
+/// returned provider flushes the last spans at exit.
+fn init_logging(cli: &Cli) -> anyhow::Result<Option<SdkTracerProvider>> {
+    use opentelemetry::trace::TracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let provider = cli
+        .otlp_endpoint
+        .as_deref()
+        .map(|endpoint| nexus_gateway::telemetry::otlp_provider(endpoint, cli.otlp_protocol))
+        .transpose()?;
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("nexus")));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    match cli.log_format {
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
     }
+    Ok(provider)
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -472,7 +500,16 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let argv = config::layered(&Cli::command(), std::env::args_os().collect())?;
     let cli = Cli::parse_from(argv);
-    init_logging(cli.log_format);
+    let traces = init_logging(&cli)?;
+    let result = run(cli).await;
+    if let Some(provider) = traces {
+        // Exports what is still batched; the exporter blocks, so off the async workers.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+    result
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             model_repository,

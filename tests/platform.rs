@@ -427,3 +427,160 @@ fn non_loopback_without_auth_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+/// Spans received by a local OTLP/HTTP (JSON) collector.
+#[derive(Clone, Default)]
+struct Collector(std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>);
+
+impl Collector {
+    /// Listens on a free port; returns its base URL.
+    async fn start(&self) -> Result<String> {
+        let spans = self.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let spans = spans.clone();
+                async move {
+                    if let Ok(export) = serde_json::from_slice::<serde_json::Value>(&body) {
+                        let mut all = spans.0.lock().expect("no panics");
+                        for resource in export["resourceSpans"].as_array().into_iter().flatten() {
+                            for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                                all.extend(
+                                    scope["spans"].as_array().into_iter().flatten().cloned(),
+                                );
+                            }
+                        }
+                    }
+                    axum::Json(json!({}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(url)
+    }
+
+    fn find(&self, name: &str, trace: &str) -> Option<serde_json::Value> {
+        self.0
+            .lock()
+            .expect("no panics")
+            .iter()
+            .find(|s| s["name"] == name && s["traceId"].as_str() == Some(trace))
+            .cloned()
+    }
+}
+
+/// With `--otlp-endpoint`, a request carrying a W3C `traceparent` produces spans in the
+/// caller's trace: the request span's parent is the caller's span, the inference span's
+/// parent is the request span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_spans_join_the_callers_trace() -> Result<()> {
+    let collector = Collector::default();
+    let endpoint = collector.start().await?;
+    let server = Server::spawn(
+        Repository::examples()?,
+        &["--otlp-endpoint", &endpoint, "--otlp-protocol", "http-json"],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    )?;
+    poll_until(Duration::from_secs(60), "nexus ready", || async {
+        let ready = server.get("/v2/health/ready").await.map(|(s, _)| s == 200);
+        Ok(ready.unwrap_or(false).then_some(()))
+    })
+    .await?;
+    let (trace, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let response = reqwest::Client::new()
+        .post(server.url("/v2/models/simple/infer"))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .json(&common::simple_request(1))
+        .send()
+        .await?;
+    ensure!(response.status() == 200, "{}", response.status());
+    let (request, infer) = poll_until(Duration::from_secs(20), "spans exported", || async {
+        Ok(collector
+            .find("request", trace)
+            .zip(collector.find("infer", trace)))
+    })
+    .await?;
+    ensure!(
+        request["parentSpanId"].as_str() == Some(caller),
+        "the request span's parent is not the caller's span: {request}"
+    );
+    ensure!(
+        infer["parentSpanId"] == request["spanId"],
+        "the inference span is not a child of the request span: {infer} / {request}"
+    );
+    Ok(())
+}
+
+/// A pipeline submitted with a `traceparent` runs in the caller's trace: the run's span is
+/// a child of the submit request's, and each step's process gets it as `TRACEPARENT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_steps_receive_the_trace() -> Result<()> {
+    let collector = Collector::default();
+    let endpoint = collector.start().await?;
+    let dirs = UpDirs::new()?;
+    let mut args = dirs.args();
+    args.extend(["--otlp-endpoint", &endpoint, "--otlp-protocol", "http-json"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::spawn_as(
+        common::Mode::Up,
+        Repository::examples()?,
+        &argv,
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    )?;
+    poll_until(Duration::from_secs(60), "nexus ready", || async {
+        let ready = server.get("/v2/health/ready").await.map(|(s, _)| s == 200);
+        Ok(ready.unwrap_or(false).then_some(()))
+    })
+    .await?;
+    let spec = "name: traced\nsteps:\n  - name: show\n    command: [sh, -c, 'printf %s \"$TRACEPARENT\" > \"{{outputs.tp}}\"']\n    outputs: {parameters: [tp]}\n";
+    let (trace, caller) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/pipelines/runs"))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .json(&json!({"spec": spec}))
+        .send()
+        .await?;
+    let (status, body) = common::json_reply(response).await?;
+    ensure!(status == 201, "{status}: {body}");
+    let id = body["run"]["id"].as_str().context("run id")?.to_string();
+    let run = poll_until(Duration::from_secs(60), "the run finished", || async {
+        let (_, body) = server.get(&format!("/api/v1/pipelines/runs/{id}")).await?;
+        let done = !matches!(body["run"]["status"].as_str(), Some("PENDING" | "RUNNING"));
+        Ok(done.then_some(body["run"].clone()))
+    })
+    .await?;
+    let step = run["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["path"] == "show"))
+        .cloned()
+        .unwrap_or_default();
+    let traceparent = step["outputs"]["parameters"]["tp"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        traceparent.starts_with(&format!("00-{trace}-")),
+        "the step got TRACEPARENT {traceparent:?}: {run}"
+    );
+    let (request, pipeline) = poll_until(Duration::from_secs(20), "spans exported", || async {
+        Ok(collector
+            .find("request", trace)
+            .zip(collector.find("pipeline_run", trace)))
+    })
+    .await?;
+    ensure!(
+        request["parentSpanId"].as_str() == Some(caller),
+        "{request}"
+    );
+    ensure!(
+        pipeline["parentSpanId"] == request["spanId"],
+        "{pipeline} / {request}"
+    );
+    let step_parent = traceparent.split('-').nth(2).unwrap_or_default();
+    ensure!(
+        pipeline["spanId"].as_str() == Some(step_parent),
+        "the step's parent is not the run's span: {traceparent} / {pipeline}"
+    );
+    Ok(())
+}

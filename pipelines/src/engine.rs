@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::artifacts::ArtifactStore;
 use crate::error::{PipelineError, SpecError};
@@ -157,10 +158,15 @@ impl Engine {
             active.insert(id.clone(), token.clone());
         }
         let engine = Arc::clone(self);
-        tokio::spawn(async move {
-            engine.drive(&id, token).await;
-            engine.active.lock().remove(&id);
-        });
+        // A child of the submitting request's span, so steps join the caller's trace.
+        let span = tracing::info_span!("pipeline_run", run = %id);
+        tokio::spawn(
+            async move {
+                engine.drive(&id, token).await;
+                engine.active.lock().remove(&id);
+            }
+            .instrument(span),
+        );
     }
 
     /// Takes over every unfinished run nobody live holds (this process's own, after a
@@ -793,6 +799,9 @@ impl Run {
             process_env.insert("NEXUS_STEP".into(), path.to_string());
             process_env.insert("NEXUS_STEP_DIR".into(), step_dir.display().to_string());
             process_env.insert("NEXUS_URL".into(), config.server_url.clone());
+            if let Some(traceparent) = nexus_gateway::telemetry::current_traceparent() {
+                process_env.insert("TRACEPARENT".into(), traceparent);
+            }
             process_env
                 .entry("MLFLOW_TRACKING_URI".into())
                 .or_insert_with(|| config.server_url.clone());

@@ -148,12 +148,14 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         uri = %request.uri(),
         request_id = %id,
-    )
+    );
+    nexus_gateway::telemetry::set_parent(&span, request.headers());
+    span
 }
 
 /// What other components add to the server.

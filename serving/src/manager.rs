@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
+use tracing::Instrument;
 
 use nexus_models::backend::{self, LoadOptions};
 use nexus_models::config::{self, ModelSignature};
@@ -117,6 +118,19 @@ impl ModelManager {
     /// hooks route it to, else the newest. With hooks installed, a request without an id
     /// gets one (returned to the client, the key for feedback) and is recorded.
     pub async fn infer(
+        &self,
+        model: &str,
+        version: &str,
+        request: InferRequest,
+        protocol: Protocol,
+    ) -> Result<InferResponse, ServingError> {
+        let span = tracing::info_span!("infer", model, version);
+        self.infer_traced(model, version, request, protocol)
+            .instrument(span)
+            .await
+    }
+
+    async fn infer_traced(
         &self,
         model: &str,
         version: &str,
