@@ -122,11 +122,12 @@ async fn serve_takes_options_from_the_config_file() -> Result<()> {
     let file = dir.path().join("nexus.yaml");
     std::fs::write(&file, "max_request_bytes: 300\n")?;
     let config = file.display().to_string();
-    let server = Server::spawn(Repository::examples()?, &[], &[("NEXUS_CONFIG", &config)])?;
-    poll_until(Duration::from_secs(60), "nexus ready", || async {
-        let ready = server.get("/v2/health/ready").await.map(|(s, _)| s == 200);
-        Ok(ready.unwrap_or(false).then_some(()))
-    })
+    let server = spawn_ready(
+        common::Mode::Serve,
+        Repository::examples()?,
+        &[],
+        &[("NEXUS_CONFIG", &config)],
+    )
     .await?;
     let (status, body) = server
         .post("/v2/models/simple/infer", &common::simple_request(4))
@@ -428,6 +429,23 @@ fn non_loopback_without_auth_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// Spawns `nexus <mode>` with `env` (which `Server::start` cannot set) and waits until it
+/// is ready.
+async fn spawn_ready(
+    mode: common::Mode,
+    repository: Repository,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Server> {
+    let server = Server::spawn_as(mode, repository, args, env)?;
+    poll_until(Duration::from_secs(60), "nexus ready", || async {
+        let ready = server.get("/v2/health/ready").await.map(|(s, _)| s == 200);
+        Ok(ready.unwrap_or(false).then_some(()))
+    })
+    .await?;
+    Ok(server)
+}
+
 /// Spans received by a local OTLP/HTTP (JSON) collector.
 #[derive(Clone, Default)]
 struct Collector(std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>);
@@ -461,6 +479,19 @@ impl Collector {
         Ok(url)
     }
 
+    /// Waits for spans `first` and `second` of `trace`.
+    async fn pair(
+        &self,
+        first: &str,
+        second: &str,
+        trace: &str,
+    ) -> Result<(serde_json::Value, serde_json::Value)> {
+        poll_until(Duration::from_secs(20), "spans exported", || async {
+            Ok(self.find(first, trace).zip(self.find(second, trace)))
+        })
+        .await
+    }
+
     fn find(&self, name: &str, trace: &str) -> Option<serde_json::Value> {
         self.0
             .lock()
@@ -478,15 +509,12 @@ impl Collector {
 async fn otlp_spans_join_the_callers_trace() -> Result<()> {
     let collector = Collector::default();
     let endpoint = collector.start().await?;
-    let server = Server::spawn(
+    let server = spawn_ready(
+        common::Mode::Serve,
         Repository::examples()?,
         &["--otlp-endpoint", &endpoint, "--otlp-protocol", "http-json"],
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
-    )?;
-    poll_until(Duration::from_secs(60), "nexus ready", || async {
-        let ready = server.get("/v2/health/ready").await.map(|(s, _)| s == 200);
-        Ok(ready.unwrap_or(false).then_some(()))
-    })
+    )
     .await?;
     let (trace, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let response = reqwest::Client::new()
@@ -496,12 +524,7 @@ async fn otlp_spans_join_the_callers_trace() -> Result<()> {
         .send()
         .await?;
     ensure!(response.status() == 200, "{}", response.status());
-    let (request, infer) = poll_until(Duration::from_secs(20), "spans exported", || async {
-        Ok(collector
-            .find("request", trace)
-            .zip(collector.find("infer", trace)))
-    })
-    .await?;
+    let (request, infer) = collector.pair("request", "infer", trace).await?;
     ensure!(
         request["parentSpanId"].as_str() == Some(caller),
         "the request span's parent is not the caller's span: {request}"
@@ -523,16 +546,12 @@ async fn pipeline_steps_receive_the_trace() -> Result<()> {
     let mut args = dirs.args();
     args.extend(["--otlp-endpoint", &endpoint, "--otlp-protocol", "http-json"].map(String::from));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::spawn_as(
+    let server = spawn_ready(
         common::Mode::Up,
         Repository::examples()?,
         &argv,
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
-    )?;
-    poll_until(Duration::from_secs(60), "nexus ready", || async {
-        let ready = server.get("/v2/health/ready").await.map(|(s, _)| s == 200);
-        Ok(ready.unwrap_or(false).then_some(()))
-    })
+    )
     .await?;
     let spec = "name: traced\nsteps:\n  - name: show\n    command: [sh, -c, 'printf %s \"$TRACEPARENT\" > \"{{outputs.tp}}\"']\n    outputs: {parameters: [tp]}\n";
     let (trace, caller) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
@@ -563,12 +582,7 @@ async fn pipeline_steps_receive_the_trace() -> Result<()> {
         traceparent.starts_with(&format!("00-{trace}-")),
         "the step got TRACEPARENT {traceparent:?}: {run}"
     );
-    let (request, pipeline) = poll_until(Duration::from_secs(20), "spans exported", || async {
-        Ok(collector
-            .find("request", trace)
-            .zip(collector.find("pipeline_run", trace)))
-    })
-    .await?;
+    let (request, pipeline) = collector.pair("request", "pipeline_run", trace).await?;
     ensure!(
         request["parentSpanId"].as_str() == Some(caller),
         "{request}"

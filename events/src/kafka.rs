@@ -36,7 +36,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, DeliveryResult, Message};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -538,7 +538,23 @@ impl KafkaBus {
 
 impl EventBus for KafkaBus {
     fn publish(&self, topic: Topic, key: &str, payload: Vec<u8>) -> bool {
-        let record = self.record(topic, 0).key(key).payload(payload.as_slice());
+        self.publish_traced(topic, key, payload, None)
+    }
+
+    fn publish_traced(
+        &self,
+        topic: Topic,
+        key: &str,
+        payload: Vec<u8>,
+        traceparent: Option<&str>,
+    ) -> bool {
+        let mut record = self.record(topic, 0).key(key).payload(payload.as_slice());
+        if let Some(value) = traceparent {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(value),
+            }));
+        }
         match self.producer.send(record) {
             Ok(()) => {
                 crate::published(topic);

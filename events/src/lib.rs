@@ -112,6 +112,20 @@ pub trait EventBus: Send + Sync + 'static {
     /// broker down); drops are counted in `nexus_events_dropped_total{topic,reason}`.
     fn publish(&self, topic: Topic, key: &str, payload: Vec<u8>) -> bool;
 
+    /// As [`EventBus::publish`], with the W3C `traceparent` of the work behind the event, so
+    /// a consumer can continue the trace (a Kafka message header; buses without headers
+    /// drop it).
+    fn publish_traced(
+        &self,
+        topic: Topic,
+        key: &str,
+        payload: Vec<u8>,
+        traceparent: Option<&str>,
+    ) -> bool {
+        let _ = traceparent;
+        self.publish(topic, key, payload)
+    }
+
     /// Publishes and waits until the broker stored the event (or the delivery failed).
     fn publish_confirmed<'a>(
         &'a self,
@@ -173,8 +187,19 @@ pub fn publish_json<T: serde::Serialize>(
     key: &str,
     event: &T,
 ) -> bool {
+    publish_json_traced(bus, topic, key, event, None)
+}
+
+/// [`publish_json`] with the `traceparent` of the work behind the event.
+pub fn publish_json_traced<T: serde::Serialize>(
+    bus: &dyn EventBus,
+    topic: Topic,
+    key: &str,
+    event: &T,
+    traceparent: Option<&str>,
+) -> bool {
     match serde_json::to_vec(event) {
-        Ok(payload) => bus.publish(topic, key, payload),
+        Ok(payload) => bus.publish_traced(topic, key, payload, traceparent),
         Err(e) => {
             tracing::warn!(error = %e, topic = topic.label(), "event not serializable; dropped");
             dropped(topic, "serialize");

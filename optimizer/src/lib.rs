@@ -264,7 +264,13 @@ impl InferenceHooks for Optimizer {
                 .and(response)
                 .map(|r| samples(&r.outputs)),
         };
-        nexus_events::publish_json(self.bus.as_ref(), Topic::Inference, record.model, &event);
+        nexus_events::publish_json_traced(
+            self.bus.as_ref(),
+            Topic::Inference,
+            record.model,
+            &event,
+            record.traceparent,
+        );
     }
 }
 

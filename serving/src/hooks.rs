@@ -43,6 +43,9 @@ pub struct InferenceRecord<'a> {
     /// From arrival at the model to the reply.
     pub latency: Duration,
     pub trace_id: Option<&'a str>,
+    /// The `traceparent` to hand on with the event: this inference's span when traces are
+    /// exported, else the caller's.
+    pub traceparent: Option<&'a str>,
     /// The request's inputs, when [`InferenceHooks::sample`] asked for them.
     pub inputs: Option<Vec<Tensor>>,
 }

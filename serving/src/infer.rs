@@ -21,8 +21,8 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Output names to return; empty means all of the model's outputs.
     pub outputs: Vec<String>,
-    /// W3C trace id from the request's `traceparent`, if any.
-    pub trace_id: Option<String>,
+    /// The request's W3C `traceparent`, when it had a valid one.
+    pub traceparent: Option<String>,
 }
 
 /// The outputs of an inference, in the order requested (or the config's order).

@@ -149,7 +149,9 @@ impl ModelManager {
             request.id = self.ids.issue();
         }
         let id = request.id.clone();
-        let trace_id = request.trace_id.clone();
+        let traceparent =
+            nexus_gateway::telemetry::current_traceparent().or_else(|| request.traceparent.clone());
+        let trace_id = traceparent.as_deref().and_then(crate::hooks::trace_id);
         let inputs = hooks.sample().then(|| request.inputs.clone());
         // A routed version unloaded since the weights were set falls back to the default.
         let routed = routed.and_then(|v| self.get_version(model, v));
@@ -170,6 +172,7 @@ impl ModelManager {
             result: result.as_ref(),
             latency: start.elapsed(),
             trace_id: trace_id.as_deref(),
+            traceparent: traceparent.as_deref(),
             inputs,
         });
         result

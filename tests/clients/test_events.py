@@ -86,6 +86,7 @@ class Record:
     event: dict
     partition: int
     offset: int
+    headers: dict
 
 
 class TopicReader:
@@ -124,7 +125,8 @@ class TopicReader:
                 pytest.fail(f"{where} is not JSON ({e}): {msg.value()!r}")
             assert_valid(self.stream, event, where)
             key = msg.key().decode() if msg.key() is not None else None
-            self.records.append(Record(key, event, msg.partition(), msg.offset()))
+            headers = {k: (v.decode() if v is not None else None) for k, v in (msg.headers() or [])}
+            self.records.append(Record(key, event, msg.partition(), msg.offset(), headers))
 
     def wait_for(self, done, what: str, timeout: float = EVENT_TIMEOUT_S) -> list[Record]:
         """Reads until `done(records)` is true; fails after `timeout` seconds."""
@@ -410,6 +412,13 @@ def test_http_inference_events(start_events_server, event_repository):
     by_id = reader.wait_ids(ids)
     for rid, model, version, inputs, outputs, t, trace in sent:
         event = by_id[rid].event
+        # The trace travels on as a Kafka header (the caller's traceparent: no exporter here).
+        header = by_id[rid].headers.get("traceparent")
+        if trace is None:
+            assert header is None, f"{rid}: traceparent header {header!r} without a trace"
+        else:
+            assert header and header.split("-")[1] == trace, f"{rid}: traceparent header {header!r}, trace {trace}"
+
         assert_served(event, model=model, version=version, protocol="http", routed=False, before=t.before,
                       after=t.after, elapsed_us=t.elapsed_us, trace_id=trace)  # fmt: skip
         assert "inputs" in event and "outputs" in event, f"--log-sample-rate 1 but no tensors: {json.dumps(event)}"

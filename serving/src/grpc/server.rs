@@ -149,7 +149,7 @@ fn decode(request: pb::ModelInferRequest) -> Result<InferRequest, ServingError> 
         id: request.id,
         inputs,
         outputs,
-        trace_id: None,
+        traceparent: None,
     })
 }
 
@@ -178,26 +178,27 @@ fn encode(response: InferResponse) -> pb::ModelInferResponse {
     }
 }
 
-/// The trace id of the call's `traceparent` metadata, if any.
-fn call_trace_id<T>(request: &Request<T>) -> Option<String> {
+/// The call's `traceparent` metadata, if it is valid.
+fn call_traceparent<T>(request: &Request<T>) -> Option<String> {
     request
         .metadata()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(hooks::trace_id)
+        .filter(|v| hooks::trace_id(v).is_some())
+        .map(str::to_string)
 }
 
 async fn infer(
     manager: &ModelManager,
     mut request: pb::ModelInferRequest,
-    trace_id: Option<String>,
+    traceparent: Option<String>,
 ) -> Result<pb::ModelInferResponse, ServingError> {
     let model = std::mem::take(&mut request.model_name);
     let version = std::mem::take(&mut request.model_version);
     // Fail fast on an unknown model, before decoding the tensors.
     manager.get(&model, &version)?;
     let mut request = decode(request)?;
-    request.trace_id = trace_id;
+    request.traceparent = traceparent;
     let response = manager
         .infer(&model, &version, request, Protocol::Grpc)
         .await?;
@@ -264,9 +265,9 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let trace_id = call_trace_id(&request);
+        let traceparent = call_traceparent(&request);
         Ok(Response::new(
-            infer(&self.manager, request.into_inner(), trace_id).await?,
+            infer(&self.manager, request.into_inner(), traceparent).await?,
         ))
     }
 
@@ -276,7 +277,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let trace_id = call_trace_id(&request);
+        let traceparent = call_traceparent(&request);
         let mut requests = request.into_inner();
         let manager = Arc::clone(&self.manager);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -284,7 +285,7 @@ impl GrpcInferenceService for GrpcService {
             while let Some(next) = requests.next().await {
                 let reply = match next {
                     Err(status) => Err(status),
-                    Ok(request) => Ok(match infer(&manager, request, trace_id.clone()).await {
+                    Ok(request) => Ok(match infer(&manager, request, traceparent.clone()).await {
                         Ok(response) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),

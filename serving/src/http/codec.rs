@@ -189,7 +189,7 @@ pub fn decode(
         id: parsed.id.unwrap_or_default(),
         inputs,
         outputs,
-        trace_id: None,
+        traceparent: None,
     };
     Ok((request, format))
 }

@@ -267,10 +267,11 @@ async fn infer(
     };
     let body = read_body(state, body).await?;
     let (mut request, format) = codec::decode(&body, header_length)?;
-    request.trace_id = headers
+    request.traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(hooks::trace_id);
+        .filter(|v| hooks::trace_id(v).is_some())
+        .map(str::to_string);
     let response = state
         .manager
         .infer(model, version, request, Protocol::Http)
