@@ -621,9 +621,8 @@ async fn batching_tuner_backs_off_when_the_slo_is_broken() -> Result<()> {
 async fn promotion_moves_the_alias_and_serving_follows() -> Result<()> {
     let models = common::python_fixture("tests/fixtures/swap_models.py")?;
     let dirs = common::UpDirs::new()?;
-    let mut args = dirs.args();
-    args.extend(
-        [
+    let server = dirs
+        .start_up(&[
             "--model",
             "models:/swap@champion",
             "--model",
@@ -636,11 +635,8 @@ async fn promotion_moves_the_alias_and_serving_follows() -> Result<()> {
             "100",
             "--promotion-min-samples",
             "60",
-        ]
-        .map(String::from),
-    );
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start_up(Repository::examples()?, &argv).await?;
+        ])
+        .await?;
     let registry = server.url("");
     for (file, alias) in [("v1.onnx", "champion"), ("v2.onnx", "challenger")] {
         let path = models.path().join(file).display().to_string();

@@ -147,9 +147,7 @@ async fn serve_takes_options_from_the_config_file() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_list_every_component() -> Result<()> {
     let dirs = UpDirs::new()?;
-    let args = dirs.args();
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start_up(Repository::examples()?, &argv).await?;
+    let server = dirs.start_up(&[]).await?;
     let (status, body) = server.get("/api/v1/services").await?;
     ensure!(status == 200, "{status}: {body}");
     let services = body["services"].as_array().cloned().unwrap_or_default();
@@ -179,9 +177,7 @@ async fn services_list_every_component() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_carries_a_request_id() -> Result<()> {
     let dirs = UpDirs::new()?;
-    let args = dirs.args();
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start_up(Repository::examples()?, &argv).await?;
+    let server = dirs.start_up(&[]).await?;
     let client = reqwest::Client::new();
     let mut issued = Vec::new();
     for path in [
@@ -292,25 +288,21 @@ async fn auth_admits_by_role_and_registry_models_still_load() -> Result<()> {
     use reqwest::Method;
     let models = common::python_fixture("tests/fixtures/swap_models.py")?;
     let dirs = UpDirs::new()?;
-    let mut args = dirs.args();
-    let data_dir = args[1].clone();
+    let data_dir = dirs.data_dir();
     let (reader, inference, deployer) = (
         create_token(&data_dir, "reader")?,
         create_token(&data_dir, "inference")?,
         create_token(&data_dir, "deployer")?,
     );
-    args.extend(
-        [
+    let server = dirs
+        .start_up(&[
             "--auth",
             "--model",
             "models:/swap@champion",
             "--registry-poll-secs",
             "1",
-        ]
-        .map(String::from),
-    );
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start_up(Repository::examples()?, &argv).await?;
+        ])
+        .await?;
     let infer = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]});
     let create = json!({"name": "swap"});
 

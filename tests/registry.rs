@@ -1276,18 +1276,14 @@ async fn swap_client(url: String, task: u32, load: Arc<Load>) -> Vec<Sample> {
 async fn alias_move_swaps_versions_under_load_without_failures() -> Result<()> {
     let models = common::python_fixture("tests/fixtures/swap_models.py")?;
     let dirs = common::UpDirs::new()?;
-    let mut args = dirs.args();
-    args.extend(
-        [
+    let server = dirs
+        .start_up(&[
             "--model",
             "models:/swap@champion",
             "--registry-poll-secs",
             "1",
-        ]
-        .map(String::from),
-    );
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start_up(Repository::examples()?, &argv).await?;
+        ])
+        .await?;
     let registry_url = server.url("");
     let v1 = models.path().join("v1.onnx").display().to_string();
     let v2 = models.path().join("v2.onnx").display().to_string();

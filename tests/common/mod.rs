@@ -259,6 +259,20 @@ impl UpDirs {
         })
     }
 
+    /// The registry's data folder.
+    pub fn data_dir(&self) -> String {
+        self.data.path().display().to_string()
+    }
+
+    /// `nexus up` over the example models, keeping state in these folders, with `extra`
+    /// flags; ready.
+    pub async fn start_up(&self, extra: &[&str]) -> Result<Server> {
+        let mut args = self.args();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_up(Repository::examples()?, &argv).await
+    }
+
     /// `--data-dir D --model-cache C`.
     pub fn args(&self) -> Vec<String> {
         vec![
