@@ -96,13 +96,7 @@ async fn every_role_on_every_grpc_class() {
 
 #[tokio::test]
 async fn grpc_rate_limits() {
-    let gateway = gateway(None, |c| {
-        c.per_credential_rps = Some(1.0);
-        c.per_credential_burst = Some(3);
-        c.per_model_rps = Some(0.5);
-        c.per_model_burst = Some(2);
-    })
-    .await;
+    let gateway = gateway(None, tight_limits).await;
     let server = serve_grpc(&gateway).await;
     let mut client = grpc_client(server.addr).await;
     let token = |sub: &str| bearer(&hs256(json!({"sub": sub, "role": "inference"})));

@@ -400,13 +400,7 @@ async fn es256_from_a_key_set_url() {
 
 #[tokio::test]
 async fn rate_limits_per_credential_and_per_model() {
-    let gateway = gateway(None, |c| {
-        c.per_credential_rps = Some(1.0);
-        c.per_credential_burst = Some(3);
-        c.per_model_rps = Some(0.5);
-        c.per_model_burst = Some(2);
-    })
-    .await;
+    let gateway = gateway(None, tight_limits).await;
     let server = serve_http(router(&gateway)).await;
     let alice = hs256(json!({"sub": "alice", "role": "admin"}));
     let bob = hs256(json!({"sub": "bob", "role": "admin"}));

@@ -162,6 +162,14 @@ pub async fn gateway(keys: Option<KeyStore>, tweak: impl FnOnce(&mut AuthConfig)
     Gateway::new(&config, keys).await.unwrap()
 }
 
+/// The limits the rate-limit tests run under: bursts of 3 per credential and 2 per model.
+pub fn tight_limits(c: &mut AuthConfig) {
+    c.per_credential_rps = Some(1.0);
+    c.per_credential_burst = Some(3);
+    c.per_model_rps = Some(0.5);
+    c.per_model_burst = Some(2);
+}
+
 /// Seconds since the epoch.
 pub fn now() -> i64 {
     SystemTime::now()
