@@ -6,24 +6,21 @@
 //! storage. With neither it fails: Kafka tests must not pass without a broker
 //! (`scripts/install-tansu.sh` installs tansu).
 //!
-//! tansu's memory engine keeps nothing across [`TestBroker::restart`]: events and
-//! committed offsets are gone. `restart` creates the topics the broker had again (same
-//! names and partition counts), as a restarted Kafka would still have them.
+//! A local tansu can be taken off the network and brought back
+//! ([`TestBroker::take_down`], [`TestBroker::bring_back`]) while it keeps its topics,
+//! events and offsets, as a restarted Kafka broker keeps its logs.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::{Delivery, EventError, KafkaArgs, Topic, TopicNames};
 
@@ -41,7 +38,7 @@ pub const TANSU_ENV: &str = "NEXUS_TANSU";
 pub const TANSU_CLIENT_OPTIONS: &[(&str, &str)] = &[("batch.num.messages", "1")];
 
 /// Client settings for tests: tansu's, and reconnect backoff short enough that a client
-/// finds a restarted broker within a second.
+/// finds a broker that came back within a second.
 const TEST_CLIENT_OPTIONS: &[(&str, &str)] = &[
     ("batch.num.messages", "1"),
     ("reconnect.backoff.ms", "50"),
@@ -55,20 +52,28 @@ pub struct TestBroker {
     /// Topic names of [`TestBroker::args`]: the defaults (`nexus.inference`, ...) on a
     /// local tansu, unique ones on an external broker.
     pub topics: TopicNames,
-    port: u16,
-    binary: Option<PathBuf>,
-    child: Option<Child>,
-    log: Option<PathBuf>,
-    /// Topics (name, partitions) seen at the last stop, created again on restart.
-    topics_at_stop: Mutex<Vec<(String, i32)>>,
+    local: Option<LocalBroker>,
+}
+
+/// A tansu process listening on a private port, reached by clients through a [`Relay`]
+/// on the public one (the port tansu advertises).
+struct LocalBroker {
+    child: Child,
+    log: PathBuf,
+    public: SocketAddr,
+    private: SocketAddr,
+    relay: Option<Relay>,
 }
 
 impl std::fmt::Debug for TestBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestBroker")
             .field("brokers", &self.brokers)
-            .field("local", &self.binary.is_some())
-            .field("running", &self.child.is_some())
+            .field("local", &self.local.is_some())
+            .field(
+                "reachable",
+                &self.local.as_ref().is_none_or(|l| l.relay.is_some()),
+            )
             .finish()
     }
 }
@@ -125,18 +130,14 @@ impl TestBroker {
             Ok(brokers) if !brokers.trim().is_empty() => Ok(TestBroker {
                 brokers: brokers.trim().to_owned(),
                 topics: unique_topics(),
-                port: 0,
-                binary: None,
-                child: None,
-                log: None,
-                topics_at_stop: Mutex::new(Vec::new()),
+                local: None,
             }),
             _ => TestBroker::start_local(),
         }
     }
 
-    /// A local tansu, even when an external broker is configured (tests that stop and
-    /// restart the broker).
+    /// A local tansu, even when an external broker is configured (tests that take the
+    /// broker down and bring it back).
     ///
     /// Fails when tansu is not installed.
     pub fn start_local() -> io::Result<TestBroker> {
@@ -161,104 +162,54 @@ impl TestBroker {
         }
         let mut last_error = None;
         for _ in 0..5 {
-            let port = free_port()?;
-            let mut broker = TestBroker {
-                brokers: format!("127.0.0.1:{port}"),
-                topics: TopicNames::default(),
-                port,
-                binary: Some(binary.clone()),
-                child: None,
-                log: None,
-                topics_at_stop: Mutex::new(Vec::new()),
-            };
-            match broker.spawn() {
-                Ok(()) => return Ok(broker),
+            match LocalBroker::spawn(&binary) {
+                Ok(local) => {
+                    return Ok(TestBroker {
+                        brokers: local.public.to_string(),
+                        topics: TopicNames::default(),
+                        local: Some(local),
+                    });
+                }
                 Err(e) => last_error = Some(e),
             }
         }
         Err(last_error.unwrap_or_else(|| io::Error::other("cannot start tansu")))
     }
 
-    /// Whether this is a local broker that can be stopped and restarted.
+    /// Whether this is a local broker that can be taken down and brought back.
     pub fn is_local(&self) -> bool {
-        self.binary.is_some()
-    }
-
-    /// Whether the local broker is running.
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.local.is_some()
     }
 
     /// Where the local broker's output goes (kept when a test panics).
     pub fn log_path(&self) -> Option<&PathBuf> {
-        self.log.as_ref()
+        self.local.as_ref().map(|l| &l.log)
     }
 
-    /// Stops the local broker (SIGTERM, then SIGKILL after 5 s) and waits for it,
-    /// remembering its topics for [`TestBroker::restart`].
-    pub fn stop(&mut self) -> io::Result<()> {
-        if !self.is_local() {
-            return Err(io::Error::other(format!(
-                "an external broker ({BROKERS_ENV}) cannot be stopped: use TestBroker::start_local"
-            )));
-        }
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        *self.topics_at_stop.lock() = self.list_topics().unwrap_or_default();
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match child.try_wait()? {
-                Some(_) => break,
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                None => {
-                    child.kill()?;
-                    child.wait()?;
-                    break;
-                }
-            }
-        }
-        // Until the port refuses connections, clients could still reach it.
-        let addr = self.addr();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
+    /// Takes the local broker off the network, as clients see a broker that dies: open
+    /// connections are cut and its port refuses new ones until [`TestBroker::bring_back`].
+    pub fn take_down(&mut self) -> io::Result<()> {
+        // Dropping the relay closes it.
+        self.local_mut()?.relay = None;
+        Ok(())
+    }
+
+    /// Makes the broker reachable again on the same port. It still has its topics,
+    /// events and committed offsets, as a restarted Kafka broker has its logs.
+    pub fn bring_back(&mut self) -> io::Result<()> {
+        let local = self.local_mut()?;
+        if local.relay.is_none() {
+            local.relay = Some(Relay::open_retrying(local.public, local.private)?);
         }
         Ok(())
     }
 
-    /// Starts the local broker again on the same port (stopping it first if running).
-    /// With the memory engine its events and offsets are gone; the topics it had are
-    /// created again.
-    pub fn restart(&mut self) -> io::Result<()> {
-        self.stop()?;
-        let mut last_error = None;
-        // The port may linger a moment after the old process.
-        for _ in 0..50 {
-            match self.spawn() {
-                Ok(()) => {
-                    last_error = None;
-                    break;
-                }
-                Err(e) => last_error = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if let Some(e) = last_error {
-            return Err(io::Error::other(format!(
-                "cannot restart tansu on port {}: {e}",
-                self.port
-            )));
-        }
-        let topics = std::mem::take(&mut *self.topics_at_stop.lock());
-        self.create_topics(&topics)
+    fn local_mut(&mut self) -> io::Result<&mut LocalBroker> {
+        self.local.as_mut().ok_or_else(|| {
+            io::Error::other(format!(
+                "an external broker ({BROKERS_ENV}) cannot be taken down: use TestBroker::start_local"
+            ))
+        })
     }
 
     /// `nexus` command-line arguments for this broker: `--kafka-brokers`, the test
@@ -317,74 +268,25 @@ impl TestBroker {
             next: Mutex::new(HashMap::new()),
         }
     }
+}
 
-    fn addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
-        config
-    }
-
-    /// The topics on the broker with their partition counts.
-    fn list_topics(&self) -> io::Result<Vec<(String, i32)>> {
-        let consumer: BaseConsumer = self.client_config().create().map_err(io::Error::other)?;
-        let metadata = consumer
-            .fetch_metadata(None, Duration::from_secs(5))
-            .map_err(io::Error::other)?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none() && !t.name().starts_with("__"))
-            .map(|t| (t.name().to_owned(), t.partitions().len().max(1) as i32))
-            .collect())
-    }
-
-    fn create_topics(&self, topics: &[(String, i32)]) -> io::Result<()> {
-        if topics.is_empty() {
-            return Ok(());
-        }
-        let admin: AdminClient<DefaultClientContext> =
-            self.client_config().create().map_err(io::Error::other)?;
-        let new: Vec<NewTopic<'_>> = topics
-            .iter()
-            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-            .collect();
-        let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-        // The admin client's own thread completes the future.
-        let results = futures::executor::block_on(admin.create_topics(&new, &options))
-            .map_err(io::Error::other)?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(io::Error::other(format!(
-                        "cannot create topic {name}: {code}"
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn spawn(&mut self) -> io::Result<()> {
-        let binary = self.binary.clone().expect("local broker");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+impl LocalBroker {
+    /// Starts tansu with its in-memory storage on a private port, advertising the public
+    /// one, and the relay between them.
+    fn spawn(binary: &Path) -> io::Result<LocalBroker> {
+        let public = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let private = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log = std::env::temp_dir().join(format!(
             "nexus-tansu-{}-{}.log",
             std::process::id(),
-            self.port
+            public.port()
         ));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
+        let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
-        let mut child = Command::new(&binary)
+        let child = Command::new(binary)
             .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--listener-url", &format!("tcp://{private}")])
+            .args(["--advertised-listener-url", &format!("tcp://{public}")])
             .args(["--storage-engine", "memory://tansu/"])
             .env_remove("CLUSTER_ID")
             .env_remove("LISTENER_URL")
@@ -395,46 +297,155 @@ impl TestBroker {
             .stderr(err)
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", binary.display())))?;
-        let addr = self.addr();
+        // Killed on drop from here on, whatever fails next.
+        let mut local = LocalBroker {
+            child,
+            log,
+            public,
+            private,
+            relay: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = local.child.try_wait()? {
                 return Err(io::Error::other(format!(
                     "tansu exited with {status} (log: {})",
-                    log.display()
+                    local.log.display()
                 )));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            if TcpStream::connect_timeout(&private, Duration::from_millis(100)).is_ok() {
                 break;
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
                 return Err(io::Error::other(format!(
-                    "tansu did not listen on {addr} within 10 s (log: {})",
-                    log.display()
+                    "tansu did not listen on {private} within 10 s (log: {})",
+                    local.log.display()
                 )));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.child = Some(child);
-        self.log = Some(log);
-        Ok(())
+        local.relay = Some(Relay::open(TcpListener::bind(public)?, private)?);
+        Ok(local)
     }
 }
 
-impl Drop for TestBroker {
+impl Drop for LocalBroker {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(log) = self.log.take()
-            && !std::thread::panicking()
-        {
-            let _ = std::fs::remove_file(log);
+        self.relay = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
+}
+
+/// A TCP relay from a broker's public port to the port it really listens on, so that a
+/// test can cut the broker off from its clients without stopping it.
+///
+/// Why not stop tansu and start it again: its memory engine comes back empty, and while
+/// topics are missing tansu 0.6 answers fetches with a zero topic id and a current-leader
+/// tag, on which librdkafka 2.12 dereferences a null topic name and the client process
+/// segfaults (`rd_kafka_metadata_update_op`). A Kafka broker keeps its topics across a
+/// restart, so what clients of a restarted Kafka see is what the relay shows them:
+/// connections reset, the port refused, then the same broker with the same logs.
+struct Relay {
+    closed: Arc<AtomicBool>,
+    /// Both ends of every relayed connection, cut when the relay closes.
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    fn open(listener: TcpListener, private: SocketAddr) -> io::Result<Relay> {
+        listener.set_nonblocking(true)?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = {
+            let (closed, streams) = (Arc::clone(&closed), Arc::clone(&streams));
+            std::thread::Builder::new()
+                .name("test-broker-relay".into())
+                .spawn(move || {
+                    while !closed.load(Ordering::Relaxed) {
+                        match listener.accept() {
+                            Ok((client, _)) => {
+                                if let Err(error) = relay(client, private, &streams) {
+                                    tracing::debug!(%error, "test broker relay: connection refused");
+                                }
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                })?
+        };
+        Ok(Relay {
+            closed,
+            streams,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// Opens the relay on a port it listened on before (which may linger a moment).
+    fn open_retrying(public: SocketAddr, private: SocketAddr) -> io::Result<Relay> {
+        let mut attempts = 0;
+        loop {
+            match TcpListener::bind(public) {
+                Ok(listener) => return Relay::open(listener, private),
+                Err(e) if attempts >= 50 => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {public} again: {e}"),
+                    ));
+                }
+                Err(_) => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Relaxed);
+        // The acceptor owns the listener: once joined, the port refuses connections and
+        // every accepted connection is in `streams`.
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        for stream in self.streams.lock().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Connects `client` to the broker and copies bytes both ways on two threads.
+fn relay(
+    client: TcpStream,
+    private: SocketAddr,
+    streams: &Mutex<Vec<TcpStream>>,
+) -> io::Result<()> {
+    client.set_nonblocking(false)?;
+    let server = TcpStream::connect_timeout(&private, Duration::from_secs(1))?;
+    for stream in [&client, &server] {
+        stream.set_nodelay(true)?;
+    }
+    streams
+        .lock()
+        .extend([client.try_clone()?, server.try_clone()?]);
+    pipe(client.try_clone()?, server.try_clone()?)?;
+    pipe(server, client)
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("test-broker-relay-pipe".into())
+        .spawn(move || {
+            let _ = io::copy(&mut from, &mut to);
+            let _ = to.shutdown(Shutdown::Write);
+        })?;
+    Ok(())
 }
 
 /// Reads one topic outside any group (see [`TestBroker::reader`]).

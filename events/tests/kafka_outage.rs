@@ -1,5 +1,5 @@
-//! The Kafka bus while its broker goes down and comes back (a local tansu, stopped and
-//! restarted on the same port). Its own test binary: it installs a global metrics
+//! The Kafka bus while its broker goes down and comes back (a local tansu cut off from
+//! its clients and reconnected on the same port). Its own test binary: it installs a global metrics
 //! recorder, as librdkafka reports failed deliveries on its own thread.
 
 mod common;
@@ -55,7 +55,6 @@ async fn broker_down_drops_and_recovers() {
         ..broker.kafka_args()
     };
     let bus = KafkaBus::connect(&args).await.unwrap();
-    // A second bus with a tiny buffer, on the same topics.
     // A bus whose events may wait 30 s for the broker, on topics of its own.
     let patient = KafkaBus::connect(&KafkaArgs {
         event_timeout_ms: 30_000,
@@ -63,6 +62,7 @@ async fn broker_down_drops_and_recovers() {
     })
     .await
     .unwrap();
+    // A bus with a tiny buffer, on the same topics as the first.
     let small = KafkaBus::connect(&KafkaArgs {
         event_buffer: 5,
         ..args.clone()
@@ -74,7 +74,7 @@ async fn broker_down_drops_and_recovers() {
         .unwrap();
     bus.healthy().await.unwrap();
 
-    broker.stop().unwrap();
+    broker.take_down().unwrap();
     assert!(
         bus.healthy().await.is_err(),
         "healthy while the broker is down"
@@ -136,10 +136,9 @@ async fn broker_down_drops_and_recovers() {
     );
     assert!(start.elapsed() < Duration::from_secs(10));
 
-    // The broker comes back on the same port: tansu's memory engine lost the events, the
-    // test broker creates the topics again (as a restarted Kafka would still have them).
-    // The bus reconnects by itself.
-    broker.restart().unwrap();
+    // The broker comes back on the same port, with what it stored before; the bus
+    // reconnects by itself.
+    broker.bring_back().unwrap();
     bus.healthy().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -163,7 +162,10 @@ async fn broker_down_drops_and_recovers() {
     }
     bus.flush().await;
     assert_eq!(bus.in_flight(), 0);
-    let expected: Vec<String> = (0..5).map(|i| format!("{{\"after\":{i}}}")).collect();
+    // Nothing from before the outage is lost, nothing dropped during it was delivered.
+    let expected: Vec<String> = std::iter::once("{\"before\":true}".to_owned())
+        .chain((0..5).map(|i| format!("{{\"after\":{i}}}")))
+        .collect();
     let payloads = |events: &[nexus_events::Delivery]| -> Vec<String> {
         events
             .iter()
@@ -175,10 +177,10 @@ async fn broker_down_drops_and_recovers() {
     assert!(reader.read_available().await.unwrap().is_empty());
 
     let mut sub = bus
-        .subscribe(Topic::Inference, &unique_name("after-restart"))
+        .subscribe(Topic::Inference, &unique_name("after-outage"))
         .await
         .unwrap();
-    assert_eq!(payloads(&common::next_n(&mut sub, 5).await), expected);
+    assert_eq!(payloads(&common::next_n(&mut sub, 6).await), expected);
     // Nothing more was dropped once the broker was back.
     assert_eq!(bus.undelivered(), 200);
 
