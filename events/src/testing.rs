@@ -283,7 +283,7 @@ impl LocalBroker {
         ));
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .arg("broker")
             .args(["--listener-url", &format!("tcp://{private}")])
             .args(["--advertised-listener-url", &format!("tcp://{public}")])
@@ -297,7 +297,13 @@ impl LocalBroker {
             .stderr(err)
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", binary.display())))?;
-        // Killed on drop from here on, whatever fails next.
+        // On failure the log stays, for the error message that names it.
+        if let Err(e) = wait_listening(&mut child, private, &log) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        // Killed on drop from here on.
         let mut local = LocalBroker {
             child,
             log,
@@ -305,27 +311,32 @@ impl LocalBroker {
             private,
             relay: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = local.child.try_wait()? {
-                return Err(io::Error::other(format!(
-                    "tansu exited with {status} (log: {})",
-                    local.log.display()
-                )));
-            }
-            if TcpStream::connect_timeout(&private, Duration::from_millis(100)).is_ok() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(io::Error::other(format!(
-                    "tansu did not listen on {private} within 10 s (log: {})",
-                    local.log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
         local.relay = Some(Relay::open(TcpListener::bind(public)?, private)?);
         Ok(local)
+    }
+}
+
+/// Waits until tansu accepts connections on `private`, or fails when it exits or is
+/// not listening within 10 s.
+fn wait_listening(child: &mut Child, private: SocketAddr, log: &Path) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "tansu exited with {status} (log: {})",
+                log.display()
+            )));
+        }
+        if TcpStream::connect_timeout(&private, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::other(format!(
+                "tansu did not listen on {private} within 10 s (log: {})",
+                log.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -351,25 +362,30 @@ impl Drop for LocalBroker {
 /// connections reset, the port refused, then the same broker with the same logs.
 struct Relay {
     closed: Arc<AtomicBool>,
-    /// Both ends of every relayed connection, cut when the relay closes.
-    streams: Arc<Mutex<Vec<TcpStream>>>,
+    connections: Arc<Connections>,
     acceptor: Option<JoinHandle<()>>,
 }
+
+/// Both ends of every open relayed connection, by number: cut when the relay closes,
+/// forgotten when the connection ends.
+type Connections = Mutex<HashMap<u64, [TcpStream; 2]>>;
 
 impl Relay {
     fn open(listener: TcpListener, private: SocketAddr) -> io::Result<Relay> {
         listener.set_nonblocking(true)?;
         let closed = Arc::new(AtomicBool::new(false));
-        let streams = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Connections::default());
         let acceptor = {
-            let (closed, streams) = (Arc::clone(&closed), Arc::clone(&streams));
+            let (closed, connections) = (Arc::clone(&closed), Arc::clone(&connections));
             std::thread::Builder::new()
                 .name("test-broker-relay".into())
                 .spawn(move || {
+                    let mut next = 0;
                     while !closed.load(Ordering::Relaxed) {
                         match listener.accept() {
                             Ok((client, _)) => {
-                                if let Err(error) = relay(client, private, &streams) {
+                                next += 1;
+                                if let Err(error) = relay(next, client, private, &connections) {
                                     tracing::debug!(%error, "test broker relay: connection refused");
                                 }
                             }
@@ -380,7 +396,7 @@ impl Relay {
         };
         Ok(Relay {
             closed,
-            streams,
+            connections,
             acceptor: Some(acceptor),
         })
     }
@@ -410,42 +426,59 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::Relaxed);
         // The acceptor owns the listener: once joined, the port refuses connections and
-        // every accepted connection is in `streams`.
+        // every accepted connection is in `connections`.
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
-        for stream in self.streams.lock().drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
+        for (_, ends) in self.connections.lock().drain() {
+            cut(&ends);
         }
     }
 }
 
 /// Connects `client` to the broker and copies bytes both ways on two threads.
 fn relay(
+    id: u64,
     client: TcpStream,
     private: SocketAddr,
-    streams: &Mutex<Vec<TcpStream>>,
+    connections: &Arc<Connections>,
 ) -> io::Result<()> {
     client.set_nonblocking(false)?;
     let server = TcpStream::connect_timeout(&private, Duration::from_secs(1))?;
     for stream in [&client, &server] {
         stream.set_nodelay(true)?;
     }
-    streams
+    connections
         .lock()
-        .extend([client.try_clone()?, server.try_clone()?]);
-    pipe(client.try_clone()?, server.try_clone()?)?;
-    pipe(server, client)
+        .insert(id, [client.try_clone()?, server.try_clone()?]);
+    pipe(id, client.try_clone()?, server.try_clone()?, connections)?;
+    pipe(id, server, client, connections)
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) -> io::Result<()> {
+/// Copies `from` to `to` until either side closes; then the whole connection is over
+/// (Kafka clients never half-close), so both ends are cut and forgotten.
+fn pipe(
+    id: u64,
+    mut from: TcpStream,
+    mut to: TcpStream,
+    connections: &Arc<Connections>,
+) -> io::Result<()> {
+    let connections = Arc::clone(connections);
     std::thread::Builder::new()
         .name("test-broker-relay-pipe".into())
         .spawn(move || {
             let _ = io::copy(&mut from, &mut to);
-            let _ = to.shutdown(Shutdown::Write);
+            if let Some(ends) = connections.lock().remove(&id) {
+                cut(&ends);
+            }
         })?;
     Ok(())
+}
+
+fn cut(ends: &[TcpStream; 2]) {
+    for stream in ends {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
 }
 
 /// Reads one topic outside any group (see [`TestBroker::reader`]).

@@ -1,6 +1,6 @@
 //! The Kafka bus while its broker goes down and comes back (a local tansu cut off from
-//! its clients and reconnected on the same port). Its own test binary: it installs a global metrics
-//! recorder, as librdkafka reports failed deliveries on its own thread.
+//! its clients and reconnected on the same port). Its own test binary: it installs a
+//! global metrics recorder, as librdkafka reports failed deliveries on its own thread.
 
 mod common;
 
