@@ -239,7 +239,16 @@ mod tests {
             .spawn()
             .expect("sleep");
         let pgid = child.id() as i32;
-        assert!(group_carries(pgid, "NEXUS_STEP_ID=run/step"));
+        // spawn returns while the kernel is still inside execve: until the new image's
+        // environment is set up, /proc/<pid>/environ is empty. Wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !group_carries(pgid, "NEXUS_STEP_ID=run/step") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the step's group never showed its marker"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(!group_carries(pgid, "NEXUS_STEP_ID=run/other"));
         // This test's own group is not a step's.
         // SAFETY: getpgrp has no preconditions.
