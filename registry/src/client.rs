@@ -17,6 +17,11 @@ pub enum ClientError {
     Registry { code: String, message: String },
     #[error("{0}")]
     Io(String),
+    /// The registry listed an artifact whose name could put a file outside the folder
+    /// being filled (absolute, `..`, `.`, empty), or more files or deeper folders than a
+    /// model may have.
+    #[error("refusing the registry's artifact listing: {0}")]
+    UnsafeListing(String),
 }
 
 impl ClientError {
@@ -321,7 +326,9 @@ impl RegistryClient {
         Ok(version)
     }
 
-    /// Downloads every file of `name` version `version` into `dest` (replacing it).
+    /// Downloads every file of `name` version `version` into `dest` (replacing it). The
+    /// files go to `<dest>.partial` first and are fsynced; the folder is renamed into place
+    /// once complete, so `dest` never holds a partial download, even after a crash.
     pub async fn fetch_version(&self, name: &str, version: &str, dest: &Path) -> Result<()> {
         let found = self
             .call(
@@ -337,55 +344,106 @@ impl RegistryClient {
             .to_string();
         let staging = dest.with_extension("partial");
         let _ = tokio::fs::remove_dir_all(&staging).await;
-        self.download_tree(&root, "", &staging).await?;
+        if let Err(e) = self.download_tree(&root, &staging).await {
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+            return Err(e);
+        }
         let _ = tokio::fs::remove_dir_all(dest).await;
-        tokio::fs::rename(&staging, dest)
-            .await
-            .map_err(|e| ClientError::Io(format!("cannot move {} into place: {e}", dest.display())))
+        tokio::fs::rename(&staging, dest).await.map_err(|e| {
+            ClientError::Io(format!("cannot move {} into place: {e}", dest.display()))
+        })?;
+        match dest.parent() {
+            Some(parent) => sync_dir(parent).await,
+            None => Ok(()),
+        }
     }
 
-    async fn download_tree(&self, root: &str, relative: &str, dest: &Path) -> Result<()> {
-        let listed_path = format!(
-            "{}/{relative}",
-            root.trim_start_matches("mlflow-artifacts:/")
-        );
+    /// The entries of the artifact folder `path`: `{path, is_dir, file_size}` objects.
+    async fn list_artifacts(&self, path: &str) -> Result<Vec<Value>> {
         let url = format!("{}/api/2.0/mlflow-artifacts/artifacts", self.base);
         let response = self
             .http
             .get(&url)
-            .query(&[("path", listed_path.trim_end_matches('/'))])
+            .query(&[("path", path)])
             .send()
             .await
             .map_err(|source| ClientError::Unreachable {
                 url: url.clone(),
                 source,
             })?;
-        let listing: Value = response.json().await.unwrap_or(Value::Null);
-        tokio::fs::create_dir_all(dest)
+        let status = response.status();
+        let listing: Value = response
+            .json()
             .await
-            .map_err(|e| ClientError::Io(format!("cannot create {}: {e}", dest.display())))?;
-        for entry in listing["files"].as_array().cloned().unwrap_or_default() {
-            let Some(name) = entry["path"].as_str() else {
-                continue;
-            };
-            if name.contains("..") {
-                continue;
+            .map_err(|source| ClientError::Unreachable { url, source })?;
+        if !status.is_success() {
+            return Err(ClientError::Registry {
+                code: listing["error_code"]
+                    .as_str()
+                    .unwrap_or(status.as_str())
+                    .to_string(),
+                message: format!("listing artifacts at '{path}': {}", listing["message"]),
+            });
+        }
+        Ok(listing["files"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Downloads the artifact tree under `root` into `dest`, folder by folder (a work list,
+    /// not recursion: the registry decides how deep it is). Every listed name must be a
+    /// relative path of plain components, and the tree is bounded by [`MAX_LISTED_ENTRIES`]
+    /// and [`MAX_LISTED_DEPTH`]; anything else fails the download. Files and folders are
+    /// fsynced before this returns.
+    async fn download_tree(&self, root: &str, dest: &Path) -> Result<()> {
+        let remote_root = root.trim_start_matches("mlflow-artifacts:/");
+        let mut pending = vec![(String::new(), dest.to_path_buf(), 0)];
+        let mut folders = Vec::new();
+        let mut entries = 0;
+        while let Some((relative, folder, depth)) = pending.pop() {
+            let listed = format!("{remote_root}/{relative}");
+            let listing = self.list_artifacts(listed.trim_end_matches('/')).await?;
+            tokio::fs::create_dir_all(&folder)
+                .await
+                .map_err(|e| ClientError::Io(format!("cannot create {}: {e}", folder.display())))?;
+            for entry in listing {
+                entries += 1;
+                if entries > MAX_LISTED_ENTRIES {
+                    return Err(ClientError::UnsafeListing(format!(
+                        "more than {MAX_LISTED_ENTRIES} files and folders"
+                    )));
+                }
+                let name = entry["path"].as_str().unwrap_or_default();
+                let local = folder.join(plain_relative(name)?);
+                let child = if relative.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{relative}/{name}")
+                };
+                if entry["is_dir"].as_bool().unwrap_or(false) {
+                    if depth >= MAX_LISTED_DEPTH {
+                        return Err(ClientError::UnsafeListing(format!(
+                            "folders nested more than {MAX_LISTED_DEPTH} deep"
+                        )));
+                    }
+                    pending.push((child, local, depth + 1));
+                } else {
+                    if let Some(parent) = local.parent() {
+                        tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                            ClientError::Io(format!("cannot create {}: {e}", parent.display()))
+                        })?;
+                    }
+                    self.download_file(&format!("{root}/{child}"), &local)
+                        .await?;
+                }
             }
-            let child = if relative.is_empty() {
-                name.to_string()
-            } else {
-                format!("{relative}/{name}")
-            };
-            if entry["is_dir"].as_bool().unwrap_or(false) {
-                Box::pin(self.download_tree(root, &child, &dest.join(name))).await?;
-            } else {
-                self.download_file(&format!("{root}/{child}"), &dest.join(name))
-                    .await?;
-            }
+            folders.push(folder);
+        }
+        for folder in folders.iter().rev() {
+            sync_dir(folder).await?;
         }
         Ok(())
     }
 
+    /// Downloads one artifact into `dest` and fsyncs it.
     async fn download_file(&self, uri: &str, dest: &Path) -> Result<()> {
         let url = self.artifact_url(uri)?;
         let response =
@@ -403,6 +461,8 @@ impl RegistryClient {
                 response.status()
             )));
         }
+        let write_error =
+            |e: std::io::Error| ClientError::Io(format!("cannot write {}: {e}", dest.display()));
         let mut file = tokio::fs::File::create(dest)
             .await
             .map_err(|e| ClientError::Io(format!("cannot create {}: {e}", dest.display())))?;
@@ -412,14 +472,44 @@ impl RegistryClient {
                 url: url.clone(),
                 source,
             })?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| ClientError::Io(format!("cannot write {}: {e}", dest.display())))?;
+            file.write_all(&chunk).await.map_err(write_error)?;
         }
-        file.flush()
-            .await
-            .map_err(|e| ClientError::Io(e.to_string()))
+        file.flush().await.map_err(write_error)?;
+        file.sync_all().await.map_err(write_error)
     }
+}
+
+/// Most files and folders one downloaded model version may list.
+pub const MAX_LISTED_ENTRIES: usize = 100_000;
+
+/// How deep the folders of one downloaded model version may nest.
+pub const MAX_LISTED_DEPTH: usize = 32;
+
+/// `name` as a path below the folder being filled: relative, of plain components only (no
+/// root, drive, `.` or `..`), not empty. A registry's listing is not trusted to stay inside
+/// the model cache.
+fn plain_relative(name: &str) -> Result<&Path> {
+    let path = Path::new(name);
+    let plain = !name.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        // `a/./b` reads as `a/b` to `components`; the name must be what it says.
+        && !name.split(['/', '\\']).any(|part| part.is_empty() || part == "." || part == "..");
+    if plain {
+        Ok(path)
+    } else {
+        Err(ClientError::UnsafeListing(format!(
+            "artifact name '{name}' is not a plain relative path"
+        )))
+    }
+}
+
+/// Makes the entries of `dir` (files created or renamed in it) durable.
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let sync = async { tokio::fs::File::open(dir).await?.sync_all().await };
+    sync.await
+        .map_err(|e| ClientError::Io(format!("cannot sync {}: {e}", dir.display())))
 }
 
 /// The files to push: (path relative to the pushed folder, size, absolute path).
@@ -454,4 +544,142 @@ fn local_files(path: &Path) -> Result<Vec<(String, u64, PathBuf)>> {
     }
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::{Query, State};
+    use axum::routing::get;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    /// The listing a fake registry answers for a `path` below the version's root (`""` for
+    /// the root itself).
+    type Listing = Arc<dyn Fn(&str) -> Value + Send + Sync>;
+
+    const ROOT: &str = "models/m-1/artifacts";
+
+    /// A real HTTP server speaking just enough of MLflow's REST API for `fetch_version`:
+    /// the version's download URI, the listings `listing` gives, and `content` for every
+    /// file. Returns its base URL.
+    async fn registry(listing: Listing) -> String {
+        async fn download_uri() -> axum::Json<Value> {
+            axum::Json(json!({ "artifact_uri": format!("mlflow-artifacts:/{ROOT}") }))
+        }
+        async fn list(
+            State(listing): State<Listing>,
+            Query(query): Query<HashMap<String, String>>,
+        ) -> axum::Json<Value> {
+            let path = query.get("path").map_or("", String::as_str);
+            let below = path.strip_prefix(ROOT).unwrap_or(path);
+            axum::Json(listing(below.trim_start_matches('/')))
+        }
+        let app = axum::Router::new()
+            .route(
+                "/api/2.0/mlflow/model-versions/get-download-uri",
+                get(download_uri),
+            )
+            .route("/api/2.0/mlflow-artifacts/artifacts", get(list))
+            .route(
+                "/api/2.0/mlflow-artifacts/artifacts/{*path}",
+                get(|| async { "content" }),
+            )
+            .with_state(listing);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{address}")
+    }
+
+    fn file(name: &str) -> Value {
+        json!({ "path": name, "is_dir": false, "file_size": 7 })
+    }
+
+    /// Every file under `dir`, relative, sorted.
+    fn files_under(dir: &Path) -> Vec<String> {
+        local_files(dir)
+            .map(|files| files.into_iter().map(|(name, _, _)| name).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_plain_listing_is_downloaded() {
+        let base = registry(Arc::new(|path: &str| match path {
+            "" => json!({ "files": [file("model.onnx"), { "path": "sub", "is_dir": true }] }),
+            "sub" => json!({ "files": [file("a.txt")] }),
+            _ => json!({}),
+        }))
+        .await;
+        let cache = tempfile::tempdir().unwrap();
+        let dest = cache.path().join("m").join("1");
+        RegistryClient::new(&base)
+            .fetch_version("m", "1", &dest)
+            .await
+            .unwrap();
+        assert_eq!(files_under(&dest), ["model.onnx", "sub/a.txt"]);
+        assert_eq!(std::fs::read(dest.join("sub/a.txt")).unwrap(), b"content");
+        assert_eq!(
+            files_under(cache.path()),
+            ["m/1/model.onnx", "m/1/sub/a.txt"]
+        );
+    }
+
+    /// A hostile registry lists names that lead out of the cache folder: each download
+    /// fails naming the entry, and nothing is written anywhere, inside the cache or out.
+    #[tokio::test]
+    async fn names_leading_out_of_the_cache_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let absolute = outside.path().join("absolute").display().to_string();
+        let hostile = [
+            absolute.as_str(),
+            "../escaped",
+            "../../escaped",
+            "sub/../../escaped",
+            "./model.onnx",
+            "sub//x",
+            "",
+        ];
+        for name in hostile {
+            let cache = outside.path().join("cache");
+            let listed = name.to_string();
+            let base = registry(Arc::new(move |path: &str| match path {
+                "" => json!({ "files": [file("model.onnx"), file(&listed)] }),
+                _ => json!({}),
+            }))
+            .await;
+            let dest = cache.join("m").join("1");
+            let result = RegistryClient::new(&base)
+                .fetch_version("m", "1", &dest)
+                .await;
+            match result {
+                Err(ClientError::UnsafeListing(why)) => {
+                    assert!(why.contains(&format!("'{name}'")), "{name}: {why}")
+                }
+                other => panic!("{name:?}: expected a refused listing, got {other:?}"),
+            }
+            assert!(!dest.exists(), "{name:?}: {} exists", dest.display());
+            let written = files_under(outside.path());
+            assert!(written.is_empty(), "{name:?}: left {written:?}");
+            let _ = std::fs::remove_dir_all(&cache);
+        }
+    }
+
+    /// A registry whose every folder holds another folder cannot keep the client
+    /// creating folders forever.
+    #[tokio::test]
+    async fn endless_nesting_is_refused() {
+        let base = registry(Arc::new(
+            |_: &str| json!({ "files": [{ "path": "d", "is_dir": true }] }),
+        ))
+        .await;
+        let cache = tempfile::tempdir().unwrap();
+        let result = RegistryClient::new(&base)
+            .fetch_version("m", "1", &cache.path().join("m"))
+            .await;
+        match result {
+            Err(ClientError::UnsafeListing(why)) => assert!(why.contains("nested"), "{why}"),
+            other => panic!("expected a refused listing, got {other:?}"),
+        }
+    }
 }

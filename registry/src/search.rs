@@ -4,12 +4,20 @@
 //!
 //! The fragments refer to these table aliases, which the calling queries must use:
 //! `runs r`, `experiments e`, `registered_models m`, `model_versions v`, `logged_models l`.
-//! Placeholders are `$1, $2, …` (accepted by both SQLite and PostgreSQL); `filter` takes the
-//! number of its first placeholder so that it can follow other conditions. `order_by` binds
-//! nothing: the keys its subqueries look up are SQL string literals with quotes doubled.
+//! Placeholders are `$1, $2, …` (accepted by both SQLite and PostgreSQL); [`filter`] and
+//! [`order_by_from`] take the number of their first placeholder so that they can follow
+//! other conditions. Every value and key taken from the request is bound, never written into
+//! the SQL text, so no string escaping rule of either database matters.
 //!
-//! The expression is tokenized and parsed by `sqlparser`; as in MLflow, only an
-//! `AND`-conjunction of comparisons `<identifier> <op> <value>` is accepted. Identifiers are
+//! A filter is untrusted input and is bounded before anything is built from it: at most
+//! [`MAX_FILTER_BYTES`] bytes and [`MAX_FILTER_CLAUSES`] comparisons, each of at most
+//! [`MAX_CLAUSE_TOKENS`] tokens besides its literals. The tokens are split into comparisons at
+//! the top-level `AND`s, and `sqlparser` parses each comparison on its own: a syntax tree is
+//! only ever built for one bounded comparison, so no walk over it (parse, display, drop)
+//! recurses deeper than a few dozen levels, however long the filter.
+//!
+//! As in MLflow, only an `AND`-conjunction of comparisons `<identifier> <op> <value>` is
+//! accepted. Identifiers are
 //! `[<prefix>.]<key>` where key and prefix may be quoted with backticks or double quotes, and a
 //! key may contain dots (`tags.mlflow.runName`). String values are quoted with single or double
 //! quotes, numbers are bare.
@@ -44,8 +52,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sqlparser::ast::{BinaryOperator, Expr, InTarget, UnaryOperator, Value};
 use sqlparser::dialect::Dialect;
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Location, Token, Tokenizer};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 /// The searchable entities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +80,22 @@ pub struct Sql {
     pub text: String,
     pub binds: Vec<Bind>,
 }
+
+/// Longest filter accepted, in bytes. It bounds the work one search request can cause, and
+/// with it the placeholders of the longest `IN` list (one per three bytes, `'',`) stay under
+/// SQLite's limit of 32,766 bound values per statement.
+pub const MAX_FILTER_BYTES: usize = 64 * 1024;
+
+/// Most comparisons one filter may AND together; each becomes one condition (for tags,
+/// params and metrics a subquery) of the search's SQL.
+pub const MAX_FILTER_CLAUSES: usize = 256;
+
+/// Most tokens one comparison may have, not counting its literals (quoted strings and
+/// identifiers, numbers) and the commas between list items. A comparison MLflow accepts
+/// needs about a dozen (`tags.mlflow.source.name NOT IN ('a', 'b')`); every level of the
+/// tree sqlparser builds needs at least one such token (an operator, keyword or
+/// parenthesis), so the bound is also a bound on that tree's depth.
+pub const MAX_CLAUSE_TOKENS: usize = 64;
 
 /// A rejected filter, ordering or page token; maps to MLflow's `INVALID_PARAMETER_VALUE`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,15 +131,23 @@ pub fn filter(entity: Entity, filter: &str, first: usize) -> Result<Sql, SearchE
     Ok(out.finish(" AND ", "TRUE"))
 }
 
-/// The ORDER BY list (without `ORDER BY`) for MLflow `order_by` clauses (`<key> [ASC|DESC]`),
-/// MLflow's default order when `clauses` is empty, and its tie-breakers. It has no
-/// placeholders (`binds` is empty): the keys of metrics/params/tags ordered through scalar
-/// subqueries are SQL string literals (quotes doubled), so it can follow any WHERE clause.
-/// For logged models a clause is `<field_name> [ASC|DESC]`, see [`order_by_logged_models`].
+/// [`order_by_from`] with placeholders starting at `$1`.
 pub fn order_by<S: AsRef<str>>(entity: Entity, clauses: &[S]) -> Result<Sql, SearchError> {
+    order_by_from(entity, clauses, 1)
+}
+
+/// The ORDER BY list (without `ORDER BY`) for MLflow `order_by` clauses (`<key> [ASC|DESC]`),
+/// MLflow's default order when `clauses` is empty, and its tie-breakers. The keys of
+/// metrics/params/tags ordered through scalar subqueries are bound, from `$first` on.
+/// For logged models a clause is `<field_name> [ASC|DESC]`, see [`order_by_logged_models`].
+pub fn order_by_from<S: AsRef<str>>(
+    entity: Entity,
+    clauses: &[S],
+    first: usize,
+) -> Result<Sql, SearchError> {
     let clauses: Vec<&str> = clauses.iter().map(AsRef::as_ref).collect();
     match entity {
-        Entity::Runs => runs_order_by(&clauses),
+        Entity::Runs => runs_order_by(&clauses, first),
         Entity::Experiments => experiments_order_by(&clauses),
         Entity::RegisteredModels => registered_models_order_by(&clauses),
         Entity::ModelVersions => model_versions_order_by(&clauses),
@@ -129,15 +162,16 @@ pub fn order_by<S: AsRef<str>>(entity: Entity, clauses: &[S]) -> Result<Sql, Sea
                     })
                 })
                 .collect::<Result<Vec<_>, SearchError>>()?;
-            order_by_logged_models(&fields)
+            order_by_logged_models(&fields, first)
         }
     }
 }
 
 /// The ORDER BY list for `SearchLoggedModels`' structured `order_by` (attribute names or
-/// `metrics.<key>`, ordered by the model's latest value of that metric). No placeholders.
-pub fn order_by_logged_models(fields: &[FieldOrder]) -> Result<Sql, SearchError> {
-    let mut out = Out::new(1);
+/// `metrics.<key>`, ordered by the model's latest value of that metric); metric keys are
+/// bound from `$first` on.
+pub fn order_by_logged_models(fields: &[FieldOrder], first: usize) -> Result<Sql, SearchError> {
+    let mut out = Out::new(first);
     let mut has_creation = false;
     let mut has_model_id = false;
     for field in fields {
@@ -149,7 +183,7 @@ pub fn order_by_logged_models(fields: &[FieldOrder]) -> Result<Sql, SearchError>
                     "Invalid order by field name: {name}. Only metrics are supported."
                 )));
             }
-            let k = sql_literal(key)?;
+            let k = out.bind_key(key)?;
             out.push(format!(
                 "(SELECT mx.value FROM metrics mx WHERE mx.model_id = l.model_id AND mx.key = {k} \
                  ORDER BY mx.timestamp DESC, mx.step DESC, mx.run_uuid ASC LIMIT 1) \
@@ -219,15 +253,6 @@ pub fn decode_page_token(token: &str) -> Result<u64, SearchError> {
 
 fn invalid(message: impl Into<String>) -> SearchError {
     SearchError::Invalid(message.into())
-}
-
-/// A standard SQL string literal (PostgreSQL with `standard_conforming_strings`, its default,
-/// and SQLite read backslashes literally).
-fn sql_literal(s: &str) -> Result<String, SearchError> {
-    if s.contains('\0') {
-        return Err(invalid("Invalid order_by key: it contains a NUL character"));
-    }
-    Ok(format!("'{}'", s.replace('\'', "''")))
 }
 
 /// Formats names the way Python prints a set of strings: `{'a', 'b'}`.
@@ -384,6 +409,13 @@ fn byte_offset(src: &str, loc: Location) -> Option<usize> {
 }
 
 fn parse_filter(entity: Entity, filter: &str) -> Result<Vec<Cmp>, SearchError> {
+    if filter.len() > MAX_FILTER_BYTES {
+        return Err(invalid(format!(
+            "Invalid filter string: it is {} bytes long, more than the {MAX_FILTER_BYTES} \
+             bytes a filter may have.",
+            filter.len()
+        )));
+    }
     let parse_error = || invalid(format!("Error on parsing filter '{filter}'"));
     let dialect = FilterDialect;
     let mut tokens = Tokenizer::new(&dialect, filter)
@@ -409,19 +441,83 @@ fn parse_filter(entity: Entity, filter: &str) -> Result<Vec<Cmp>, SearchError> {
             t.token = Token::CustomBinaryOperator(op.to_owned());
         }
     }
-    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
-    let expr = parser.parse_expr().map_err(|_| parse_error())?;
-    let next = parser.peek_token();
-    if next.token != Token::EOF {
-        let rest = byte_offset(filter, next.span.start).map_or(filter, |i| &filter[i..]);
-        return Err(invalid_clause(entity, filter, rest.trim()));
-    }
-    let mut conjuncts = Vec::new();
-    flatten_and(expr, &mut conjuncts);
-    conjuncts
+    split_clauses(tokens)?
         .into_iter()
-        .map(|e| comparison(entity, filter, e))
+        .map(|clause| {
+            let mut parser = Parser::new(&dialect).with_tokens_with_locations(clause);
+            let expr = parser.parse_expr().map_err(|_| parse_error())?;
+            let next = parser.peek_token();
+            if next.token != Token::EOF {
+                let rest = byte_offset(filter, next.span.start).map_or(filter, |i| &filter[i..]);
+                return Err(invalid_clause(entity, filter, rest.trim()));
+            }
+            comparison(entity, filter, expr)
+        })
         .collect()
+}
+
+/// Splits a filter's tokens into its comparisons at the `AND`s outside parentheses (and not
+/// after a `.`, where `AND` is a key: `tags.AND`), dropping whitespace and comments, and
+/// enforces [`MAX_FILTER_CLAUSES`] and [`MAX_CLAUSE_TOKENS`] before any clause is parsed.
+/// This is where the conjunction is taken apart, iteratively: a conjunction parsed whole
+/// would be a tree as deep as the filter has `AND`s.
+fn split_clauses(tokens: Vec<TokenWithSpan>) -> Result<Vec<Vec<TokenWithSpan>>, SearchError> {
+    let mut clauses = Vec::new();
+    let mut clause = Vec::new();
+    let mut counted = 0;
+    let mut depth = 0usize;
+    let mut after_period = false;
+    for t in tokens {
+        let is_and = matches!(&t.token, Token::Word(w) if w.keyword == Keyword::AND && w.quote_style.is_none());
+        match &t.token {
+            Token::Whitespace(_) => continue,
+            _ if is_and && depth == 0 && !after_period => {
+                clauses.push(std::mem::take(&mut clause));
+                counted = 0;
+                if clauses.len() >= MAX_FILTER_CLAUSES {
+                    return Err(too_many_clauses());
+                }
+                after_period = false;
+                continue;
+            }
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        after_period = t.token == Token::Period;
+        if counts_toward_depth(&t.token) {
+            counted += 1;
+            if counted > MAX_CLAUSE_TOKENS {
+                return Err(invalid(format!(
+                    "Invalid filter string: a comparison has more than {MAX_CLAUSE_TOKENS} \
+                     tokens besides its values."
+                )));
+            }
+        }
+        clause.push(t);
+    }
+    clauses.push(clause);
+    Ok(clauses)
+}
+
+fn too_many_clauses() -> SearchError {
+    invalid(format!(
+        "Invalid filter string: it has more than {MAX_FILTER_CLAUSES} comparisons joined \
+         with 'AND'."
+    ))
+}
+
+/// Whether a token can add a level to a comparison's syntax tree: anything but a literal
+/// (quoted string or identifier, number) and the comma between list items.
+fn counts_toward_depth(token: &Token) -> bool {
+    match token {
+        Token::Comma
+        | Token::Number(..)
+        | Token::SingleQuotedString(_)
+        | Token::DoubleQuotedString(_) => false,
+        Token::Word(w) => w.quote_style.is_none(),
+        _ => true,
+    }
 }
 
 fn invalid_clause(entity: Entity, filter: &str, clause: &str) -> SearchError {
@@ -432,20 +528,6 @@ fn invalid_clause(entity: Entity, filter: &str, clause: &str) -> SearchError {
         )),
         Entity::Runs => invalid(format!("Invalid clause(s) in filter string: '{clause}'")),
         _ => invalid(format!("Invalid clause(s) in filter string: {clause}")),
-    }
-}
-
-fn flatten_and(expr: Expr, out: &mut Vec<Expr>) {
-    match expr {
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } => {
-            flatten_and(*left, out);
-            flatten_and(*right, out);
-        }
-        other => out.push(other),
     }
 }
 
@@ -777,6 +859,15 @@ impl Out {
         placeholder
     }
 
+    /// Binds an order_by key. PostgreSQL cannot store a NUL character in text, so one is
+    /// refused here rather than failing the query.
+    fn bind_key(&mut self, key: &str) -> Result<String, SearchError> {
+        if key.contains('\0') {
+            return Err(invalid("Invalid order_by key: it contains a NUL character"));
+        }
+        Ok(self.bind(Bind::Text(key.to_owned())))
+    }
+
     fn push(&mut self, part: String) {
         self.parts.push(part);
     }
@@ -1060,8 +1151,8 @@ fn runs_filter(comparisons: &[Cmp], out: &mut Out) -> Result<(), SearchError> {
     Ok(())
 }
 
-fn runs_order_by(clauses: &[&str]) -> Result<Sql, SearchError> {
-    let mut out = Out::new(1);
+fn runs_order_by(clauses: &[&str], first: usize) -> Result<Sql, SearchError> {
+    let mut out = Out::new(first);
     let mut seen: Vec<(Kind, String)> = Vec::new();
     for clause in clauses {
         let (key, ascending) = parse_order_clause(clause)?;
@@ -1077,7 +1168,7 @@ fn runs_order_by(clauses: &[&str]) -> Result<Sql, SearchError> {
             }
             Kind::Metric | Kind::Param | Kind::Tag => {
                 let KeyValueTable { table, alias, link } = run_key_values(kind);
-                let k = sql_literal(&key)?;
+                let k = out.bind_key(&key)?;
                 let lookup = format!(
                     "(SELECT {alias}.value FROM {table} {alias} WHERE {link} AND {alias}.key = {k})"
                 );
@@ -1655,9 +1746,14 @@ mod tests {
         }
     }
 
+    fn order_sql(entity: Entity, clauses: &[&str]) -> Sql {
+        order_by(entity, clauses).unwrap_or_else(|e| panic!("{clauses:?}: {e}"))
+    }
+
+    /// The ORDER BY text of an ordering that binds nothing.
     fn order(entity: Entity, clauses: &[&str]) -> String {
-        let sql = order_by(entity, clauses).unwrap_or_else(|e| panic!("{clauses:?}: {e}"));
-        assert!(sql.binds.is_empty());
+        let sql = order_sql(entity, clauses);
+        assert!(sql.binds.is_empty(), "{clauses:?} binds {:?}", sql.binds);
         sql.text
     }
 
@@ -2300,22 +2396,27 @@ mod tests {
             order(Entity::Runs, &[]),
             "r.start_time DESC, r.run_uuid ASC"
         );
+        let sql = order_sql(
+            Entity::Runs,
+            &[
+                "metrics.acc DESC",
+                "params.p",
+                "tags.`t k` asc",
+                "attributes.start_time ASC",
+            ],
+        );
         assert_eq!(
-            order(
-                Entity::Runs,
-                &[
-                    "metrics.acc DESC",
-                    "params.p",
-                    "tags.`t k` asc",
-                    "attributes.start_time ASC"
-                ]
-            ),
+            sql.text,
             "(SELECT lm.value FROM latest_metrics lm WHERE lm.run_uuid = r.run_uuid AND lm.key = \
-             'acc') DESC NULLS LAST, (SELECT pm.value FROM params pm WHERE pm.run_uuid = \
-             r.run_uuid AND pm.key = 'p') ASC NULLS LAST, (SELECT tg.value FROM run_tags tg \
-             WHERE tg.run_uuid = r.run_uuid AND tg.key = 't k') ASC NULLS LAST, r.start_time \
+             $1) DESC NULLS LAST, (SELECT pm.value FROM params pm WHERE pm.run_uuid = \
+             r.run_uuid AND pm.key = $2) ASC NULLS LAST, (SELECT tg.value FROM run_tags tg \
+             WHERE tg.run_uuid = r.run_uuid AND tg.key = $3) ASC NULLS LAST, r.start_time \
              ASC, r.run_uuid ASC"
         );
+        assert_eq!(sql.binds, [text("acc"), text("p"), text("t k")]);
+        let after_filter = order_by_from(Entity::Runs, &["params.p"], 4).unwrap();
+        assert!(after_filter.text.contains("pm.key = $4"));
+        assert_eq!(after_filter.binds, [text("p")]);
         assert_eq!(
             order(Entity::Runs, &["end_time", "run_id DESC"]),
             "r.end_time ASC NULLS LAST, r.run_uuid DESC, r.start_time DESC, r.run_uuid ASC"
@@ -2324,13 +2425,22 @@ mod tests {
             order(Entity::Runs, &["Created"]),
             "r.start_time ASC, r.run_uuid ASC"
         );
+        // Keys are bound whatever they hold: quotes and backslashes never reach the SQL text.
+        let sql = order_sql(Entity::Runs, &["tags.`it's \\'`"]);
         assert_eq!(
-            order(Entity::Runs, &["tags.`it's`"]),
+            sql.text,
             "(SELECT tg.value FROM run_tags tg WHERE tg.run_uuid = r.run_uuid AND tg.key = \
-             'it''s') ASC NULLS LAST, r.start_time DESC, r.run_uuid ASC"
+             $1) ASC NULLS LAST, r.start_time DESC, r.run_uuid ASC"
         );
-        assert!(order(Entity::Runs, &["metrics.`a.b` DESC"]).contains("lm.key = 'a.b'"));
-        assert!(order(Entity::Runs, &["metric.\"f1 score\""]).contains("lm.key = 'f1 score'"));
+        assert_eq!(sql.binds, [text("it's \\'")]);
+        assert_eq!(
+            order_sql(Entity::Runs, &["metrics.`a.b` DESC"]).binds,
+            [text("a.b")]
+        );
+        assert_eq!(
+            order_sql(Entity::Runs, &["metric.\"f1 score\""]).binds,
+            [text("f1 score")]
+        );
     }
 
     #[test]
@@ -2460,18 +2570,22 @@ mod tests {
             order(Entity::LoggedModels, &["creation_time ASC", "name DESC"]),
             "l.creation_timestamp_ms ASC, l.name DESC, l.model_id ASC"
         );
-        let metric = "(SELECT mx.value FROM metrics mx WHERE mx.model_id = l.model_id AND mx.key = \
-                      'f1 score' ORDER BY mx.timestamp DESC, mx.step DESC, mx.run_uuid ASC LIMIT \
-                      1) DESC NULLS LAST, l.creation_timestamp_ms DESC, l.model_id ASC";
+        let metric = Sql {
+            text: "(SELECT mx.value FROM metrics mx WHERE mx.model_id = l.model_id AND mx.key = \
+                   $1 ORDER BY mx.timestamp DESC, mx.step DESC, mx.run_uuid ASC LIMIT 1) DESC \
+                   NULLS LAST, l.creation_timestamp_ms DESC, l.model_id ASC"
+                .to_owned(),
+            binds: vec![text("f1 score")],
+        };
         assert_eq!(
-            order(Entity::LoggedModels, &["metrics.`f1 score` DESC"]),
+            order_sql(Entity::LoggedModels, &["metrics.`f1 score` DESC"]),
             metric
         );
         let fields = [FieldOrder {
             field_name: "metrics.f1 score".into(),
             ascending: false,
         }];
-        assert_eq!(order_by_logged_models(&fields).unwrap().text, metric);
+        assert_eq!(order_by_logged_models(&fields, 1).unwrap(), metric);
         assert_eq!(
             order_err(Entity::LoggedModels, &["params.x"]),
             "Invalid order by field name: params.x. Only metrics are supported."
@@ -2479,6 +2593,117 @@ mod tests {
         assert_eq!(
             order_err(Entity::LoggedModels, &["foo"]),
             "Invalid order by field name: foo"
+        );
+    }
+
+    // ---- bounds on hostile filters
+
+    /// `clause AND clause AND …`, `count` comparisons.
+    fn conjunction(clause: &str, count: usize) -> String {
+        vec![clause; count].join(" AND ")
+    }
+
+    /// Runs `check` on a thread with a 512 KiB stack, a quarter of a tokio worker's: a walk
+    /// whose depth grows with the filter would overflow it and abort the test binary.
+    fn on_small_stack(check: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(check)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    const ALL: [Entity; 5] = [
+        Entity::Runs,
+        Entity::Experiments,
+        Entity::RegisteredModels,
+        Entity::ModelVersions,
+        Entity::LoggedModels,
+    ];
+
+    #[test]
+    fn hostile_filters_are_refused_without_deep_recursion() {
+        on_small_stack(|| {
+            // The filter that overflowed a worker's stack: refused on its length.
+            let huge = conjunction("attributes.status = 'x'", 20_000);
+            for entity in ALL {
+                assert!(err(entity, &huge).contains("more than the 65536 bytes"));
+            }
+            // Under the length bound, too many comparisons are refused before any is parsed.
+            let many = conjunction("name = 'x'", MAX_FILTER_CLAUSES + 1);
+            assert!(many.len() < MAX_FILTER_BYTES);
+            for entity in ALL {
+                assert_eq!(
+                    err(entity, &many),
+                    "Invalid filter string: it has more than 256 comparisons joined with 'AND'."
+                );
+            }
+            // Chains sqlparser would build as deep trees inside one comparison: OR, +,
+            // NOT, parentheses, each just under the length bound.
+            let or = vec!["name = 'x'"; 4000].join(" OR ");
+            let plus = format!("metrics.m > {}", vec!["1"; 15_000].join(" + "));
+            let nots = format!("{}name = 'x'", "NOT ".repeat(10_000));
+            let parens = format!("{}name = 'x'{}", "(".repeat(20_000), ")".repeat(20_000));
+            for hostile in [&or, &plus, &nots, &parens] {
+                assert!(hostile.len() <= MAX_FILTER_BYTES, "{}", hostile.len());
+                for entity in ALL {
+                    assert_eq!(
+                        err(entity, hostile),
+                        "Invalid filter string: a comparison has more than 64 tokens besides \
+                         its values."
+                    );
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn filters_at_the_bounds_translate() {
+        on_small_stack(|| {
+            let most = conjunction("attributes.status = 'x'", MAX_FILTER_CLAUSES);
+            let sql = ok(Entity::Runs, &most);
+            assert_eq!(sql.binds.len(), MAX_FILTER_CLAUSES);
+            assert_eq!(sql.text.matches(" AND ").count(), MAX_FILTER_CLAUSES - 1);
+            // A long IN list is flat: its values and commas do not count as tokens.
+            let list = vec!["'r'"; 16_000].join(",");
+            let sql = ok(Entity::Runs, &format!("run_id IN ({list})"));
+            assert_eq!(sql.binds.len(), 16_000);
+            // Every comparison MLflow accepts is far below the token bound.
+            let widest = "tags.mlflow.source.git.commit = 'a' AND \
+                          attributes.run_id NOT IN ('a', 'b') AND tags.`a.b` IS NOT NULL AND \
+                          attributes.run_name ILIKE 'x%'";
+            assert_eq!(ok(Entity::Runs, widest).binds.len(), 6);
+        });
+    }
+
+    #[test]
+    fn and_is_only_a_separator_between_comparisons() {
+        assert_eq!(
+            ok(Entity::Runs, "tags.AND = 'x'").binds,
+            [text("AND"), text("x")]
+        );
+        assert_eq!(
+            ok(Entity::Runs, "tags.`AND` = 'x'").binds,
+            [text("AND"), text("x")]
+        );
+        assert_eq!(
+            ok(Entity::Runs, "tags.k = 'a AND b'").binds,
+            [text("k"), text("a AND b")]
+        );
+        for dangling in [
+            "name = 'x' AND",
+            "AND name = 'x'",
+            "name = 'x' AND AND name = 'y'",
+        ] {
+            assert_eq!(
+                err(Entity::Experiments, dangling),
+                format!("Error on parsing filter '{dangling}'")
+            );
+        }
+        assert_eq!(
+            err(Entity::Runs, "(tags.a = 'x' AND tags.b = 'y')"),
+            "Invalid clause(s) in filter string: '(tags.a = 'x' AND tags.b = 'y')'"
         );
     }
 
@@ -2636,8 +2861,8 @@ mod tests {
         ) -> Vec<String> {
             let (prefix, mut binds) = prefix;
             let f = filter(entity, filter_string, binds.len() + 1).unwrap();
-            let o = order_by(entity, order).unwrap();
             binds.extend(f.binds);
+            let o = order_by_from(entity, order, binds.len() + 1).unwrap();
             binds.extend(o.binds);
             let sql = format!("{select} WHERE {prefix} AND {} ORDER BY {}", f.text, o.text);
             let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.clone()));

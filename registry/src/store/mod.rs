@@ -133,6 +133,11 @@ impl Store {
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA case_sensitive_like = ON").await?;
+                    } else {
+                        // Values are bound, but the SQL text holds literals too: a server or
+                        // database configured with `standard_conforming_strings = off` would
+                        // read backslashes in them as escapes.
+                        conn.execute("SET standard_conforming_strings = on").await?;
                     }
                     Ok(())
                 })
@@ -429,7 +434,7 @@ impl Store {
         let where_filter = search::filter(entity, filter, binds.len() + 1)?;
         conditions.push(where_filter.text);
         binds.extend(where_filter.binds);
-        let order = search::order_by(entity, order_by)?;
+        let order = search::order_by_from(entity, order_by, binds.len() + 1)?;
         binds.extend(order.binds);
         let sql = format!(
             "SELECT {alias}.* FROM {from} WHERE {} ORDER BY {} LIMIT {} OFFSET {}",
@@ -842,7 +847,8 @@ impl Store {
     }
 
     /// Logs metrics, params and tags in one transaction. A param may be logged again
-    /// only with the same value, as in MLflow.
+    /// only with the same value, as in MLflow. A batch over MLflow's limits is refused
+    /// whole, before anything is written.
     pub async fn log_batch(
         &self,
         run_id: &str,
@@ -850,6 +856,7 @@ impl Store {
         params: &[KeyValue],
         tags: &[KeyValue],
     ) -> Result<()> {
+        check_batch_limits(metrics.len(), params.len(), tags.len())?;
         self.active_run(run_id).await?;
         let mut tx = self.begin().await?;
         for param in params {
@@ -1011,6 +1018,36 @@ impl Store {
 }
 
 /// A metric point from a row with key, value, is_nan, timestamp, step and model_id.
+/// Most metrics one `log-batch` call may carry (MLflow's `MAX_METRICS_PER_BATCH`).
+pub const MAX_METRICS_PER_BATCH: usize = 1000;
+/// Most params, and most tags, one `log-batch` call may carry (`MAX_PARAMS_TAGS_PER_BATCH`).
+pub const MAX_PARAMS_TAGS_PER_BATCH: usize = 100;
+/// Most metrics, params and tags together in one call (`MAX_ENTITIES_PER_BATCH`).
+pub const MAX_ENTITIES_PER_BATCH: usize = 1000;
+
+/// MLflow's `_validate_batch_log_limits`, with its messages.
+fn check_batch_limits(metrics: usize, params: usize, tags: usize) -> Result<()> {
+    let limits = [
+        ("metrics", MAX_METRICS_PER_BATCH, metrics),
+        ("params", MAX_PARAMS_TAGS_PER_BATCH, params),
+        ("tags", MAX_PARAMS_TAGS_PER_BATCH, tags),
+        (
+            "metrics, params, and tags",
+            MAX_ENTITIES_PER_BATCH,
+            metrics + params + tags,
+        ),
+    ];
+    for (entities, limit, length) in limits {
+        if length > limit {
+            return Err(RegistryError::Invalid(format!(
+                "A batch logging request can contain at most {limit} {entities}. Got {length} \
+                 {entities}. Please split up {entities} across multiple requests and try again."
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn metric_from_row(r: &AnyRow) -> Result<Metric> {
     let model_id: String = r.try_get("model_id")?;
     let is_nan: i32 = r.try_get("is_nan")?;
