@@ -2,9 +2,10 @@
 //!
 //! It keeps Kafka's contract on one partition (0) per topic:
 //!
-//! - each topic is a log with offsets, bounded to `capacity` events: publishing past it
-//!   evicts the oldest event (counted as dropped with reason `evicted` when a consumer
-//!   group had not read it yet), so `publish` always succeeds and never waits;
+//! - each topic is a log with offsets, bounded to `capacity` events and `max_bytes` bytes
+//!   (payload, key and bookkeeping; [`DEFAULT_MAX_BYTES`] unless told): publishing past
+//!   either evicts the oldest events (counted as dropped with reason `evicted` when a
+//!   consumer group had not read them yet), so `publish` always succeeds and never waits;
 //! - a consumer group has a committed offset; a new group starts at the earliest retained
 //!   event, a later subscriber of the group resumes after the last commit, so what was
 //!   delivered but not committed is delivered again;
@@ -27,6 +28,14 @@ use crate::{BoxFuture, Delivery, EventBus, EventError, Subscription, Topic};
 /// Events a topic keeps by default (the `--event-buffer` default).
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
+/// Bytes a topic keeps by default, whatever its event count: inference events that carry
+/// sampled tensors can be megabytes each, and the count alone would not bound them.
+pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+
+/// Bytes an event is counted as beyond its payload and key: its queue slot (at the
+/// queue's worst load, twice the slot) and two allocation headers.
+const EVENT_OVERHEAD: usize = 2 * std::mem::size_of::<Stored>() + 32;
+
 /// An in-process event bus with Kafka's semantics (see the module docs).
 #[derive(Clone)]
 pub struct MemoryBus {
@@ -35,6 +44,7 @@ pub struct MemoryBus {
 
 struct Inner {
     capacity: usize,
+    max_bytes: usize,
     logs: [TopicLog; 3],
     next_member: AtomicU64,
 }
@@ -51,12 +61,21 @@ struct LogState {
     events: VecDeque<Stored>,
     /// Offset of the oldest retained event.
     start: i64,
+    /// Sum of [`Stored::cost`] over `events`.
+    bytes: usize,
     groups: HashMap<String, Group>,
 }
 
 struct Stored {
     key: Option<String>,
     payload: Vec<u8>,
+}
+
+impl Stored {
+    /// Bytes this event is counted as against a topic's `max_bytes`.
+    fn cost(&self) -> usize {
+        EVENT_OVERHEAD + self.payload.capacity() + self.key.as_ref().map_or(0, String::capacity)
+    }
 }
 
 #[derive(Default)]
@@ -97,13 +116,21 @@ impl std::fmt::Debug for MemoryBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryBus")
             .field("capacity", &self.inner.capacity)
+            .field("max_bytes", &self.inner.max_bytes)
             .finish_non_exhaustive()
     }
 }
 
 impl MemoryBus {
-    /// A bus whose topics each keep the last `capacity` events (at least one).
+    /// A bus whose topics each keep the last `capacity` events (at least one), in at most
+    /// [`DEFAULT_MAX_BYTES`].
     pub fn new(capacity: usize) -> MemoryBus {
+        MemoryBus::with_max_bytes(capacity, DEFAULT_MAX_BYTES)
+    }
+
+    /// A bus whose topics each keep the last `capacity` events (at least one) in at most
+    /// `max_bytes` (the newest event is kept even when it alone is larger).
+    pub fn with_max_bytes(capacity: usize, max_bytes: usize) -> MemoryBus {
         let log = || TopicLog {
             state: Mutex::new(LogState::default()),
             changed: Notify::new(),
@@ -111,6 +138,7 @@ impl MemoryBus {
         MemoryBus {
             inner: Arc::new(Inner {
                 capacity: capacity.max(1),
+                max_bytes,
                 logs: [log(), log(), log()],
                 next_member: AtomicU64::new(1),
             }),
@@ -120,6 +148,16 @@ impl MemoryBus {
     /// How many events a topic keeps.
     pub fn capacity(&self) -> usize {
         self.inner.capacity
+    }
+
+    /// How many bytes a topic keeps.
+    pub fn max_bytes(&self) -> usize {
+        self.inner.max_bytes
+    }
+
+    /// Bytes `topic` holds now, as counted against [`MemoryBus::max_bytes`].
+    pub fn retained_bytes(&self, topic: Topic) -> usize {
+        self.inner.log(topic).state.lock().bytes
     }
 
     /// The offsets `[earliest retained, next to be written)` of `topic`.
@@ -139,12 +177,18 @@ impl MemoryBus {
         let mut evicted_unread = 0u64;
         {
             let mut state = log.state.lock();
-            state.events.push_back(Stored {
+            let stored = Stored {
                 key: Some(key.to_owned()),
                 payload,
-            });
-            while state.events.len() > self.inner.capacity {
-                state.events.pop_front();
+            };
+            state.bytes += stored.cost();
+            state.events.push_back(stored);
+            while state.events.len() > self.inner.capacity
+                || (state.bytes > self.inner.max_bytes && state.events.len() > 1)
+            {
+                if let Some(gone) = state.events.pop_front() {
+                    state.bytes -= gone.cost();
+                }
                 let evicted = state.start;
                 state.start += 1;
                 // Unread by a group: its reading position (or commit, or the beginning
@@ -350,5 +394,21 @@ mod tests {
             vec![2, 3, 4]
         );
         assert_eq!(replay[0].payload, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn eviction_keeps_the_byte_bound() {
+        let bus = MemoryBus::with_max_bytes(1_000, 10_000);
+        for i in 0..100u8 {
+            assert!(bus.publish(Topic::Inference, "m", vec![i; 1_000]));
+        }
+        let held = bus.retained_bytes(Topic::Inference);
+        assert!(held <= 10_000, "{held} bytes held");
+        let (start, end) = bus.watermarks(Topic::Inference);
+        assert_eq!(end, 100);
+        assert!((5..=10).contains(&(end - start)), "{start}..{end}");
+        // One event larger than the bound is still kept, alone.
+        assert!(bus.publish(Topic::Inference, "m", vec![0; 20_000]));
+        assert_eq!(bus.watermarks(Topic::Inference), (100, 101));
     }
 }
