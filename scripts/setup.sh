@@ -4,6 +4,7 @@
 #   - .venv with the pinned packages of requirements-dev.txt (re-installed only when it changes)
 #   - ONNX Runtime's shared library in .nexus/lib (scripts/install-onnxruntime.sh)
 #   - the example model repository (examples/make_models.py)
+#   - Azurite (npm), the Azure Blob emulator of the az:// artifact tests, in ~/.cache/nexus
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +24,8 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 # rdkafka's TLS/SASL support links the system OpenSSL through pkg-config.
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 [[ -f /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
+# npm installs Azurite (the Azure Blob emulator) for tests/clients/test_mlflow_artifact_stores.py.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [[ ${#missing[@]} -gt 0 ]]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing ${missing[*]} with apt-get"
@@ -65,3 +68,15 @@ fi
 # --- ONNX Runtime shared library, example models -------------------------------
 PYTHON="$repo/.venv/bin/python" bash scripts/install-onnxruntime.sh
 .venv/bin/python examples/make_models.py
+
+# --- Azurite, the Azure Blob emulator (tests/clients/test_mlflow_artifact_stores.py) ---------
+# Pinned, in a cache outside the clone so a fresh clone does not reinstall it.
+azurite_version="3.37.0"
+azurite_root="${NEXUS_CACHE:-$HOME/.cache/nexus}/azurite-$azurite_version"
+if [[ -x "$azurite_root/node_modules/.bin/azurite-blob" ]]; then
+    echo "setup: azurite $azurite_version is in $azurite_root"
+else
+    echo "setup: installing azurite $azurite_version into $azurite_root"
+    mkdir -p "$azurite_root"
+    npm install --prefix "$azurite_root" --no-audit --no-fund --loglevel=error "azurite@$azurite_version"
+fi

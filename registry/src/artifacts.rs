@@ -1,9 +1,12 @@
 //! Artifact storage through `object_store`: a local folder by default, or S3, GCS and
 //! Azure Blob from a URL (credentials from the usual environment variables).
 //!
-//! Uploads and downloads stream in bounded memory. Uploads go through multipart writes,
-//! which the local store stages in a temporary file and renames into place when complete,
-//! so a crash mid-upload never leaves a partial artifact visible.
+//! Uploads and downloads stream in bounded memory, and nothing is visible at an artifact's
+//! path until its whole body has arrived. Cloud stores get multipart uploads, which they
+//! publish only when completed. The local store writes each upload to a file in its own
+//! staging folder ([`STAGING`], at the top of the artifact folder and refused as an artifact
+//! path) and renames it into place when complete; a crash leaves only files in that folder,
+//! which the next start removes.
 
 use std::sync::Arc;
 
@@ -13,6 +16,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use tokio::io::AsyncWriteExt;
 
 use crate::error::RegistryError;
 
@@ -29,12 +33,26 @@ pub struct FileInfo {
 #[derive(Clone)]
 pub struct Artifacts {
     store: Arc<dyn ObjectStore>,
-    /// The same store when it is a local folder: downloads read the file directly in large
-    /// chunks (object_store's local stream reads 8 KiB at a time).
-    local: Option<Arc<LocalFileSystem>>,
+    /// The same store when it is a local folder.
+    local: Option<Local>,
     root: Path,
     destination: String,
 }
+
+/// A local artifact folder, which Nexus reads and writes itself: downloads read files in
+/// large chunks (object_store's local stream reads 8 KiB at a time), and uploads stage in
+/// [`STAGING`] (object_store's local uploads stage next to their target as `name#n`, a name
+/// an artifact can have: `a#b.txt` uploads through `a#b.txt#1`, which object_store lists).
+#[derive(Clone)]
+struct Local {
+    store: Arc<LocalFileSystem>,
+    /// `<folder>/STAGING`.
+    staging: std::path::PathBuf,
+}
+
+/// The local store's staging folder, at the top of the artifact folder. A client path whose
+/// first segment is this name is refused, on every store, so no artifact can live there.
+const STAGING: &str = ".nexus-staging";
 
 /// Multipart part size: big enough for cloud stores' minimum part, small enough to keep
 /// memory flat.
@@ -55,13 +73,20 @@ impl Artifacts {
             None | Some(("file", _)) => {
                 let folder = destination.strip_prefix("file://").unwrap_or(destination);
                 std::fs::create_dir_all(folder).map_err(|e| invalid(e.to_string()))?;
-                remove_staging(std::path::Path::new(folder));
                 let folder_store = Arc::new(
                     LocalFileSystem::new_with_prefix(folder)
                         .map_err(|e| invalid(e.to_string()))?
                         .with_fsync(true),
                 );
-                local = Some(Arc::clone(&folder_store));
+                let staging = folder_store
+                    .path_to_filesystem(&Path::from(STAGING))
+                    .map_err(|e| invalid(e.to_string()))?;
+                remove_staging(&staging, std::path::Path::new(folder))
+                    .map_err(|e| invalid(format!("cleaning {}: {e}", staging.display())))?;
+                local = Some(Local {
+                    store: Arc::clone(&folder_store),
+                    staging,
+                });
                 (folder_store, Path::default())
             }
             Some((scheme, _)) => {
@@ -111,11 +136,27 @@ impl Artifacts {
         &self.destination
     }
 
-    /// The object path for a client path, refusing `..` and other escapes.
+    /// The object path for a client path, refusing `..` and other escapes, the staging
+    /// folder, and (on the local store) names object_store keeps for its own temporary files.
     fn location(&self, path: &str) -> Result<Path, RegistryError> {
-        let relative = Path::parse(path.trim_matches('/'))
-            .map_err(|e| RegistryError::Invalid(format!("Invalid artifact path '{path}': {e}")))?;
+        let refuse = |why: &dyn std::fmt::Display| {
+            RegistryError::Invalid(format!("Invalid artifact path '{path}': {why}"))
+        };
+        let relative = Path::parse(path.trim_matches('/')).map_err(|e| refuse(&e))?;
+        if in_staging(&relative) {
+            return Err(refuse(&format!("'{STAGING}' is reserved")));
+        }
+        if self.local.is_some() && relative.filename().is_some_and(is_object_store_temporary) {
+            return Err(refuse(
+                &"a local artifact store cannot hold a file named like NAME#123",
+            ));
+        }
         Ok(self.root.parts().chain(relative.parts()).collect())
+    }
+
+    /// Whether `location` (a store path) is in the local staging folder.
+    fn is_staging(&self, location: &Path) -> bool {
+        self.local.is_some() && in_staging(location)
     }
 
     /// Stores a streamed body at `path`; returns the bytes written. Nothing is visible at
@@ -130,6 +171,9 @@ impl Artifacts {
             return Err(RegistryError::Invalid(
                 "an artifact needs a file path".into(),
             ));
+        }
+        if let Some(local) = &self.local {
+            return local.put_stream(path, &location, body).await;
         }
         let upload = self.store.put_multipart(&location).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
@@ -163,7 +207,7 @@ impl Artifacts {
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, object_store::Error>>), RegistryError> {
         let location = self.location(path)?;
         if let Some(local) = &self.local {
-            let file_path = local.path_to_filesystem(&location)?;
+            let file_path = local.store.path_to_filesystem(&location)?;
             let missing = || RegistryError::NotFound(format!("artifact '{path}' does not exist"));
             let file = tokio::fs::File::open(&file_path)
                 .await
@@ -204,22 +248,17 @@ impl Artifacts {
         let mut entries: Vec<FileInfo> = listing
             .common_prefixes
             .iter()
+            .filter(|p| !self.is_staging(p))
             .map(|p| FileInfo {
                 path: relative(p),
                 is_dir: true,
                 file_size: None,
             })
-            .chain(
-                listing
-                    .objects
-                    .iter()
-                    .filter(|o| !is_staging(&o.location))
-                    .map(|o| FileInfo {
-                        path: relative(&o.location),
-                        is_dir: false,
-                        file_size: Some(o.size),
-                    }),
-            )
+            .chain(listing.objects.iter().map(|o| FileInfo {
+                path: relative(&o.location),
+                is_dir: false,
+                file_size: Some(o.size),
+            }))
             .collect();
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(entries)
@@ -232,7 +271,7 @@ impl Artifacts {
         let files: Vec<_> = self.store.list(Some(&location)).try_collect().await?;
         Ok(files
             .into_iter()
-            .filter(|o| !is_staging(&o.location))
+            .filter(|o| !self.is_staging(&o.location))
             .map(|o| {
                 let parts: Vec<String> = o
                     .location
@@ -259,26 +298,117 @@ impl Artifacts {
     }
 }
 
-/// Deletes uploads a crashed process left half written (the local store stages them as
-/// `name#n` next to their final name); nothing else writes this folder while it opens.
-fn remove_staging(folder: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(folder) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            remove_staging(&path);
-        } else if entry.file_name().to_string_lossy().contains('#') {
-            tracing::info!(file = %path.display(), "removing an upload interrupted by a crash");
-            let _ = std::fs::remove_file(&path);
+impl Local {
+    /// Writes `body` to a new file in the staging folder, then fsyncs it and renames it to
+    /// `location`'s file, so the artifact appears whole or not at all.
+    async fn put_stream<S, E>(
+        &self,
+        path: &str,
+        location: &Path,
+        mut body: S,
+    ) -> Result<u64, RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let target = self.store.path_to_filesystem(location)?;
+        let staged = self.staging.join(uuid::Uuid::new_v4().simple().to_string());
+        let failed = |what: &str, e: std::io::Error| {
+            RegistryError::Unavailable(format!("the artifact store failed {what} '{path}': {e}"))
+        };
+        tokio::fs::create_dir_all(&self.staging)
+            .await
+            .map_err(|e| failed("staging", e))?;
+        let file = tokio::fs::File::create(&staged)
+            .await
+            .map_err(|e| failed("staging", e))?;
+        let mut file = tokio::io::BufWriter::with_capacity(READ_CHUNK, file);
+        let written = async {
+            let mut written = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| {
+                    RegistryError::Invalid(format!("upload of '{path}' interrupted: {e}"))
+                })?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| failed("writing", e))?;
+                written += chunk.len() as u64;
+            }
+            file.flush().await.map_err(|e| failed("writing", e))?;
+            file.get_ref()
+                .sync_all()
+                .await
+                .map_err(|e| failed("writing", e))?;
+            if let Some(parent) = target.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(|e| failed("creating the folder of", e))?;
+            }
+            tokio::fs::rename(&staged, &target)
+                .await
+                .map_err(|e| failed("storing", e))?;
+            if let Some(parent) = target.parent() {
+                sync_dir(parent).await.map_err(|e| failed("storing", e))?;
+            }
+            Ok(written)
         }
+        .await;
+        if written.is_err() {
+            // Nothing to keep; a file the removal misses goes at the next start.
+            let _ = tokio::fs::remove_file(&staged).await;
+        }
+        written
     }
 }
 
-/// The local store's in-progress multipart files (`name#n`) are not artifacts.
-fn is_staging(path: &Path) -> bool {
-    path.filename().is_some_and(|f| f.contains('#'))
+/// Whether the first segment of `path` is [`STAGING`].
+fn in_staging(path: &Path) -> bool {
+    path.parts().next().is_some_and(|p| p.as_ref() == STAGING)
+}
+
+/// Makes a rename in `dir` durable.
+async fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    tokio::fs::File::open(dir).await?.sync_all().await
+}
+
+/// Deletes what uploads a crashed process left half written: everything in the staging
+/// folder, and object_store's own temporary files (`name#123`, from writes through
+/// [`Artifacts::object_store`] and from earlier versions), which object_store neither lists
+/// nor reads and [`Artifacts::location`] refuses as artifact names. Nothing else writes the
+/// folder while it opens. The walk keeps its own stack: no recursion as deep as the tree.
+fn remove_staging(staging: &std::path::Path, folder: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(staging) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut folders = vec![folder.to_path_buf()];
+    while let Some(dir) = folders.pop() {
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                folders.push(path);
+            } else if kind.is_file()
+                && entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(is_object_store_temporary)
+            {
+                tracing::info!(file = %path.display(), "removing an upload interrupted by a crash");
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` has the form of object_store's local temporary files, `NAME#<digits>`
+/// (the same test object_store applies: the text after the first `#` is all digits).
+fn is_object_store_temporary(name: &str) -> bool {
+    name.split_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -337,6 +467,46 @@ mod tests {
             store.get_stream("1/none").await,
             Err(RegistryError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn names_with_hash_survive_a_restart_and_only_staging_leftovers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Artifacts::open(dir.path().to_str().unwrap()).unwrap();
+        store
+            .put_stream("1/run/artifacts/a#b.txt", body(&[b"kept"]))
+            .await
+            .unwrap();
+        // What a crash mid-upload leaves: a file in the staging folder, and an object_store
+        // temporary file from a write through `object_store()`.
+        std::fs::write(dir.path().join(STAGING).join("0123abcd"), b"half").unwrap();
+        std::fs::write(dir.path().join("1/run/artifacts/m.onnx#1"), b"half").unwrap();
+        assert_eq!(
+            store.list("").await.unwrap(),
+            vec![FileInfo {
+                path: "1".into(),
+                is_dir: true,
+                file_size: None
+            }]
+        );
+
+        let store = Artifacts::open(dir.path().to_str().unwrap()).unwrap();
+        let (size, stream) = store.get_stream("1/run/artifacts/a#b.txt").await.unwrap();
+        assert_eq!(size, 4);
+        let bytes: Vec<Bytes> = stream.try_collect().await.unwrap();
+        assert_eq!(bytes.concat(), b"kept");
+        assert_eq!(
+            store.walk("").await.unwrap(),
+            vec![("1/run/artifacts/a#b.txt".to_string(), 4)]
+        );
+        assert!(!dir.path().join(STAGING).exists());
+        assert!(!dir.path().join("1/run/artifacts/m.onnx#1").exists());
+        for refused in [".nexus-staging/x", "1/m.onnx#1"] {
+            assert!(matches!(
+                store.put_stream(refused, body(&[b"x"])).await,
+                Err(RegistryError::Invalid(_))
+            ));
+        }
     }
 
     #[tokio::test]
