@@ -46,14 +46,56 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Most model instances one config may ask for, summed over its instance groups: each
+/// instance is a loaded copy of the model with its own thread.
+pub const MAX_INSTANCES: i64 = 64;
+
+/// The `parameters` Nexus reads as thread counts (ONNX Runtime's per-instance pools).
+pub const THREAD_PARAMETERS: [&str; 2] = ["intra_op_thread_count", "inter_op_thread_count"];
+
+/// Most threads a thread parameter may ask for: four per core this machine has.
+pub fn max_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from) * 4
+}
+
+/// Refuses a config whose instance counts or thread parameters pass the documented
+/// bounds ([`MAX_INSTANCES`], [`max_threads`]), before anything is loaded: a config from
+/// a repository file, a load request or a registry model cannot make the server start
+/// thousands of instances or threads. Every parse goes through this.
+pub fn check_limits(config: &ModelConfig) -> Result<(), ConfigError> {
+    let instances: i64 = config
+        .instance_group
+        .iter()
+        .map(|g| i64::from(g.count.max(1)))
+        .sum();
+    if instances > MAX_INSTANCES {
+        return Err(ConfigError::Invalid(format!(
+            "instance_group asks for {instances} instances; the limit is {MAX_INSTANCES} per model"
+        )));
+    }
+    let max = max_threads();
+    for key in THREAD_PARAMETERS {
+        if let Some(threads) = parameter::<usize>(config, key)?
+            && threads > max
+        {
+            return Err(ConfigError::Invalid(format!(
+                "parameter '{key}' asks for {threads} threads; the limit is {max} (4 per core)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Parses `config.pbtxt` text.
 pub fn parse_text(text: &str) -> Result<ModelConfig, ConfigError> {
     let text = colon_before_lists(text);
     let dynamic = DynamicMessage::parse_text_format(DESCRIPTOR.clone(), &text)
         .map_err(|e| ConfigError::Text(e.to_string()))?;
-    dynamic
+    let config = dynamic
         .transcode_to::<ModelConfig>()
-        .map_err(|e| ConfigError::Text(e.to_string()))
+        .map_err(|e| ConfigError::Text(e.to_string()))?;
+    check_limits(&config)?;
+    Ok(config)
 }
 
 /// Inserts the optional `:` between a field name and a `[` list.
@@ -129,9 +171,11 @@ pub fn parse_json(text: &str) -> Result<ModelConfig, ConfigError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let dynamic = DynamicMessage::deserialize(DESCRIPTOR.clone(), &mut de)
         .map_err(|e| ConfigError::Json(e.to_string()))?;
-    dynamic
+    let config = dynamic
         .transcode_to::<ModelConfig>()
-        .map_err(|e| ConfigError::Json(e.to_string()))
+        .map_err(|e| ConfigError::Json(e.to_string()))?;
+    check_limits(&config)?;
+    Ok(config)
 }
 
 /// The config as a reflective message, for the JSON and text renderings.
@@ -190,6 +234,7 @@ pub fn complete(
     default_max_batch_size: i32,
 ) -> Result<(), ConfigError> {
     let invalid = |m: String| Err(ConfigError::Invalid(m));
+    check_limits(config)?;
     if config.name.is_empty() {
         config.name = model_name.to_string();
     } else if config.name != model_name {
@@ -600,5 +645,51 @@ mod tests {
         let mut tf =
             parse_text(&SIMPLE.replace("onnxruntime_onnx", "tensorflow_savedmodel")).unwrap();
         assert!(complete(&mut tf, "simple", &sig, 4).is_err());
+    }
+
+    #[test]
+    fn refuses_instance_and_thread_counts_past_the_limits() {
+        let err = parse_text("instance_group [ { count: 65 } ]").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("asks for 65 instances; the limit is 64"),
+            "{err}"
+        );
+        let err = parse_text("instance_group [ { count: 40 }, { count: 20 }, { count: 5 } ]")
+            .unwrap_err();
+        assert!(err.to_string().contains("asks for 65 instances"), "{err}");
+        let huge = format!("instance_group [ {{ count: {} }} ]", i32::MAX);
+        assert!(parse_text(&huge).is_err());
+        assert!(parse_text("instance_group [ { count: 64 } ]").is_ok());
+
+        let max = max_threads();
+        for key in THREAD_PARAMETERS {
+            let text = |n: usize| {
+                format!("parameters {{ key: \"{key}\" value: {{ string_value: \"{n}\" }} }}")
+            };
+            assert!(parse_text(&text(max)).is_ok());
+            let err = parse_text(&text(max + 1)).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(
+                    "parameter '{key}' asks for {} threads; the limit is {max}",
+                    max + 1
+                )),
+                "{err}"
+            );
+        }
+
+        // The JSON form of the load API's config override is held to the same limits.
+        let err = parse_json(r#"{"instance_group": [{"count": 1000}]}"#).unwrap_err();
+        assert!(err.to_string().contains("1000 instances"), "{err}");
+        let json = format!(
+            r#"{{"parameters": {{"intra_op_thread_count": {{"string_value": "{}"}}}}}}"#,
+            max + 1
+        );
+        assert!(
+            parse_json(&json)
+                .unwrap_err()
+                .to_string()
+                .contains("threads")
+        );
     }
 }

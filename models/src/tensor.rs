@@ -141,6 +141,22 @@ pub enum TensorError {
         found: String,
         datatype: DataType,
     },
+    #[error(
+        "tensor '{name}': more than {expected} elements given but shape {shape:?} needs {expected}"
+    )]
+    TooManyElements {
+        name: String,
+        shape: Vec<i64>,
+        expected: usize,
+    },
+    #[error("tensor '{name}': data nests arrays {depth} deep, deeper than shape {shape:?} allows")]
+    JsonDepth {
+        name: String,
+        shape: Vec<i64>,
+        depth: usize,
+    },
+    #[error("tensor '{name}': data is not valid JSON: {message}")]
+    JsonSyntax { name: String, message: String },
     #[error("tensor '{name}': shape {shape:?} has a negative dimension")]
     NegativeDim { name: String, shape: Vec<i64> },
     #[error("tensor '{name}': shape {shape:?} holds more elements than can be addressed")]
@@ -282,44 +298,44 @@ impl TensorData {
         }
     }
 
-    /// Decodes the V2 JSON `data` field: a flat or nested array (row-major) of numbers,
-    /// booleans, or strings for BYTES.
+    /// Decodes an already parsed V2 JSON `data` field (a flat or nested array, row-major,
+    /// of numbers, booleans, or strings for BYTES). Nesting is bounded by serde_json's own
+    /// depth limit; request bodies go through [`TensorData::from_json_text`] instead.
     pub fn from_json(name: &str, datatype: DataType, data: &Value) -> Result<Self, TensorError> {
-        let mut flat = Vec::new();
-        flatten(data, &mut flat);
-        let bad = |index: usize, v: &Value| TensorError::JsonElement {
-            name: name.to_string(),
-            index,
-            found: json_kind(v),
-            datatype,
+        let limits = JsonLimits {
+            max_elements: usize::MAX,
+            max_depth: MAX_VALUE_DEPTH,
+            shape: &[],
+            text_len: 0,
         };
-        macro_rules! collect {
-            ($variant:ident, $conv:expr) => {
-                TensorData::$variant(
-                    flat.iter()
-                        .enumerate()
-                        .map(|(i, v)| $conv(v).ok_or_else(|| bad(i, v)))
-                        .collect::<Result<_, _>>()?,
-                )
-            };
-        }
-        Ok(match datatype {
-            DataType::Bool => collect!(Bool, |v: &Value| v.as_bool()),
-            DataType::U8 => collect!(U8, |v: &Value| int_as(v)),
-            DataType::U16 => collect!(U16, |v: &Value| int_as(v)),
-            DataType::U32 => collect!(U32, |v: &Value| int_as(v)),
-            DataType::U64 => collect!(U64, |v: &Value| v.as_u64()),
-            DataType::I8 => collect!(I8, |v: &Value| int_as(v)),
-            DataType::I16 => collect!(I16, |v: &Value| int_as(v)),
-            DataType::I32 => collect!(I32, |v: &Value| int_as(v)),
-            DataType::I64 => collect!(I64, |v: &Value| v.as_i64()),
-            DataType::F16 => collect!(F16, |v: &Value| v.as_f64().map(f16::from_f64)),
-            DataType::F32 => collect!(F32, |v: &Value| v.as_f64().map(|x| x as f32)),
-            DataType::F64 => collect!(F64, |v: &Value| v.as_f64()),
-            DataType::Bytes => collect!(Bytes, |v: &Value| v
-                .as_str()
-                .map(|s| Bytes::copy_from_slice(s.as_bytes()))),
-        })
+        decode_json(name, datatype, &limits, data)
+    }
+
+    /// Decodes the V2 JSON `data` field from its text straight into typed elements, with
+    /// no `serde_json::Value` per element: memory stays proportional to the tensor.
+    ///
+    /// The declared `shape` bounds the work as it goes: more elements than it holds, or
+    /// arrays nested deeper than its rank, are refused at the first offending element.
+    pub fn from_json_text(
+        name: &str,
+        datatype: DataType,
+        shape: &[i64],
+        text: &str,
+    ) -> Result<Self, TensorError> {
+        let Some(expected) = element_count(shape) else {
+            return Err(shape_error(name, shape));
+        };
+        let limits = JsonLimits {
+            max_elements: expected,
+            // A rank-0 tensor's one element may still come as `[x]`.
+            max_depth: shape.len().max(1),
+            shape,
+            text_len: text.len(),
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let data = decode_json(name, datatype, &limits, &mut de)?;
+        de.end().map_err(|e| json_syntax(name, &e))?;
+        Ok(data)
     }
 
     /// Encodes as a flat V2 JSON array (see the `Serialize` impl).
@@ -433,26 +449,282 @@ fn decode_bytes_elements(name: &str, raw: &Bytes) -> Result<Vec<Bytes>, TensorEr
     Ok(items)
 }
 
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
-        other => out.push(other),
+/// How deep an already parsed `Value` may nest (serde_json refuses deeper text anyway).
+const MAX_VALUE_DEPTH: usize = 128;
+
+/// What one JSON `data` field may hold.
+struct JsonLimits<'a> {
+    max_elements: usize,
+    max_depth: usize,
+    /// The declared shape, for messages.
+    shape: &'a [i64],
+    /// Length of the JSON text (0 for a parsed `Value`), which bounds the reservation.
+    text_len: usize,
+}
+
+fn json_syntax(name: &str, e: &serde_json::Error) -> TensorError {
+    TensorError::JsonSyntax {
+        name: name.to_string(),
+        message: e.to_string(),
     }
 }
 
-fn int_as<T: TryFrom<i64>>(v: &Value) -> Option<T> {
-    v.as_i64().and_then(|x| T::try_from(x).ok())
+fn shape_error(name: &str, shape: &[i64]) -> TensorError {
+    let (name, shape) = (name.to_string(), shape.to_vec());
+    if shape.iter().any(|d| *d < 0) {
+        TensorError::NegativeDim { name, shape }
+    } else {
+        TensorError::Overflow { name, shape }
+    }
 }
 
-fn json_kind(v: &Value) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("boolean {b}"),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(s) if s.len() > 32 => "a string".into(),
-        Value::String(s) => format!("string {s:?}"),
-        Value::Array(_) => "an array".into(),
-        Value::Object(_) => "an object".into(),
+/// Runs the typed visitor for `datatype` over `de`.
+fn decode_json<'de, D: serde::Deserializer<'de>>(
+    name: &str,
+    datatype: DataType,
+    limits: &JsonLimits<'_>,
+    de: D,
+) -> Result<TensorData, TensorError> {
+    macro_rules! run {
+        ($variant:ident, $t:ty) => {
+            TensorData::$variant(collect_json::<$t, D>(name, datatype, limits, de)?)
+        };
+    }
+    Ok(match datatype {
+        DataType::Bool => run!(Bool, bool),
+        DataType::U8 => run!(U8, u8),
+        DataType::U16 => run!(U16, u16),
+        DataType::U32 => run!(U32, u32),
+        DataType::U64 => run!(U64, u64),
+        DataType::I8 => run!(I8, i8),
+        DataType::I16 => run!(I16, i16),
+        DataType::I32 => run!(I32, i32),
+        DataType::I64 => run!(I64, i64),
+        DataType::F16 => run!(F16, f16),
+        DataType::F32 => run!(F32, f32),
+        DataType::F64 => run!(F64, f64),
+        DataType::Bytes => run!(Bytes, Bytes),
+    })
+}
+
+fn collect_json<'de, T: JsonElement, D: serde::Deserializer<'de>>(
+    name: &str,
+    datatype: DataType,
+    limits: &JsonLimits<'_>,
+    de: D,
+) -> Result<Vec<T>, TensorError> {
+    // Reserve for the declared shape, but never more bytes than the text is long: a shape
+    // that overstates the data cannot make the reservation outgrow the request.
+    let capacity = limits
+        .max_elements
+        .min(limits.text_len / std::mem::size_of::<T>().max(2));
+    let mut collector = Collector {
+        name,
+        datatype,
+        limits,
+        out: Vec::with_capacity(capacity),
+        error: None,
+    };
+    let seed = Level {
+        collector: &mut collector,
+        depth: 0,
+    };
+    match serde::de::DeserializeSeed::deserialize(seed, de) {
+        Ok(()) => Ok(collector.out),
+        // The visitor's own error says what was wrong; the deserializer's is a syntax error.
+        Err(e) => Err(collector.error.take().unwrap_or(TensorError::JsonSyntax {
+            name: name.to_string(),
+            message: e.to_string(),
+        })),
+    }
+}
+
+/// An element type V2 JSON `data` can hold, with the JSON values it accepts: integers
+/// in range for integer types, any number for floating types, booleans for BOOL and
+/// strings for BYTES.
+trait JsonElement: Sized {
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_f64(_: f64) -> Option<Self> {
+        None
+    }
+    fn from_string(_: &str) -> Option<Self> {
+        None
+    }
+}
+
+impl JsonElement for bool {
+    fn from_bool(b: bool) -> Option<Self> {
+        Some(b)
+    }
+}
+
+macro_rules! json_int {
+    ($($t:ty),*) => {$(
+        impl JsonElement for $t {
+            fn from_i64(v: i64) -> Option<Self> {
+                <$t>::try_from(v).ok()
+            }
+            fn from_u64(v: u64) -> Option<Self> {
+                <$t>::try_from(v).ok()
+            }
+        }
+    )*};
+}
+json_int!(u8, u16, u32, u64, i8, i16, i32, i64);
+
+macro_rules! json_float {
+    ($($t:ty => |$v:ident| $convert:expr),*) => {$(
+        impl JsonElement for $t {
+            fn from_i64(v: i64) -> Option<Self> {
+                <Self as JsonElement>::from_f64(v as f64)
+            }
+            fn from_u64(v: u64) -> Option<Self> {
+                <Self as JsonElement>::from_f64(v as f64)
+            }
+            fn from_f64($v: f64) -> Option<Self> {
+                Some($convert)
+            }
+        }
+    )*};
+}
+json_float!(f16 => |v| f16::from_f64(v), f32 => |v| v as f32, f64 => |v| v);
+
+impl JsonElement for Bytes {
+    fn from_string(s: &str) -> Option<Self> {
+        Some(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+/// The elements decoded so far and the first error of the client's making.
+struct Collector<'a, T> {
+    name: &'a str,
+    datatype: DataType,
+    limits: &'a JsonLimits<'a>,
+    out: Vec<T>,
+    error: Option<TensorError>,
+}
+
+impl<T: JsonElement> Collector<'_, T> {
+    /// Records `error` for the caller and returns the deserializer error that stops parsing.
+    fn fail<E: serde::de::Error>(&mut self, error: TensorError) -> E {
+        let message = error.to_string();
+        self.error = Some(error);
+        E::custom(message)
+    }
+
+    fn push<E: serde::de::Error>(
+        &mut self,
+        value: Option<T>,
+        found: impl FnOnce() -> String,
+    ) -> Result<(), E> {
+        let Some(value) = value else {
+            let error = TensorError::JsonElement {
+                name: self.name.to_string(),
+                index: self.out.len(),
+                found: found(),
+                datatype: self.datatype,
+            };
+            return Err(self.fail(error));
+        };
+        if self.out.len() == self.limits.max_elements {
+            let error = TensorError::TooManyElements {
+                name: self.name.to_string(),
+                shape: self.limits.shape.to_vec(),
+                expected: self.limits.max_elements,
+            };
+            return Err(self.fail(error));
+        }
+        self.out.push(value);
+        Ok(())
+    }
+}
+
+/// One array level of `data`: a seed for the value there and the visitor of it.
+struct Level<'c, 'a, T> {
+    collector: &'c mut Collector<'a, T>,
+    /// Arrays entered above this value.
+    depth: usize,
+}
+
+impl<'de, T: JsonElement> serde::de::DeserializeSeed<'de> for Level<'_, '_, T> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de, T: JsonElement> serde::de::Visitor<'de> for Level<'_, '_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an array of {} values", self.collector.datatype)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.collector
+            .push(T::from_bool(v), || format!("boolean {v}"))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.collector
+            .push(T::from_i64(v), || format!("number {v}"))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.collector
+            .push(T::from_u64(v), || format!("number {v}"))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.collector
+            .push(T::from_f64(v), || format!("number {v}"))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.collector.push(T::from_string(v), || {
+            if v.len() > 32 {
+                "a string".into()
+            } else {
+                format!("string {v:?}")
+            }
+        })
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.collector.push(None, || "null".into())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.collector.push(None, || "an object".into())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth == self.collector.limits.max_depth {
+            let error = TensorError::JsonDepth {
+                name: self.collector.name.to_string(),
+                shape: self.collector.limits.shape.to_vec(),
+                depth: self.depth + 1,
+            };
+            return Err(self.collector.fail(error));
+        }
+        let depth = self.depth + 1;
+        while seq
+            .next_element_seed(Level {
+                collector: &mut *self.collector,
+                depth,
+            })?
+            .is_some()
+        {}
+        Ok(())
     }
 }
 
@@ -473,10 +745,7 @@ impl Tensor {
     ) -> Result<Self, TensorError> {
         let name = name.into();
         let Some(expected) = element_count(&shape) else {
-            if shape.iter().any(|d| *d < 0) {
-                return Err(TensorError::NegativeDim { name, shape });
-            }
-            return Err(TensorError::Overflow { name, shape });
+            return Err(shape_error(&name, &shape));
         };
         if data.len() != expected {
             return Err(TensorError::ElementCount {
@@ -579,6 +848,135 @@ mod tests {
         assert_eq!(data.to_json(), json!(["a", "b"]));
         let data = TensorData::from_json("h", DataType::F16, &json!([0.5, 2])).unwrap();
         assert_eq!(data.to_json(), json!([0.5, 2.0]));
+    }
+
+    #[test]
+    fn json_text_decodes_every_datatype_flat_or_nested() {
+        let cases: Vec<(DataType, &[i64], &str, TensorData)> = vec![
+            (
+                DataType::Bool,
+                &[2],
+                "[true, false]",
+                TensorData::Bool(vec![true, false]),
+            ),
+            (DataType::U8, &[2], "[0, 255]", TensorData::U8(vec![0, 255])),
+            (DataType::U16, &[1], "[65535]", TensorData::U16(vec![65535])),
+            (
+                DataType::U32,
+                &[1],
+                "[4294967295]",
+                TensorData::U32(vec![u32::MAX]),
+            ),
+            (
+                DataType::U64,
+                &[1],
+                "[18446744073709551615]",
+                TensorData::U64(vec![u64::MAX]),
+            ),
+            (
+                DataType::I8,
+                &[2],
+                "[-128, 127]",
+                TensorData::I8(vec![-128, 127]),
+            ),
+            (DataType::I16, &[1], "[-3]", TensorData::I16(vec![-3])),
+            (
+                DataType::I32,
+                &[2, 2],
+                "[[1, 2], [3, 4]]",
+                TensorData::I32(vec![1, 2, 3, 4]),
+            ),
+            (
+                DataType::I64,
+                &[2],
+                "[-9223372036854775808, 1]",
+                TensorData::I64(vec![i64::MIN, 1]),
+            ),
+            (
+                DataType::F16,
+                &[1, 2],
+                "[[0.5, 2]]",
+                TensorData::F16(vec![f16::from_f32(0.5), f16::from_f32(2.0)]),
+            ),
+            (
+                DataType::F32,
+                &[3],
+                "[1.5, -2, 1e3]",
+                TensorData::F32(vec![1.5, -2.0, 1000.0]),
+            ),
+            (
+                DataType::F64,
+                &[1, 1, 1],
+                "[[[0.25]]]",
+                TensorData::F64(vec![0.25]),
+            ),
+            (
+                DataType::Bytes,
+                &[2],
+                r#"["a\u00e9", ""]"#,
+                TensorData::Bytes(vec![Bytes::from("a\u{e9}"), Bytes::new()]),
+            ),
+            // Nested data may also come flat, and a scalar tensor's element bare or in brackets.
+            (
+                DataType::I32,
+                &[2, 2],
+                "[1, 2, 3, 4]",
+                TensorData::I32(vec![1, 2, 3, 4]),
+            ),
+            (DataType::I32, &[], "7", TensorData::I32(vec![7])),
+            (DataType::I32, &[], "[7]", TensorData::I32(vec![7])),
+        ];
+        for (datatype, shape, text, expected) in cases {
+            let data = TensorData::from_json_text("t", datatype, shape, text)
+                .unwrap_or_else(|e| panic!("{datatype} {text}: {e}"));
+            assert_eq!(data, expected, "{datatype} {text}");
+            // The parsed-Value path gives the same elements.
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                TensorData::from_json("t", datatype, &value).unwrap(),
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn json_text_refuses_what_the_shape_and_datatype_do_not_allow() {
+        let err = |datatype, shape: &[i64], text| {
+            TensorData::from_json_text("x", datatype, shape, text)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(DataType::I32, &[2], "[1, \"two\"]"),
+            "tensor 'x': element 1 is string \"two\", expected a INT32 value"
+        );
+        assert_eq!(
+            err(DataType::U8, &[1], "[256]"),
+            "tensor 'x': element 0 is number 256, expected a UINT8 value"
+        );
+        assert!(err(DataType::I64, &[1], "[1.5]").contains("number 1.5, expected a INT64"));
+        assert!(err(DataType::Bool, &[1], "[1]").contains("number 1, expected a BOOL"));
+        assert!(err(DataType::Bytes, &[1], "[1]").contains("expected a BYTES"));
+        assert!(err(DataType::F32, &[1], "[null]").contains("element 0 is null"));
+        assert!(err(DataType::F32, &[1], r#"[{"a": 1}]"#).contains("is an object"));
+        assert_eq!(
+            err(DataType::F32, &[2], "[1, 2, 3]"),
+            "tensor 'x': more than 2 elements given but shape [2] needs 2"
+        );
+        assert_eq!(
+            err(DataType::F32, &[2], "[[1, 2]]"),
+            "tensor 'x': data nests arrays 2 deep, deeper than shape [2] allows"
+        );
+        // Arrays nested far deeper than the shape stop at the first level too deep.
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(err(DataType::F32, &[1, 1], &deep).contains("nests arrays 3 deep"));
+        assert!(err(DataType::F32, &[2], "[1, 2").contains("data is not valid JSON"));
+        assert!(err(DataType::F32, &[2], "[1, 2] x").contains("data is not valid JSON"));
+        assert!(err(DataType::F32, &[-1], "[]").contains("negative dimension"));
+        // A shape far larger than the data does not make the decoder reserve for it (the
+        // element count is then refused by `Tensor::new`).
+        let data = TensorData::from_json_text("x", DataType::F64, &[1 << 40], "[1]").unwrap();
+        assert_eq!(data.len(), 1);
     }
 
     #[test]
