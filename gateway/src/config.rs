@@ -59,7 +59,20 @@ pub struct AuthConfig {
     /// Burst above the per-model rate (default: one second's worth).
     #[arg(long, value_name = "N")]
     pub per_model_burst: Option<u32>,
+    /// Failed authentications (a wrong or expired key or JWT) forgiven per second per client
+    /// address; beyond the burst, that address gets 429 until it is forgiven. 0 turns the
+    /// limit off (e.g. for a trusted proxy that all clients share). Default 1.
+    #[arg(long, value_name = "RPS")]
+    pub auth_failure_rps: Option<f64>,
+    /// Failed authentications a client address may make at once (default 20).
+    #[arg(long, value_name = "N")]
+    pub auth_failure_burst: Option<u32>,
 }
+
+/// Failed authentications forgiven per second per address when not configured.
+pub const DEFAULT_AUTH_FAILURE_RPS: f64 = 1.0;
+/// Failed authentications an address may make at once when not configured.
+pub const DEFAULT_AUTH_FAILURE_BURST: u32 = 20;
 
 impl fmt::Debug for AuthConfig {
     /// Like the derived form, with the HS256 secret hidden.
@@ -81,6 +94,8 @@ impl fmt::Debug for AuthConfig {
             .field("per_credential_burst", &self.per_credential_burst)
             .field("per_model_rps", &self.per_model_rps)
             .field("per_model_burst", &self.per_model_burst)
+            .field("auth_failure_rps", &self.auth_failure_rps)
+            .field("auth_failure_burst", &self.auth_failure_burst)
             .finish()
     }
 }

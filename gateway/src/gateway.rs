@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use http::header::AUTHORIZATION;
 use http::{Extensions, HeaderMap};
+use subtle::ConstantTimeEq;
 
+use crate::config::{DEFAULT_AUTH_FAILURE_BURST, DEFAULT_AUTH_FAILURE_RPS};
 use crate::jwt::JwtVerifier;
 use crate::keys::{KEY_PREFIX, KeyStore};
-use crate::limits::Limiter;
+use crate::limits::{FailureLimiter, Limiter};
 use crate::policy::{RouteClass, allowed};
 use crate::tls::TlsConnectInfo;
 use crate::{AuthConfig, AuthLayer, GatewayError, GrpcAuthLayer, Role};
@@ -36,6 +39,19 @@ pub enum LimitScope {
     Credential,
     /// The model's rate, shared by all callers.
     Model,
+    /// The failed authentications of the caller's address.
+    AuthFailures,
+}
+
+impl LimitScope {
+    /// The `scope` label of `nexus_rate_limited_total`.
+    fn label(self) -> &'static str {
+        match self {
+            LimitScope::Credential => "credential",
+            LimitScope::Model => "model",
+            LimitScope::AuthFailures => "auth_failures",
+        }
+    }
 }
 
 /// Why a request was refused; each front end turns it into its protocol's answer.
@@ -62,10 +78,11 @@ impl Denial {
         match self {
             Denial::Unauthenticated(m) | Denial::Forbidden(m) | Denial::Unavailable(m) => m.clone(),
             Denial::RateLimited { scope, retry_after } => format!(
-                "rate limit of this {} exceeded; retry in {} s",
+                "{}; retry in {} s",
                 match scope {
-                    LimitScope::Credential => "credential",
-                    LimitScope::Model => "model",
+                    LimitScope::Credential => "rate limit of this credential exceeded",
+                    LimitScope::Model => "rate limit of this model exceeded",
+                    LimitScope::AuthFailures => "too many failed authentications from this address",
                 },
                 retry_secs(*retry_after)
             ),
@@ -77,6 +94,9 @@ impl Denial {
 pub(crate) fn retry_secs(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
+
+/// The API key header (also accepted as gRPC metadata).
+const X_API_KEY: &str = "x-api-key";
 
 /// The protocol, as metrics label it.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +130,8 @@ struct Inner {
     jwt: Option<JwtVerifier>,
     per_credential: Option<Limiter>,
     per_model: Option<Limiter>,
+    /// Failed authentications per client address (`None`: not limited).
+    auth_failures: Option<FailureLimiter>,
 }
 
 impl Gateway {
@@ -139,6 +161,12 @@ impl Gateway {
             .per_model_rps
             .map(|rps| Limiter::new("per_model", rps, config.per_model_burst))
             .transpose()?;
+        let auth_failures = FailureLimiter::new(
+            config.auth_failure_rps.unwrap_or(DEFAULT_AUTH_FAILURE_RPS),
+            config
+                .auth_failure_burst
+                .unwrap_or(DEFAULT_AUTH_FAILURE_BURST),
+        )?;
         Ok(Gateway {
             inner: Arc::new(Inner {
                 enabled: config.enabled,
@@ -147,6 +175,7 @@ impl Gateway {
                 jwt,
                 per_credential,
                 per_model,
+                auth_failures,
             }),
         })
     }
@@ -188,10 +217,29 @@ impl Gateway {
             self.limit(protocol, LimitScope::Credential, &key)?;
             return Ok(None);
         }
+        let failures = self.inner.auth_failures.as_ref().zip(client);
+        if let Some((limiter, ip)) = failures
+            && let Err(retry_after) = limiter.check(ip)
+        {
+            return Err(rate_limited(
+                protocol,
+                LimitScope::AuthFailures,
+                retry_after,
+            ));
+        }
         let principal = match self.authenticate(headers).await {
             Ok(p) => p,
             Err(denial) => {
                 record_denial(protocol, &denial);
+                // A wrong credential counts against the address; a missing one guesses
+                // nothing and costs no check, so it does not.
+                let presented =
+                    headers.contains_key(AUTHORIZATION) || headers.contains_key(X_API_KEY);
+                if let (Some((limiter, ip)), Denial::Unauthenticated(_), true) =
+                    (failures, &denial, presented)
+                {
+                    limiter.failed(ip);
+                }
                 return Err(denial);
             }
         };
@@ -221,22 +269,15 @@ impl Gateway {
         let limiter = match scope {
             LimitScope::Credential => &self.inner.per_credential,
             LimitScope::Model => &self.inner.per_model,
+            // Counts failures, not requests: `admit` applies it.
+            LimitScope::AuthFailures => &None,
         };
         let Some(limiter) = limiter else {
             return Ok(());
         };
-        limiter.check(key).map_err(|retry_after| {
-            metrics::counter!(
-                "nexus_rate_limited_total",
-                "scope" => match scope {
-                    LimitScope::Credential => "credential",
-                    LimitScope::Model => "model",
-                },
-                "protocol" => protocol.label(),
-            )
-            .increment(1);
-            Denial::RateLimited { scope, retry_after }
-        })
+        limiter
+            .check(key)
+            .map_err(|retry_after| rate_limited(protocol, scope, retry_after))
     }
 
     /// The principal behind a request's credential: `X-API-Key`, or `Authorization` with a
@@ -253,7 +294,7 @@ impl Gateway {
                 })
                 .transpose()
         };
-        let token = if let Some(value) = header("authorization")? {
+        let token = if let Some(value) = header(AUTHORIZATION.as_str())? {
             let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
             let rest = rest.trim();
             if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
@@ -269,7 +310,7 @@ impl Gateway {
                     "unsupported Authorization scheme: use Bearer <API key or JWT>".into(),
                 ));
             }
-        } else if let Some(value) = header("x-api-key")? {
+        } else if let Some(value) = header(X_API_KEY)? {
             value.to_string()
         } else {
             return Err(Denial::Unauthenticated(
@@ -278,7 +319,11 @@ impl Gateway {
             ));
         };
 
-        if token == self.inner.internal {
+        // Constant time: how long a comparison takes must not tell a guesser how many of
+        // its leading characters were right. (API keys are looked up by their SHA-256, which
+        // a guesser cannot steer towards a stored one; JWT signatures are checked by
+        // jsonwebtoken/aws-lc, in constant time.)
+        if bool::from(token.as_bytes().ct_eq(self.inner.internal.as_bytes())) {
             return Ok(Principal {
                 subject: "nexus".into(),
                 role: crate::Role::Admin,
@@ -324,6 +369,17 @@ fn basic_password(encoded: &str) -> Option<String> {
     password
         .starts_with(KEY_PREFIX)
         .then(|| password.to_string())
+}
+
+/// Counts a rate-limit refusal and makes its denial.
+fn rate_limited(protocol: Protocol, scope: LimitScope, retry_after: Duration) -> Denial {
+    metrics::counter!(
+        "nexus_rate_limited_total",
+        "scope" => scope.label(),
+        "protocol" => protocol.label(),
+    )
+    .increment(1);
+    Denial::RateLimited { scope, retry_after }
 }
 
 fn record_denial(protocol: Protocol, denial: &Denial) {

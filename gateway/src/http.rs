@@ -2,6 +2,8 @@
 //! authorises and rate-limits each request, and answers refusals in the error shape of the
 //! API the path belongs to (MLflow's `{"error_code", "message"}` or V2's `{"error"}`).
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use axum::extract::OriginalUri;
@@ -9,11 +11,40 @@ use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use http::{HeaderValue, Request, StatusCode, header};
 use serde_json::json;
+use tokio::net::TcpListener;
 use tower::{Layer, Service};
 
 use crate::gateway::{Protocol, client_ip, retry_secs};
 use crate::policy::{classify_http, is_mlflow_path, model_from_path};
+use crate::tls::{ServerTls, TlsConnectInfo, TlsListener};
 use crate::{Denial, Gateway};
+
+/// Serves `app` on `listener` behind `gateway` until `shutdown` completes: over TLS when
+/// `tls` is given, and with the client's address recorded (per-address limits need it).
+/// For a server that is only an axum router, such as `nexus registry`.
+pub async fn serve_http(
+    app: axum::Router,
+    gateway: &Gateway,
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app.layer(gateway.http_layer());
+    match tls {
+        Some(config) => {
+            let app = app.into_make_service_with_connect_info::<TlsConnectInfo>();
+            axum::serve(TlsListener::new(listener, config)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
 
 /// Tower layer putting the gateway in front of an axum router (`router.layer(layer)`).
 /// Cheap to clone.
@@ -84,7 +115,7 @@ where
                     && gateway.limits_models()
                     && let Some(model) = model_from_path(path)
                 {
-                    gateway.limit_model(Protocol::Http, model)?;
+                    gateway.limit_model(Protocol::Http, &model)?;
                 }
                 Ok(principal)
             });

@@ -9,10 +9,16 @@
 //! - [`tls`]: rustls server configuration (optionally mutual TLS, from [`TlsConfig`]) and a
 //!   listener serving both axum and tonic.
 //! - [`check_bind`]: refuses to expose an unauthenticated server on the network.
+//! - [`serve_http`]: an axum router behind the gateway, plain or TLS (`nexus registry`).
 //! - [`cli`]: `nexus token create|list|revoke`.
 //!
+//! Failed authentications are limited per client address (`--auth-failure-rps`,
+//! `--auth-failure-burst`): once over, the address gets 429 / RESOURCE_EXHAUSTED before any
+//! credential of it is checked.
+//!
 //! Metrics: `nexus_auth_denied_total{reason, protocol}` and
-//! `nexus_rate_limited_total{scope, protocol}`.
+//! `nexus_rate_limited_total{scope, protocol}` (scope `credential`, `model` or
+//! `auth_failures`).
 //!
 //! # Wiring
 //!
@@ -68,6 +74,6 @@ pub use config::{AuthConfig, TlsConfig, check_bind};
 pub use error::GatewayError;
 pub use gateway::{Denial, Gateway, LimitScope, Principal};
 pub use grpc::{GrpcAuthLayer, GrpcAuthService};
-pub use http::{AuthLayer, AuthService};
+pub use http::{AuthLayer, AuthService, serve_http};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, KeyStore};
 pub use policy::{Role, RouteClass, allowed};

@@ -3,10 +3,12 @@
 //! decided here, so a new endpoint needs one line in [`classify_http`] or
 //! [`classify_grpc`] and nothing else; an endpoint nobody classified is [`RouteClass::Admin`].
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
 use http::Method;
+use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 
 /// A principal's role. Each role's rights are listed in [`allowed`].
@@ -296,11 +298,12 @@ pub fn classify_grpc(path: &str) -> RouteClass {
 }
 
 /// The model an HTTP inference or feedback request is for (`/v2/models/{m}/…`), the key of
-/// the per-model rate limit.
-pub fn model_from_path(path: &str) -> Option<&str> {
+/// the per-model rate limit. Percent-decoded as the server's router decodes it, so
+/// `simpl%65` is the model "simple" and shares its limit.
+pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
     let rest = path.strip_prefix("/v2/models/")?;
     let (model, _) = rest.split_once('/')?;
-    (!model.is_empty()).then_some(model)
+    (!model.is_empty()).then(|| percent_decode_str(model).decode_utf8_lossy())
 }
 
 /// Whether a gRPC path is a unary inference call, whose message names its model.
@@ -517,11 +520,14 @@ mod tests {
 
     #[test]
     fn models_and_roles() {
-        assert_eq!(model_from_path("/v2/models/fraud/infer"), Some("fraud"));
+        let model = |path| model_from_path(path).map(Cow::into_owned);
+        assert_eq!(model("/v2/models/fraud/infer").as_deref(), Some("fraud"));
         assert_eq!(
-            model_from_path("/v2/models/fraud/versions/2/infer"),
+            model("/v2/models/fraud/versions/2/infer").as_deref(),
             Some("fraud")
         );
+        assert_eq!(model("/v2/models/fr%61ud/infer").as_deref(), Some("fraud"));
+        assert_eq!(model("/v2/models/a%2Fb/infer").as_deref(), Some("a/b"));
         assert_eq!(model_from_path("/v2/models//infer"), None);
         assert_eq!(model_from_path("/v2/models/fraud"), None);
         assert_eq!("Deployer".parse::<Role>(), Ok(Role::Deployer));

@@ -154,3 +154,44 @@ async fn grpc_rate_limits() {
         .unwrap();
     assert_eq!(reply.raw_bytes, 3 << 20);
 }
+
+/// Over gRPC as over HTTP: wrong credentials from one address, then RESOURCE_EXHAUSTED
+/// with `retry-after` metadata for every call from it, a valid credential included.
+#[tokio::test]
+async fn grpc_failed_authentication_is_limited_per_address() {
+    let gateway = gateway(None, |c| {
+        c.auth_failure_rps = Some(0.5);
+        c.auth_failure_burst = Some(2);
+    })
+    .await;
+    let server = serve_grpc(&gateway).await;
+    let mut client = grpc_client(server.addr).await;
+    for guess in ["nexus_guess1", "not-a-jwt"] {
+        let status = grpc_call(&mut client, "ModelMetadata", message("m"), &bearer(guess))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let valid = bearer(&token_for(Role::Reader));
+    let status = grpc_call(&mut client, "ModelMetadata", message("m"), &valid)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("failed authentications"),
+        "{status:?}"
+    );
+    let retry: u64 = status
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(retry, 2);
+    // Health stays open.
+    grpc_call(&mut client, "ServerLive", message("m"), &[])
+        .await
+        .unwrap();
+}

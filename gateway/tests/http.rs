@@ -465,6 +465,86 @@ async fn rate_limits_per_credential_and_per_model() {
     );
 }
 
+/// The server decodes `/v2/models/simpl%65/infer` to model "simple", so the per-model
+/// limit must too: a percent-encoded name is the same bucket, not a way around it.
+#[tokio::test]
+async fn an_encoded_model_name_shares_the_models_limit() {
+    let gateway = gateway(None, tight_limits).await;
+    let server = serve_http(router(&gateway)).await;
+    let callers = ["a", "b", "c", "d"].map(|sub| hs256(json!({"sub": sub, "role": "inference"})));
+    for (caller, path) in callers
+        .iter()
+        .zip(["/v2/models/simple/infer", "/v2/models/simpl%65/infer"])
+    {
+        let (status, _, body) = call(&server, "POST", path, Some(caller)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    for path in ["/v2/models/%73imple/infer", "/v2/models/simple/infer"] {
+        let (status, headers, body) = call(&server, "POST", path, Some(&callers[2])).await;
+        assert_eq!(status, 429, "{path}: {body}");
+        assert!(headers.contains_key("retry-after"), "{path}");
+    }
+    assert_eq!(
+        call(
+            &server,
+            "POST",
+            "/v2/models/simple2/infer",
+            Some(&callers[3])
+        )
+        .await
+        .0,
+        200
+    );
+}
+
+/// Wrong credentials fill the address's bucket; once full, every request from it gets 429
+/// with Retry-After before its credential is even looked at (a valid one included), and
+/// the bucket drains with time. Requests without any credential do not count.
+#[tokio::test]
+async fn failed_authentication_is_limited_per_address() {
+    let limited = gateway(None, |c| {
+        c.auth_failure_rps = Some(2.0);
+        c.auth_failure_burst = Some(3);
+    })
+    .await;
+    let server = serve_http(router(&limited)).await;
+    let valid = token_for(Role::Reader);
+    let path = "/api/2.0/mlflow/registered-models/get";
+    for _ in 0..5 {
+        assert_eq!(call(&server, "GET", path, None).await.0, 401);
+    }
+    for guess in ["nexus_guess1", "not-a-jwt", "nexus_guess3"] {
+        let (status, _, body) = call(&server, "GET", path, Some(guess)).await;
+        assert_eq!(status, 401, "{guess}: {body}");
+    }
+    for token in ["nexus_guess4", valid.as_str()] {
+        let (status, headers, body) = call(&server, "GET", path, Some(token)).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(body["error_code"], "RESOURCE_EXHAUSTED", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("failed authentications"),
+            "{body}"
+        );
+        let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert_eq!(retry, 1);
+    }
+    // Health probes stay open; after the wait the valid credential is admitted.
+    assert_eq!(call(&server, "GET", "/v2/health/ready", None).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(call(&server, "GET", path, Some(&valid)).await.0, 200);
+
+    // 0 turns the limit off (a proxy every client shares).
+    let open = gateway(None, |c| c.auth_failure_rps = Some(0.0)).await;
+    let server = serve_http(router(&open)).await;
+    for _ in 0..30 {
+        assert_eq!(call(&server, "GET", path, Some("nexus_guess")).await.0, 401);
+    }
+    assert_eq!(call(&server, "GET", path, Some(&valid)).await.0, 200);
+}
+
 #[tokio::test]
 async fn without_auth_everything_passes_but_limits_apply_per_address() {
     let config = AuthConfig {
