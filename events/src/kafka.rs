@@ -7,6 +7,12 @@
 //!   and counted as `undelivered`.
 //! - Missing topics are created at start with the admin API (`--kafka-partitions`,
 //!   `--kafka-replication-factor`); brokers that auto-create topics are not relied on.
+//! - [`KafkaBus::start`] (what `nexus serve`/`up` use) does not need the broker: when none
+//!   answers within a few seconds the bus starts unconnected and keeps trying in the
+//!   background. Until it has reached the broker and made sure of the topics, events are
+//!   dropped at once (`nexus_events_dropped_total{reason="unavailable"}`), confirmed
+//!   publishes, subscriptions and replays fail with [`EventError::Unavailable`] (the
+//!   optimiser retries), and [`EventBus::healthy`] says why; then events flow.
 //! - A subscription is a [`StreamConsumer`] in the consumer group, without auto-commit,
 //!   starting at the earliest offset for a new group; `commit` commits synchronously.
 //! - `replay` reads every partition from the beginning to the high watermark it saw when
@@ -27,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -46,6 +52,10 @@ use crate::{BoxFuture, Delivery, EventBus, EventError, Subscription, Topic, Topi
 
 /// How long `connect` waits for the brokers before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `start` waits for the brokers before it goes on without them.
+const START_WAIT: Duration = Duration::from_secs(3);
+/// Longest pause between two attempts of a bus started without its broker.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long `healthy` waits for metadata.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `flush` waits for queued events.
@@ -341,6 +351,26 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// Whether a bus has reached its broker (and made sure of its topics) since it started.
+struct Link {
+    connected: AtomicBool,
+    /// Why the last attempt failed, while not connected.
+    error: Mutex<String>,
+    dropped: Throttle,
+}
+
+impl Link {
+    /// The error of a bus that has not reached its broker yet.
+    fn unavailable(&self, brokers: &str) -> EventError {
+        EventError::Unavailable(format!(
+            "Kafka (brokers {brokers}) not reached since start: {}; events are dropped and \
+             counted in nexus_events_dropped_total{{reason=\"unavailable\"}} until it answers \
+             (inference is not affected)",
+            self.error.lock()
+        ))
+    }
+}
+
 /// The Kafka event bus.
 pub struct KafkaBus {
     /// Inference events: batched for `--kafka-linger-ms`.
@@ -351,6 +381,7 @@ pub struct KafkaBus {
     args: KafkaArgs,
     next_id: AtomicU64,
     full: Throttle,
+    link: Arc<Link>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -383,7 +414,41 @@ impl KafkaBus {
     /// Connects to `args.brokers`, creating missing topics; fails with
     /// [`EventError::Unavailable`] when no broker answers within 10 s.
     pub async fn connect(args: &KafkaArgs) -> Result<KafkaBus, EventError> {
-        let brokers = args.brokers.clone().unwrap_or_default();
+        let bus = KafkaBus::create(args)?;
+        reach(&bus.args, &bus.producer, CONNECT_TIMEOUT).await?;
+        bus.link.connected.store(true, Ordering::Release);
+        Ok(bus)
+    }
+
+    /// As [`KafkaBus::connect`], except that a broker that does not answer within a few
+    /// seconds does not stop it: the bus starts unconnected, drops (and counts) events and
+    /// keeps trying in the background until the broker answers. Fails only on a bad
+    /// configuration.
+    pub async fn start(args: &KafkaArgs) -> Result<KafkaBus, EventError> {
+        let bus = KafkaBus::create(args)?;
+        match reach(&bus.args, &bus.producer, START_WAIT).await {
+            Ok(()) => bus.link.connected.store(true, Ordering::Release),
+            Err(error @ EventError::Config(_)) => return Err(error),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "Kafka does not answer; serving without events until it does (events \
+                     are dropped and counted in nexus_events_dropped_total, /health/ready \
+                     says why)"
+                );
+                *bus.link.error.lock() = error.to_string();
+                tokio::spawn(keep_trying(
+                    bus.args.clone(),
+                    Arc::downgrade(&bus.producer),
+                    Arc::clone(&bus.link),
+                ));
+            }
+        }
+        Ok(bus)
+    }
+
+    /// The producers for `args`, not yet connected.
+    fn create(args: &KafkaArgs) -> Result<KafkaBus, EventError> {
         let create = |linger_ms: u64| -> Result<_, EventError> {
             let context = DeliveryContext {
                 pending: Mutex::new(HashMap::new()),
@@ -396,28 +461,33 @@ impl KafkaBus {
                 .map_err(|e| EventError::Config(format!("kafka producer: {e}")))?;
             Ok(Arc::new(producer))
         };
-        let producer = create(args.linger_ms)?;
-        let confirmed = create(0)?;
-        let probe = producer.clone();
-        blocking(move || probe.client().fetch_metadata(None, CONNECT_TIMEOUT))
-            .await?
-            .map_err(|e| unavailable(&brokers, "cannot reach Kafka", e))?;
-        let bus = KafkaBus {
-            producer,
-            confirmed,
+        Ok(KafkaBus {
+            producer: create(args.linger_ms)?,
+            confirmed: create(0)?,
             args: args.clone(),
             next_id: AtomicU64::new(1),
             full: Throttle::new(),
-        };
-        bus.ensure_topics().await?;
-        tracing::info!(
-            brokers = %brokers,
-            inference = %args.topics.inference,
-            feedback = %args.topics.feedback,
-            decisions = %args.topics.decisions,
-            "connected to Kafka"
-        );
-        Ok(bus)
+            link: Arc::new(Link {
+                connected: AtomicBool::new(false),
+                error: Mutex::new(String::new()),
+                dropped: Throttle::new(),
+            }),
+        })
+    }
+
+    /// Whether the bus has reached its broker since it started.
+    pub fn connected(&self) -> bool {
+        self.link.connected.load(Ordering::Acquire)
+    }
+
+    /// `Err` while the bus has not reached its broker yet.
+    fn check_connected(&self) -> Result<(), EventError> {
+        match self.connected() {
+            true => Ok(()),
+            false => Err(self
+                .link
+                .unavailable(self.args.brokers.as_deref().unwrap_or_default())),
+        }
     }
 
     /// The topic names on the broker.
@@ -442,98 +512,159 @@ impl KafkaBus {
     /// Creates those of the three topics that the cluster does not have, with the
     /// configured partitions and replication factor ("already exists" is success).
     pub async fn ensure_topics(&self) -> Result<(), EventError> {
-        let brokers = self.args.brokers.clone().unwrap_or_default();
-        let names: Vec<String> = Topic::ALL
-            .iter()
-            .map(|t| self.args.topics.name(*t).to_owned())
-            .collect();
-        let missing = self.missing_topics(&names).await?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let admin: AdminClient<LogContext> = self
-            .args
-            .common_config()?
-            .create_with_context(LogContext)
-            .map_err(|e| EventError::Config(format!("kafka admin client: {e}")))?;
-        let new_topics: Vec<NewTopic<'_>> = missing
-            .iter()
-            .map(|name| {
-                NewTopic::new(
-                    name,
-                    self.args.partitions,
-                    TopicReplication::Fixed(self.args.replication_factor),
-                )
-            })
-            .collect();
-        let options = AdminOptions::new()
-            .request_timeout(Some(CONNECT_TIMEOUT))
-            .operation_timeout(Some(CONNECT_TIMEOUT));
-        let results = admin
-            .create_topics(&new_topics, &options)
-            .await
-            .map_err(|e| unavailable(&brokers, "cannot create Kafka topics", e))?;
-        for result in results {
-            match result {
-                Ok(name) => tracing::info!(
-                    topic = %name,
-                    partitions = self.args.partitions,
-                    replication_factor = self.args.replication_factor,
-                    "created Kafka topic"
-                ),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(broker_error(
-                        &format!("cannot create Kafka topic {name}"),
-                        code,
-                    ));
-                }
-            }
-        }
-        // Wait until the topics show in metadata, so the first events find them.
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
-        loop {
-            let missing = self.missing_topics(&names).await?;
-            if missing.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(broker_error(
-                    "created topics do not appear in metadata",
-                    missing.join(", "),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn missing_topics(&self, names: &[String]) -> Result<Vec<String>, EventError> {
-        let brokers = self.args.brokers.clone().unwrap_or_default();
-        let producer = self.producer.clone();
-        let names = names.to_vec();
-        blocking(move || {
-            let mut missing = Vec::new();
-            for name in names {
-                let metadata = producer
-                    .client()
-                    .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
-                    .map_err(|e| unavailable(&brokers, "cannot read Kafka metadata", e))?;
-                let exists = metadata
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty());
-                if !exists {
-                    missing.push(name);
-                }
-            }
-            Ok(missing)
-        })
-        .await?
+        ensure_topics(&self.args, &self.producer).await
     }
 
     fn record(&self, topic: Topic, id: u64) -> BaseRecord<'_, str, [u8], usize> {
         BaseRecord::with_opaque_to(self.args.topics.name(topic), opaque(topic, id))
     }
+}
+
+/// Reaches the brokers (metadata within `wait`) and makes sure of the topics.
+async fn reach(
+    args: &KafkaArgs,
+    producer: &Arc<ThreadedProducer<DeliveryContext>>,
+    wait: Duration,
+) -> Result<(), EventError> {
+    let brokers = args.brokers.clone().unwrap_or_default();
+    let probe = Arc::clone(producer);
+    blocking(move || probe.client().fetch_metadata(None, wait))
+        .await?
+        .map_err(|e| unavailable(&brokers, "cannot reach Kafka", e))?;
+    ensure_topics(args, producer).await?;
+    tracing::info!(
+        brokers = %brokers,
+        inference = %args.topics.inference,
+        feedback = %args.topics.feedback,
+        decisions = %args.topics.decisions,
+        "connected to Kafka"
+    );
+    Ok(())
+}
+
+/// Tries to reach the brokers until it succeeds (then the bus is connected) or the bus is
+/// dropped, waiting longer between attempts up to [`RETRY_MAX`].
+async fn keep_trying(
+    args: KafkaArgs,
+    producer: std::sync::Weak<ThreadedProducer<DeliveryContext>>,
+    link: Arc<Link>,
+) {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(pause).await;
+        let Some(producer) = producer.upgrade() else {
+            return;
+        };
+        match reach(&args, &producer, HEALTH_TIMEOUT).await {
+            Ok(()) => {
+                link.connected.store(true, Ordering::Release);
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "Kafka still not reachable");
+                *link.error.lock() = error.to_string();
+            }
+        }
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+/// Creates those of the topics of `args` that the cluster does not have.
+async fn ensure_topics(
+    args: &KafkaArgs,
+    producer: &Arc<ThreadedProducer<DeliveryContext>>,
+) -> Result<(), EventError> {
+    let brokers = args.brokers.clone().unwrap_or_default();
+    let names: Vec<String> = Topic::ALL
+        .iter()
+        .map(|t| args.topics.name(*t).to_owned())
+        .collect();
+    let missing = missing_topics(args, producer, &names).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<LogContext> = args
+        .common_config()?
+        .create_with_context(LogContext)
+        .map_err(|e| EventError::Config(format!("kafka admin client: {e}")))?;
+    let new_topics: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                args.partitions,
+                TopicReplication::Fixed(args.replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new()
+        .request_timeout(Some(CONNECT_TIMEOUT))
+        .operation_timeout(Some(CONNECT_TIMEOUT));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(|e| unavailable(&brokers, "cannot create Kafka topics", e))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(
+                topic = %name,
+                partitions = args.partitions,
+                replication_factor = args.replication_factor,
+                "created Kafka topic"
+            ),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(broker_error(
+                    &format!("cannot create Kafka topic {name}"),
+                    code,
+                ));
+            }
+        }
+    }
+    // Wait until the topics show in metadata, so the first events find them.
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let missing = missing_topics(args, producer, &names).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(broker_error(
+                "created topics do not appear in metadata",
+                missing.join(", "),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Those of `names` the cluster does not have (with partitions).
+async fn missing_topics(
+    args: &KafkaArgs,
+    producer: &Arc<ThreadedProducer<DeliveryContext>>,
+    names: &[String],
+) -> Result<Vec<String>, EventError> {
+    let brokers = args.brokers.clone().unwrap_or_default();
+    let producer = Arc::clone(producer);
+    let names = names.to_vec();
+    blocking(move || {
+        let mut missing = Vec::new();
+        for name in names {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+                .map_err(|e| unavailable(&brokers, "cannot read Kafka metadata", e))?;
+            let exists = metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty());
+            if !exists {
+                missing.push(name);
+            }
+        }
+        Ok(missing)
+    })
+    .await?
 }
 
 impl EventBus for KafkaBus {
@@ -548,6 +679,16 @@ impl EventBus for KafkaBus {
         payload: Vec<u8>,
         traceparent: Option<&str>,
     ) -> bool {
+        if !self.connected() {
+            crate::dropped(topic, "unavailable");
+            if self.link.dropped.ready() {
+                tracing::warn!(
+                    topic = topic.label(),
+                    "Kafka not reached yet; dropping events (counted in nexus_events_dropped_total)"
+                );
+            }
+            return false;
+        }
         let mut record = self.record(topic, 0).key(key).payload(payload.as_slice());
         if let Some(value) = traceparent {
             record = record.headers(OwnedHeaders::new().insert(Header {
@@ -588,6 +729,7 @@ impl EventBus for KafkaBus {
         payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<(), EventError>> {
         Box::pin(async move {
+            self.check_connected()?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             let pending = &self.confirmed.context().pending;
@@ -640,6 +782,8 @@ impl EventBus for KafkaBus {
         group: &'a str,
     ) -> BoxFuture<'a, Result<Box<dyn Subscription>, EventError>> {
         Box::pin(async move {
+            // A consumer of a topic not created yet is not what the broker is for.
+            self.check_connected()?;
             let name = self.args.topics.name(topic).to_owned();
             let consumer: StreamConsumer<LogContext> = self
                 .args
@@ -661,6 +805,7 @@ impl EventBus for KafkaBus {
 
     fn replay(&self, topic: Topic) -> BoxFuture<'_, Result<Vec<Delivery>, EventError>> {
         Box::pin(async move {
+            self.check_connected()?;
             let name = self.args.topics.name(topic).to_owned();
             read_topic(&self.args, topic, &name, HashMap::new()).await
         })
@@ -668,6 +813,7 @@ impl EventBus for KafkaBus {
 
     fn healthy(&self) -> BoxFuture<'_, Result<(), EventError>> {
         Box::pin(async move {
+            self.check_connected()?;
             let brokers = self.args.brokers.clone().unwrap_or_default();
             let producer = self.producer.clone();
             let topic = self.args.topics.decisions.clone();

@@ -165,8 +165,9 @@ pub trait Subscription: Send {
 }
 
 /// Opens the bus `args` describe: a [`MemoryBus`] keeping `--event-buffer` events per
-/// topic when no `--kafka-brokers` is given, else a [`KafkaBus`] connected to them
-/// (creating missing topics; [`EventError::Unavailable`] when no broker answers).
+/// topic when no `--kafka-brokers` is given, else a [`KafkaBus`] for them, started with
+/// [`KafkaBus::start`]: a broker that does not answer yet does not stop the caller (events
+/// are dropped and counted until it does); only a bad configuration is an error.
 pub async fn open(args: &KafkaArgs) -> Result<Arc<dyn EventBus>, EventError> {
     match args.brokers.as_deref().map(str::trim) {
         None | Some("") => {
@@ -176,7 +177,7 @@ pub async fn open(args: &KafkaArgs) -> Result<Arc<dyn EventBus>, EventError> {
             );
             Ok(Arc::new(MemoryBus::new(args.event_buffer)))
         }
-        Some(_) => Ok(Arc::new(KafkaBus::connect(args).await?)),
+        Some(_) => Ok(Arc::new(KafkaBus::start(args).await?)),
     }
 }
 
