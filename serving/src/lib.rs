@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod http;
 pub mod infer;
 pub mod instance;
+pub mod limits;
 pub mod manager;
 pub mod metrics;
 pub mod remote;
@@ -59,6 +60,10 @@ pub const SERVER_EXTENSIONS: &[&str] = &[
     "statistics",
 ];
 
+/// Concurrent gRPC calls per connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`),
+/// hyper's own default.
+pub const GRPC_MAX_CONCURRENT_STREAMS: u32 = 200;
+
 /// Options of the inference server (`nexus serve`, `nexus up`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -96,6 +101,11 @@ pub struct ServeArgs {
     /// Largest HTTP request body or gRPC message accepted, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_request_bytes: usize,
+    /// Bytes of request bodies and gRPC messages the server holds at once, over every
+    /// connection; requests beyond it get HTTP 503 / gRPC UNAVAILABLE and may be retried.
+    /// Decoded tensors take up to a few times their request's size on top of this.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_INFLIGHT_BYTES)]
+    pub max_inflight_bytes: usize,
     /// ONNX Runtime intra-op threads per instance when the model config sets none (0: ONNX Runtime's default).
     #[arg(long, default_value_t = 0)]
     pub ort_intra_threads: usize,
@@ -277,9 +287,18 @@ pub async fn serve(
     };
 
     let shutdown = shutdown.shared();
+    if args.max_inflight_bytes < args.max_request_bytes {
+        tracing::warn!(
+            max_inflight_bytes = args.max_inflight_bytes,
+            max_request_bytes = args.max_request_bytes,
+            "--max-inflight-bytes is below --max-request-bytes: requests larger than it are always refused"
+        );
+    }
+    let inflight = limits::InflightBytes::new(args.max_inflight_bytes);
     let http_app = http::server::router(Arc::new(http::server::HttpState {
         manager: Arc::clone(&manager),
         max_request_bytes: args.max_request_bytes,
+        inflight: Arc::clone(&inflight),
     }))
     .merge(extensions.routes)
     .merge(health::router(
@@ -336,6 +355,11 @@ pub async fn serve(
     let metrics_server =
         axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(shutdown.clone());
     let grpc_router = tonic::transport::Server::builder()
+        // tonic passes `None` for these, which lifts hyper's limits (200 streams per
+        // connection, 1024 locally reset streams): restore them, so one connection can
+        // neither open unbounded concurrent calls nor reset streams forever.
+        .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS)
+        .http2_max_local_error_reset_streams(Some(1024))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -352,6 +376,7 @@ pub async fn serve(
         .add_service(grpc::server::service(
             Arc::clone(&manager),
             args.max_request_bytes,
+            inflight,
         ));
     let grpc_server: BoxFuture<'static, Result<(), tonic::transport::Error>> = match extensions.tls
     {

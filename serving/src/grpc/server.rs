@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
+use prost::Message;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -15,6 +16,7 @@ use nexus_models::{DataType, Tensor, TensorData, config};
 use crate::error::ServingError;
 use crate::hooks::{self, Protocol};
 use crate::infer::{InferRequest, InferResponse};
+use crate::limits::{self, InflightBytes};
 use crate::manager::ModelManager;
 use crate::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::pb::model_infer_request::InferInputTensor;
@@ -36,14 +38,17 @@ impl From<ServingError> for Status {
 /// The gRPC service.
 pub struct GrpcService {
     manager: Arc<ModelManager>,
+    inflight: Arc<InflightBytes>,
 }
 
-/// The tonic server for `manager`, accepting messages up to `max_message_bytes`.
+/// The tonic server for `manager`, accepting messages up to `max_message_bytes` and
+/// counting inference requests against the server's `inflight` bytes.
 pub fn service(
     manager: Arc<ModelManager>,
     max_message_bytes: usize,
+    inflight: Arc<InflightBytes>,
 ) -> GrpcInferenceServiceServer<GrpcService> {
-    GrpcInferenceServiceServer::new(GrpcService { manager })
+    GrpcInferenceServiceServer::new(GrpcService { manager, inflight })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(usize::MAX)
 }
@@ -116,7 +121,16 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor, S
     Ok(Tensor::new(input.name, input.shape, data)?)
 }
 
+/// Decodes a serialized `ModelInferRequest` (the bytes of a gRPC message) into Nexus's
+/// request, as the server does: the entry point for fuzzing the gRPC input path.
+pub fn decode_infer_request(message: &[u8]) -> Result<InferRequest, ServingError> {
+    let request = pb::ModelInferRequest::decode(message)
+        .map_err(|e| invalid(format!("not a valid ModelInferRequest message: {e}")))?;
+    decode(request)
+}
+
 fn decode(request: pb::ModelInferRequest) -> Result<InferRequest, ServingError> {
+    limits::check_request_id(&request.id)?;
     let raw = request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(invalid(format!(
@@ -190,9 +204,13 @@ fn call_traceparent<T>(request: &Request<T>) -> Option<String> {
 
 async fn infer(
     manager: &ModelManager,
+    inflight: &Arc<InflightBytes>,
     mut request: pb::ModelInferRequest,
     traceparent: Option<String>,
 ) -> Result<pb::ModelInferResponse, ServingError> {
+    // tonic has already read the message; counting it here still bounds how many the
+    // server holds while they wait for and run inference.
+    let _reservation = inflight.reserve(request.encoded_len())?;
     let model = std::mem::take(&mut request.model_name);
     let version = std::mem::take(&mut request.model_version);
     // Fail fast on an unknown model, before decoding the tensors.
@@ -267,7 +285,13 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let traceparent = call_traceparent(&request);
         Ok(Response::new(
-            infer(&self.manager, request.into_inner(), traceparent).await?,
+            infer(
+                &self.manager,
+                &self.inflight,
+                request.into_inner(),
+                traceparent,
+            )
+            .await?,
         ))
     }
 
@@ -280,21 +304,24 @@ impl GrpcInferenceService for GrpcService {
         let traceparent = call_traceparent(&request);
         let mut requests = request.into_inner();
         let manager = Arc::clone(&self.manager);
+        let inflight = Arc::clone(&self.inflight);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             while let Some(next) = requests.next().await {
                 let reply = match next {
                     Err(status) => Err(status),
-                    Ok(request) => Ok(match infer(&manager, request, traceparent.clone()).await {
-                        Ok(response) => pb::ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(response),
+                    Ok(request) => Ok(
+                        match infer(&manager, &inflight, request, traceparent.clone()).await {
+                            Ok(response) => pb::ModelStreamInferResponse {
+                                error_message: String::new(),
+                                infer_response: Some(response),
+                            },
+                            Err(e) => pb::ModelStreamInferResponse {
+                                error_message: e.to_string(),
+                                infer_response: None,
+                            },
                         },
-                        Err(e) => pb::ModelStreamInferResponse {
-                            error_message: e.to_string(),
-                            infer_response: None,
-                        },
-                    }),
+                    ),
                 };
                 let stop = reply.is_err();
                 if tx.send(reply).await.is_err() || stop {

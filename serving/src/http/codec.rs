@@ -7,46 +7,56 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use nexus_models::{DataType, Tensor, TensorData};
 
 use crate::error::ServingError;
 use crate::infer::{InferRequest, InferResponse};
+use crate::limits;
 
 /// Header that carries the JSON part's length in a binary-extension body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// `parameters` of a request, input or output. Values stay unparsed slices of the body
+/// until a known key is read, so no parameter builds a JSON tree.
+type Parameters<'a> = HashMap<String, &'a RawValue>;
+
+/// The request as it arrives. `data` stays a slice of the body here and is decoded
+/// afterwards, straight into typed elements, once the input's datatype and shape are
+/// known (JSON objects are unordered: `data` may come before `datatype`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RequestJson {
+struct RequestJson<'a> {
     #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    inputs: Vec<InputJson>,
-    #[serde(default)]
-    outputs: Vec<OutputJson>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+    #[serde(borrow)]
+    inputs: Vec<InputJson<'a>>,
+    #[serde(default, borrow)]
+    outputs: Vec<OutputJson<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InputJson {
+struct InputJson<'a> {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    #[serde(default)]
-    data: Option<Value>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OutputJson {
+struct OutputJson<'a> {
     name: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
 }
 
 #[derive(Serialize)]
@@ -88,14 +98,33 @@ fn invalid(message: String) -> ServingError {
     ServingError::InvalidArgument(message)
 }
 
-fn bool_param(params: &Map<String, Value>, key: &str) -> Result<Option<bool>, ServingError> {
-    match params.get(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(invalid(format!(
-            "parameter '{key}' must be a boolean, got {other}"
-        ))),
+/// A parameter's JSON text for a message, cut short when long.
+fn shown(raw: &RawValue) -> String {
+    const MAX: usize = 64;
+    let text = raw.get();
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
     }
+}
+
+/// Reads parameter `key` as a `T`; `what` names the expected kind in the error.
+fn param<T: serde::de::DeserializeOwned>(
+    params: &Parameters<'_>,
+    key: &str,
+    what: &str,
+) -> Result<Option<T>, ServingError> {
+    params
+        .get(key)
+        .map(|raw| {
+            serde_json::from_str(raw.get()).map_err(|_| {
+                invalid(format!(
+                    "parameter '{key}' must be {what}, got {}",
+                    shown(raw)
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// Decodes a request body; `header_length` is the `Inference-Header-Content-Length`
@@ -111,11 +140,13 @@ pub fn decode(
             body.len()
         )));
     }
-    let parsed: RequestJson = serde_json::from_slice(&body[..json_len]).map_err(|e| {
+    let parsed: RequestJson<'_> = serde_json::from_slice(&body[..json_len]).map_err(|e| {
         invalid(format!(
             "request body is not valid V2 inference request JSON: {e}"
         ))
     })?;
+    let id = parsed.id.unwrap_or_default();
+    limits::check_request_id(&id)?;
     let mut binary = body.slice(json_len..);
 
     let mut inputs = Vec::with_capacity(parsed.inputs.len());
@@ -126,14 +157,14 @@ pub fn decode(
                 input.name, input.datatype
             ))
         })?;
-        let data = match (input.parameters.get("binary_data_size"), &input.data) {
+        let binary_size: Option<u64> = param(
+            &input.parameters,
+            "binary_data_size",
+            "a non-negative integer",
+        )
+        .map_err(|e| invalid(format!("input '{}': {e}", input.name)))?;
+        let data = match (binary_size, input.data) {
             (Some(size), None) => {
-                let size = size.as_u64().ok_or_else(|| {
-                    invalid(format!(
-                        "input '{}': binary_data_size must be a non-negative integer",
-                        input.name
-                    ))
-                })?;
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
                 if size > binary.len() {
                     return Err(invalid(format!(
@@ -145,7 +176,9 @@ pub fn decode(
                 let raw = binary.split_to(size);
                 TensorData::from_raw(&input.name, datatype, &raw)?
             }
-            (None, Some(data)) => TensorData::from_json(&input.name, datatype, data)?,
+            (None, Some(data)) => {
+                TensorData::from_json_text(&input.name, datatype, &input.shape, data.get())?
+            }
             (Some(_), Some(_)) => {
                 return Err(invalid(format!(
                     "input '{}' has both 'data' and binary_data_size",
@@ -169,7 +202,7 @@ pub fn decode(
     }
 
     let mut format = OutputFormat {
-        all_binary: bool_param(&parsed.parameters, "binary_data_output")?.unwrap_or(false),
+        all_binary: param(&parsed.parameters, "binary_data_output", "a boolean")?.unwrap_or(false),
         binary: HashMap::new(),
     };
     let mut outputs = Vec::with_capacity(parsed.outputs.len());
@@ -180,13 +213,13 @@ pub fn decode(
                 output.name
             )));
         }
-        if let Some(b) = bool_param(&output.parameters, "binary_data")? {
+        if let Some(b) = param(&output.parameters, "binary_data", "a boolean")? {
             format.binary.insert(output.name.clone(), b);
         }
         outputs.push(output.name);
     }
     let request = InferRequest {
-        id: parsed.id.unwrap_or_default(),
+        id,
         inputs,
         outputs,
         traceparent: None,
@@ -322,6 +355,26 @@ mod tests {
                 "neither 'data' nor binary_data_size",
             ),
             (br#"{"inputs": [], "bogus": 1}"#, "unknown field `bogus`"),
+            (
+                br#"{"inputs": [{"name": "a", "shape": [2], "datatype": "INT32", "data": [1, true]}]}"#,
+                "tensor 'a': element 1 is boolean true, expected a INT32 value",
+            ),
+            (
+                br#"{"inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [1, 2]}]}"#,
+                "more than 1 elements given but shape [1] needs 1",
+            ),
+            (
+                br#"{"inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [[[1]]]}]}"#,
+                "data nests arrays 2 deep, deeper than shape [1] allows",
+            ),
+            (
+                br#"{"inputs": [{"name": "a", "shape": [1], "datatype": "INT8", "parameters": {"binary_data_size": -1}}]}"#,
+                "input 'a': parameter 'binary_data_size' must be a non-negative integer, got -1",
+            ),
+            (
+                br#"{"inputs": [], "parameters": {"binary_data_output": "yes"}}"#,
+                "parameter 'binary_data_output' must be a boolean, got \"yes\"",
+            ),
         ];
         for (body, expected) in cases {
             let err = decode(&Bytes::from_static(body), None).unwrap_err();
@@ -331,6 +384,48 @@ mod tests {
                 "{err} does not mention {expected}"
             );
         }
+    }
+
+    #[test]
+    fn decodes_data_whatever_the_field_order() {
+        let body = br#"{"inputs": [
+            {"data": [[1, 2], [3, 4]], "datatype": "FP16", "shape": [2, 2], "name": "h"},
+            {"name": "f", "data": [1, 2, 3, 4], "shape": [2, 2], "datatype": "FP64"},
+            {"name": "s", "shape": [1], "data": ["\u00e9"], "datatype": "BYTES", "parameters": {"x": [{"y": 1}]}}
+        ], "id": "order"}"#;
+        let (req, _) = decode(&Bytes::from_static(body), None).unwrap();
+        assert_eq!(req.id, "order");
+        assert_eq!(
+            req.inputs[0].data,
+            TensorData::F16([1.0, 2.0, 3.0, 4.0].map(half::f16::from_f32).to_vec())
+        );
+        assert_eq!(
+            req.inputs[1].data,
+            TensorData::F64(vec![1.0, 2.0, 3.0, 4.0])
+        );
+        assert_eq!(
+            req.inputs[2].data,
+            TensorData::Bytes(vec![Bytes::from("\u{e9}")])
+        );
+    }
+
+    #[test]
+    fn refuses_request_ids_over_the_limit() {
+        let request = |id: &str| {
+            let header = serde_json::json!({"id": id, "inputs": [
+                {"name": "a", "shape": [1], "datatype": "INT32", "parameters": {"binary_data_size": 4}}
+            ]});
+            binary_body(header, &[0; 4])
+        };
+        let (body, len) = request(&"i".repeat(256));
+        assert!(decode(&body, Some(len)).is_ok());
+        let (body, len) = request(&"i".repeat(257));
+        let err = decode(&body, Some(len)).unwrap_err();
+        assert!(matches!(err, ServingError::InvalidArgument(_)));
+        assert!(
+            err.to_string().contains("request id is 257 bytes long"),
+            "{err}"
+        );
     }
 
     #[test]

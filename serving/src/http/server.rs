@@ -18,6 +18,7 @@ use nexus_models::config;
 use crate::error::ServingError;
 use crate::hooks::{self, Protocol};
 use crate::http::codec;
+use crate::limits::{InflightBytes, Reservation};
 use crate::manager::ModelManager;
 use crate::metrics;
 use crate::pb;
@@ -29,6 +30,8 @@ pub struct HttpState {
     pub manager: Arc<ModelManager>,
     /// Largest request body accepted, in bytes.
     pub max_request_bytes: usize,
+    /// Request bytes held by the whole server (shared with gRPC).
+    pub inflight: Arc<InflightBytes>,
 }
 
 type AppState = State<Arc<HttpState>>;
@@ -209,22 +212,37 @@ async fn version_infer(
     infer(&state, &model, &version, &headers, body).await
 }
 
-/// Past the limit, how much more of a refused body is read and dropped, and for how long,
-/// so the client finishes sending and sees the 400 instead of a reset connection.
+/// Past a limit, how much more of a refused body is read and dropped, and for how long,
+/// so the client finishes sending and sees the error instead of a reset connection.
 const DRAIN_BYTES: usize = 16 << 20;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reads a body up to the configured limit; larger bodies are refused, never buffered.
-async fn read_body(state: &HttpState, body: Body) -> Result<bytes::Bytes, ServingError> {
+/// Reads a body up to the configured limit, counting it against the server's in-flight
+/// bytes as it arrives; larger bodies, and bodies the server has no room for, are refused,
+/// never buffered. The reservation holds the bytes until the caller drops it.
+async fn read_body(
+    state: &HttpState,
+    body: Body,
+) -> Result<(bytes::Bytes, Reservation), ServingError> {
     let limit = state.max_request_bytes;
+    let mut reservation = state.inflight.reserve_none();
     let mut stream = body.into_data_stream();
     let mut buffer = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             ServingError::InvalidArgument(format!("cannot read the request body: {e}"))
         })?;
-        if buffer.len() + chunk.len() > limit {
+        let refused = if buffer.len() + chunk.len() > limit {
+            Err(ServingError::InvalidArgument(format!(
+                "request body is larger than the limit of {limit} bytes (set by --max-request-bytes)"
+            )))
+        } else {
+            reservation.grow(chunk.len())
+        };
+        if let Err(e) = refused {
             let mut drained = buffer.len() + chunk.len();
+            drop(buffer);
+            drop(reservation);
             let drain = async {
                 while let Some(Ok(more)) = stream.next().await {
                     drained += more.len();
@@ -234,13 +252,11 @@ async fn read_body(state: &HttpState, body: Body) -> Result<bytes::Bytes, Servin
                 }
             };
             let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
-            return Err(ServingError::InvalidArgument(format!(
-                "request body is larger than the limit of {limit} bytes (set by --max-request-bytes)"
-            )));
+            return Err(e);
         }
         buffer.extend_from_slice(&chunk);
     }
-    Ok(buffer.freeze())
+    Ok((buffer.freeze(), reservation))
 }
 
 async fn infer(
@@ -265,7 +281,9 @@ async fn infer(
                 })?,
         ),
     };
-    let body = read_body(state, body).await?;
+    // Held until the response is built: the body and the tensors decoded from it live
+    // as long as the request.
+    let (body, _reservation) = read_body(state, body).await?;
     let (mut request, format) = codec::decode(&body, header_length)?;
     request.traceparent = headers
         .get("traceparent")
@@ -303,7 +321,7 @@ async fn repository_index(
     State(state): AppState,
     body: Body,
 ) -> Result<axum::Json<Vec<ModelIndex>>, ServingError> {
-    let body = read_body(&state, body).await?;
+    let (body, _reservation) = read_body(&state, body).await?;
     let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
     } else {
@@ -321,7 +339,7 @@ struct ControlRequest {
 }
 
 async fn control_request(state: &HttpState, body: Body) -> Result<ControlRequest, ServingError> {
-    let body = read_body(state, body).await?;
+    let (body, _reservation) = read_body(state, body).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ControlRequest::default());
     }
