@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use common::registry::{Database, TestDatabase};
-use common::{Repository, Server};
+use common::{Mode, Repository, Server};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -32,6 +32,25 @@ impl Runner {
         };
         runner.restart().await?;
         Ok(runner)
+    }
+
+    /// A `nexus up` whose own environment holds `env` (as a secret given to the server would).
+    async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Runner> {
+        let data = tempfile::tempdir()?;
+        let mut args = vec!["--data-dir", data.path().to_str().context("data dir")?];
+        args.extend(extra);
+        let server = Server::spawn_as(Mode::Up, Repository::empty()?, &args, env)?;
+        common::poll_until(Duration::from_secs(60), "nexus up ready", || async {
+            let ready = server.get("/v2/health/ready").await.ok();
+            Ok(ready.filter(|(status, _)| *status == 200).map(drop))
+        })
+        .await
+        .with_context(|| format!("stderr:\n{}", server.stderr()))?;
+        Ok(Runner {
+            server: Some(server),
+            data,
+            args: Vec::new(),
+        })
     }
 
     async fn restart(&mut self) -> Result<()> {
@@ -589,5 +608,307 @@ async fn database_down_is_a_503_with_the_cause() -> Result<()> {
     // Serving is unaffected.
     let (status, _) = runner.server().get("/v2/health/ready").await?;
     ensure!(status == 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn steps_start_from_a_clean_environment() -> Result<()> {
+    let runner = Runner::start_with_env(
+        &["--pipeline-env", "NEXUS_TEST_ALLOWED"],
+        &[
+            ("NEXUS_TEST_SECRET", "server-secret-1"),
+            ("AWS_SECRET_ACCESS_KEY", "server-secret-2"),
+            ("NEXUS_TEST_ALLOWED", "allowed-value"),
+            ("PIP_INDEX_URL", "http://pypi.example/simple"),
+            ("https_proxy", "http://proxy.example:3128"),
+        ],
+    )
+    .await?;
+    let spec = "name: env\nsteps:\n- name: show\n  command: 'env > {{outputs.env}}'\n  env: {OWN: mine}\n  outputs: {parameters: [env]}\n";
+    let run = runner.run(spec, json!({})).await?;
+    ensure!(run["status"] == "SUCCEEDED", "{run:#}");
+    let env = task(&run, "show")["outputs"]["parameters"]["env"]
+        .as_str()
+        .context("env output")?
+        .to_string();
+    for absent in ["server-secret", "NEXUS_TEST_SECRET", "AWS_SECRET", "CARGO_"] {
+        ensure!(!env.contains(absent), "{absent} reached the step:\n{env}");
+    }
+    let vars: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
+    for present in [
+        "NEXUS_TEST_ALLOWED=allowed-value",
+        "OWN=mine",
+        "PIP_INDEX_URL=http://pypi.example/simple",
+        "https_proxy=http://proxy.example:3128",
+    ] {
+        ensure!(
+            env.lines().any(|l| l == present),
+            "{present} missing:\n{env}"
+        );
+    }
+    for name in [
+        "PATH",
+        "HOME",
+        "NEXUS_RUN_ID",
+        "NEXUS_STEP_DIR",
+        "NEXUS_URL",
+        "NEXUS_BIN",
+    ] {
+        ensure!(vars.contains(&name), "{name} missing:\n{env}");
+    }
+    Ok(())
+}
+
+/// A file outside every work folder, and what it holds.
+fn outside_secret(dir: &Path) -> Result<PathBuf> {
+    let secret = dir.join("secret.txt");
+    std::fs::write(&secret, "outside-secret")?;
+    Ok(secret)
+}
+
+/// Whether any file below `dir` holds `needle` (Nexus's data: the artifact store, run rows).
+fn any_file_holds(dir: &Path, needle: &[u8]) -> Result<bool> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file()
+                && std::fs::read(entry.path())?
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+#[tokio::test]
+async fn outputs_never_follow_links_out_of_the_step_folder() -> Result<()> {
+    let runner = Runner::start(&[]).await?;
+    let (_keep, dir) = scratch()?;
+    let secret = outside_secret(&dir)?;
+    // A folder outside, holding a file named like the `folder` step's output.
+    let stolen = dir.join("elsewhere");
+    std::fs::create_dir(&stolen)?;
+    std::fs::copy(&secret, stolen.join("stolen"))?;
+    let spec = format!(
+        "name: links\nsteps:\n\
+         - name: param\n  command: 'ln -s {s} {{{{outputs.leak}}}}'\n  outputs: {{parameters: [leak]}}\n\
+         - name: file\n  command: 'ln -s {s} {{{{outputs.model}}}}'\n  outputs: {{artifacts: [model]}}\n\
+         - name: tree\n  command: 'mkdir {{{{outputs.tree}}}} && ln -s {s} {{{{outputs.tree}}}}/x'\n  outputs: {{artifacts: [tree]}}\n\
+         - name: folder\n  command: 'rm -r outputs && ln -s {d} outputs'\n  outputs: {{artifacts: [stolen]}}\n",
+        s = secret.display(),
+        d = stolen.display(),
+    );
+    let run = runner.run(&spec, json!({})).await?;
+    ensure!(run["status"] == "FAILED", "{run:#}");
+    for step in ["param", "file", "tree", "folder"] {
+        let t = task(&run, step);
+        ensure!(t["status"] == "FAILED", "{step}: {run:#}");
+        ensure!(
+            t["error"].as_str().unwrap_or("").contains("symbolic link"),
+            "{step}: {t:#}"
+        );
+    }
+    ensure!(!run.to_string().contains("outside-secret"), "{run:#}");
+    ensure!(
+        !any_file_holds(runner.data.path(), b"outside-secret")?,
+        "the secret was copied into Nexus's data folder"
+    );
+    ensure!(std::fs::read_to_string(&secret)? == "outside-secret");
+    Ok(())
+}
+
+/// A compiled-KFP-shaped pipeline with one container task `t` running `sh -c SCRIPT`, given
+/// its output parameter file, its artifact path and the executor output file as $0, $1, $2.
+fn kfp_shell(script: &str) -> String {
+    json!({
+        "pipelineInfo": {"name": "kfp-shell"},
+        "root": {"dag": {"tasks": {"t": {"componentRef": {"name": "comp-t"}, "taskInfo": {"name": "t"}}}}},
+        "components": {"comp-t": {
+            "executorLabel": "exec-t",
+            "outputDefinitions": {
+                "parameters": {"out": {"parameterType": "STRING"}},
+                "artifacts": {"art": {"artifactType": {"schemaTitle": "system.Artifact", "schemaVersion": "0.0.1"}}},
+            },
+        }},
+        "deploymentSpec": {"executors": {"exec-t": {"container": {
+            "image": "alpine",
+            "command": ["sh", "-c", script,
+                "{{$.outputs.parameters['out'].output_file}}",
+                "{{$.outputs.artifacts['art'].path}}",
+                "{{$.outputs.output_file}}"],
+        }}}},
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn kfp_outputs_stay_inside_the_step_folder() -> Result<()> {
+    let runner = Runner::start(&[]).await?;
+    let (_keep, dir) = scratch()?;
+    let secret = outside_secret(&dir)?;
+    let s = secret.display();
+    let cases = [
+        (format!("ln -s {s} \"$0\""), "symbolic link"),
+        (format!("ln -s {s} \"$1\""), "symbolic link"),
+        (
+            format!(
+                "printf '{{\"artifacts\": {{\"art\": {{\"artifacts\": [{{\"uri\": \"{s}\"}}]}}}}}}' > \"$2\""
+            ),
+            "outside the step's folder",
+        ),
+    ];
+    for (script, expected) in cases {
+        let run = runner.run(&kfp_shell(&script), json!({})).await?;
+        ensure!(run["status"] == "FAILED", "{script}: {run:#}");
+        let error = task(&run, "t")["error"].as_str().unwrap_or("").to_string();
+        ensure!(error.contains(expected), "{script}: {run:#}");
+        ensure!(!run.to_string().contains("outside-secret"), "{run:#}");
+    }
+    ensure!(!any_file_holds(runner.data.path(), b"outside-secret")?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_kfp_ir_is_refused_and_the_server_keeps_serving() -> Result<()> {
+    let runner = Runner::start(&[]).await?;
+    let leaf = json!({"componentRef": {"name": "comp-leaf"}});
+    let ir = |tasks: Value, mut components: Value| {
+        components["comp-leaf"] = json!({"executorLabel": "exec-leaf"});
+        json!({
+            "pipelineInfo": {"name": "hostile"},
+            "root": {"dag": {"tasks": tasks}},
+            "components": components,
+            "deploymentSpec": {"executors": {"exec-leaf": {"container": {"image": "x", "command": ["true"]}}}},
+        })
+        .to_string()
+    };
+    let uses = |c: &str| json!({"componentRef": {"name": c}});
+    let mut fan = json!({});
+    for level in 0..6 {
+        let child = if level == 5 {
+            "comp-leaf".to_string()
+        } else {
+            format!("comp-l{}", level + 1)
+        };
+        let tasks: serde_json::Map<String, Value> =
+            (0..10).map(|i| (format!("t{i}"), uses(&child))).collect();
+        fan[format!("comp-l{level}")] = json!({"dag": {"tasks": tasks}});
+    }
+    let cases = [
+        (
+            ir(
+                json!({"a": uses("comp-a")}),
+                json!({"comp-a": {"dag": {"tasks": {"self": uses("comp-a")}}}}),
+            ),
+            "component cycle: comp-a -> comp-a",
+        ),
+        (
+            ir(
+                json!({"a": uses("comp-a")}),
+                json!({
+                    "comp-a": {"dag": {"tasks": {"b": uses("comp-b")}}},
+                    "comp-b": {"dag": {"tasks": {"a": uses("comp-a")}}},
+                }),
+            ),
+            "component cycle: comp-a -> comp-b -> comp-a",
+        ),
+        (
+            ir(json!({"top": uses("comp-l0")}), fan),
+            "more than 10000 tasks",
+        ),
+        (
+            ir(json!({"..": leaf.clone()}), json!({})),
+            "cannot be a folder name",
+        ),
+        (
+            ir(json!({"a/b": leaf}), json!({})),
+            "cannot be a folder name",
+        ),
+    ];
+    for (spec, message) in cases {
+        let (status, body) = runner.submit(&spec, json!({})).await?;
+        ensure!(status == 400, "{message}: answered {status}: {body}");
+        ensure!(body["error"]["code"] == "INVALID_SPEC", "{body}");
+        ensure!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(message),
+            "{message}: {body}"
+        );
+    }
+    let (status, body) = runner.server().get("/api/v1/pipelines/runs").await?;
+    ensure!(status == 200 && body["runs"] == json!([]), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_follow_whose_client_left_stops_at_once() -> Result<()> {
+    let runner = Runner::start(&[]).await?;
+    let spec = "name: slow\nsteps:\n- name: talk\n  command: 'echo started; sleep 120'\n";
+    let id = runner.run_id(spec, json!({})).await?;
+    let server = runner.server();
+    let streams = || common::metric_sum(&server.metrics_url(), "nexus_pipeline_log_streams");
+    let mut response = reqwest::get(server.url(&format!(
+        "/api/v1/pipelines/runs/{id}/logs?step=talk&follow=true"
+    )))
+    .await?;
+    ensure!(response.status() == 200);
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("started") {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
+            .await
+            .context("no log line within 30 s")??
+            .context("the stream ended while the step runs")?;
+        seen.extend_from_slice(&chunk);
+    }
+    ensure!(streams().await? == 1.0, "one stream open");
+    drop(response);
+    // The step still runs for two minutes: only the client leaving can end the stream.
+    common::poll_until(
+        Duration::from_secs(10),
+        "the log stream stopped",
+        || async { Ok((streams().await? == 0.0).then_some(())) },
+    )
+    .await?;
+    let run = runner.get(&id).await?;
+    ensure!(run["status"] == "RUNNING", "{run:#}");
+    let (status, _) = server
+        .post(&format!("/api/v1/pipelines/runs/{id}/cancel"), &json!({}))
+        .await?;
+    ensure!(status == 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn large_logs_stream_whole() -> Result<()> {
+    let runner = Runner::start(&[]).await?;
+    // 3 MiB of log in 48 lines of 64 KiB, more than one read of the server's.
+    let spec = "name: chatty\nsteps:\n- name: talk\n  command: 'for i in $(seq 48); do head -c 65535 /dev/zero | tr \"\\\\0\" x; echo; done'\n";
+    let run = runner.run(spec, json!({})).await?;
+    ensure!(run["status"] == "SUCCEEDED", "{run:#}");
+    let id = run["id"].as_str().context("id")?;
+    let text = reqwest::get(
+        runner
+            .server()
+            .url(&format!("/api/v1/pipelines/runs/{id}/logs?step=talk")),
+    )
+    .await?
+    .text()
+    .await?;
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('x')).collect();
+    ensure!(lines.len() == 48, "{} lines of x", lines.len());
+    ensure!(lines.iter().all(|l| l.len() == 65535));
     Ok(())
 }

@@ -14,12 +14,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::MAX_SPEC_BYTES;
 use crate::engine::{Engine, Submit};
 use crate::error::PipelineError;
 use crate::store::Status;
-
-/// Submissions larger than this are refused (a compiled KFP pipeline is tens of KiB).
-const MAX_SPEC_BYTES: usize = 8 << 20;
 
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
@@ -110,61 +108,119 @@ async fn logs(
         .into_response())
 }
 
+/// Bytes read from a log file at a time: a step's log can be larger than memory.
+const LOG_CHUNK: usize = 64 << 10;
+
+/// How often a `follow` request looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// Counts the log streams being served (`nexus_pipeline_log_streams`), so a stream that
+/// outlives its client shows.
+struct StreamGauge;
+
+impl StreamGauge {
+    fn open() -> Self {
+        metrics::gauge!("nexus_pipeline_log_streams").increment(1.0);
+        StreamGauge
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("nexus_pipeline_log_streams").decrement(1.0);
+    }
+}
+
+/// The response body of a logs request: a task reads the logs in [`LOG_CHUNK`] pieces into
+/// a short channel, and stops as soon as the client has gone (the body, and so the
+/// channel's receiver, is dropped), even while it waits for new lines.
 fn async_stream(
     engine: Arc<Engine>,
     id: String,
     step: Option<String>,
     follow: bool,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
-        // Bytes already sent per log file.
-        let mut sent: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-        loop {
-            let Ok(run) = engine.store().get_run(&id, true).await else {
-                return;
-            };
-            let tasks = run.tasks.unwrap_or_default();
-            let selected: Vec<_> = tasks
-                .iter()
-                .filter(|t| match &step {
-                    Some(s) => &t.path == s || &t.name == s,
-                    None => true,
-                })
-                .collect();
-            let finished = run.status.is_terminal()
-                || (step.is_some()
-                    && !selected.is_empty()
-                    && selected.iter().all(|t| t.status.is_terminal()));
-            for task in &selected {
-                let file = engine.log_path(&id, &task.path);
-                let offset = sent.get(&task.path).copied().unwrap_or(0);
-                let Ok(mut f) = tokio::fs::File::open(&file).await else {
-                    continue;
-                };
-                if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
-                    continue;
-                }
-                let mut buffer = Vec::new();
-                if f.read_to_end(&mut buffer).await.is_err() || buffer.is_empty() {
-                    continue;
-                }
-                if step.is_none() && offset == 0 {
-                    let header = format!("==> {} <==\n", task.path);
-                    if tx.send(Ok(Bytes::from(header))).await.is_err() {
-                        return;
-                    }
-                }
-                sent.insert(task.path.clone(), offset + buffer.len() as u64);
-                if tx.send(Ok(Bytes::from(buffer))).await.is_err() {
-                    return;
-                }
-            }
-            if !follow || finished {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let _gauge = StreamGauge::open();
+        tokio::select! {
+            () = send_logs(&engine, &id, step.as_deref(), follow, &tx) => {}
+            () = tx.closed() => {}
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Sends the selected logs from where each was left, then (with `follow`) again every
+/// [`FOLLOW_POLL`] until the step or run has ended. Returns when done or when the receiver
+/// is gone.
+async fn send_logs(
+    engine: &Engine,
+    id: &str,
+    step: Option<&str>,
+    follow: bool,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    // Bytes already sent per log file.
+    let mut sent: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    loop {
+        let Ok(run) = engine.store().get_run(id, true).await else {
+            return;
+        };
+        let tasks = run.tasks.unwrap_or_default();
+        let selected: Vec<_> = tasks
+            .iter()
+            .filter(|t| step.is_none_or(|s| t.path == s || t.name == s))
+            .collect();
+        let finished = run.status.is_terminal()
+            || (step.is_some()
+                && !selected.is_empty()
+                && selected.iter().all(|t| t.status.is_terminal()));
+        for task in &selected {
+            let offset = sent.entry(task.path.clone()).or_insert(0);
+            let header = step.is_none() && *offset == 0;
+            let file = engine.log_path(id, &task.path);
+            if send_file(&file, offset, header.then_some(&task.path), tx)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if !follow || finished {
+            return;
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+}
+
+/// Sends what `file` holds past `offset`, chunk by chunk, advancing `offset`; first a
+/// `==> header <==` line when there is something to send. Err when the receiver is gone.
+async fn send_file(
+    file: &std::path::Path,
+    offset: &mut u64,
+    header: Option<&String>,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<(), ()> {
+    let Ok(mut f) = tokio::fs::File::open(file).await else {
+        return Ok(());
+    };
+    if f.seek(std::io::SeekFrom::Start(*offset)).await.is_err() {
+        return Ok(());
+    }
+    let mut header = header.map(|path| Bytes::from(format!("==> {path} <==\n")));
+    let mut buffer = vec![0u8; LOG_CHUNK];
+    loop {
+        let n = match f.read(&mut buffer).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => n,
+        };
+        if let Some(header) = header.take() {
+            tx.send(Ok(header)).await.map_err(drop)?;
+        }
+        *offset += n as u64;
+        tx.send(Ok(Bytes::copy_from_slice(&buffer[..n])))
+            .await
+            .map_err(drop)?;
+    }
 }

@@ -2,6 +2,7 @@
 //! streamed up (hashed on the way, for the cache) and streamed down into each consumer's
 //! own folder, so consumers never share, or corrupt, a producer's copy.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
@@ -49,17 +50,23 @@ impl ArtifactStore {
         self.root.parts().chain(Path::from(key).parts()).collect()
     }
 
-    /// Uploads the file or folder at `local` under `key`.
+    /// Uploads the file or folder at `local` under `key`. Symbolic links are refused, not
+    /// followed (the artifact itself, or anything in its folder): a step could otherwise
+    /// publish any file Nexus can read.
     pub async fn upload(&self, local: &FsPath, key: &str) -> Result<Stored, PipelineError> {
-        let meta = tokio::fs::metadata(local)
+        let meta = tokio::fs::symlink_metadata(local)
             .await
             .map_err(|e| io(&format!("artifact {}", local.display()), e))?;
+        if meta.file_type().is_symlink() {
+            return Err(PipelineError::Invalid(format!(
+                "artifact {} is a symbolic link; Nexus does not follow links in a step's folder",
+                local.display()
+            )));
+        }
         let mut hasher = Sha256::new();
         let dir = meta.is_dir();
         if dir {
-            let mut files = Vec::new();
-            walk(local, local, &mut files)
-                .map_err(|e| io(&format!("reading {}", local.display()), e))?;
+            let mut files = walk(local)?;
             files.sort();
             for relative in files {
                 let digest = self
@@ -82,9 +89,19 @@ impl ArtifactStore {
 
     async fn put_file(&self, local: &FsPath, key: &str) -> Result<[u8; 32], PipelineError> {
         let context = || format!("uploading {}", local.display());
-        let mut file = tokio::fs::File::open(local)
-            .await
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(local)
             .map_err(|e| io(&context(), e))?;
+        let is_file = file.metadata().map_err(|e| io(&context(), e))?.is_file();
+        if !is_file {
+            return Err(PipelineError::Invalid(format!(
+                "artifact {} is not a regular file",
+                local.display()
+            )));
+        }
+        let mut file = tokio::fs::File::from_std(file);
         let upload = self
             .store
             .put_multipart(&self.location(key))
@@ -181,16 +198,37 @@ impl ArtifactStore {
     }
 }
 
-/// Relative paths of every file below `dir`.
-fn walk(base: &FsPath, dir: &FsPath, out: &mut Vec<String>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            walk(base, &path, out)?;
-        } else if let Ok(relative) = path.strip_prefix(base) {
-            out.push(relative.to_string_lossy().into_owned());
+/// Relative paths of every regular file below `root`, walked with an explicit stack (a step
+/// can nest folders as deep as it likes). A symbolic link or a special file anywhere is an
+/// error: links are never followed out of a step's folder.
+fn walk(root: &FsPath) -> Result<Vec<String>, PipelineError> {
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let context = || format!("reading {}", dir.display());
+        for entry in std::fs::read_dir(&dir).map_err(|e| io(&context(), e))? {
+            let entry = entry.map_err(|e| io(&context(), e))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| io(&context(), e))?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                if let Ok(relative) = path.strip_prefix(root) {
+                    files.push(relative.to_string_lossy().into_owned());
+                }
+            } else {
+                return Err(PipelineError::Invalid(format!(
+                    "artifact {}: {} is {}; Nexus copies only regular files and folders",
+                    root.display(),
+                    path.display(),
+                    if kind.is_symlink() {
+                        "a symbolic link"
+                    } else {
+                        "a special file"
+                    }
+                )));
+            }
         }
     }
-    Ok(())
+    Ok(files)
 }

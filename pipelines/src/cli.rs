@@ -136,11 +136,49 @@ fn print_run(run: &Value) {
             );
         }
     }
+    let metrics = metrics_lines(run);
+    if !metrics.is_empty() {
+        println!("metrics");
+        for line in metrics {
+            println!("  {line}");
+        }
+    }
     if let Some(outputs) = run["outputs"]["parameters"].as_object()
         && !outputs.is_empty()
     {
         println!("outputs   {}", Value::Object(outputs.clone()));
     }
+}
+
+/// One line per `system.Metrics` artifact a step produced: `STEP OUTPUT name=value …`
+/// (what `metrics.log_metric` recorded).
+fn metrics_lines(run: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for task in run["tasks"].as_array().into_iter().flatten() {
+        let Some(artifacts) = task["outputs"]["artifacts"].as_object() else {
+            continue;
+        };
+        for (output, list) in artifacts {
+            for artifact in list.as_array().into_iter().flatten() {
+                let Some(metadata) = artifact["metadata"].as_object() else {
+                    continue;
+                };
+                if artifact["schema_title"] != "system.Metrics" || metadata.is_empty() {
+                    continue;
+                }
+                let values: Vec<String> = metadata
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", text(v)))
+                    .collect();
+                lines.push(format!(
+                    "{} {output} {}",
+                    text(&task["path"]),
+                    values.join(" ")
+                ));
+            }
+        }
+    }
+    lines
 }
 
 /// Runs a `nexus pipeline` command against the server at `url`.

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -20,9 +21,10 @@ use tracing::Instrument;
 use crate::artifacts::ArtifactStore;
 use crate::error::{PipelineError, SpecError};
 use crate::executor::{Executor, Exit, Launch};
-use crate::graph::{Body, Dag, Exec, Flavor, Input, Items, Pipeline, Selector, Task};
+use crate::graph::{Body, Dag, Exec, Flavor, Input, Items, MAX_TASKS, Pipeline, Selector, Task};
 use crate::kfp;
 use crate::spec;
+use crate::stepdir;
 use crate::store::{Artifact, Outputs, RunRecord, Status, Store, TaskRecord, TaskUpdate};
 
 /// A heartbeat older than this lets another Nexus take a run over.
@@ -41,6 +43,9 @@ pub struct EngineConfig {
     pub server_url: String,
     /// Interpreter that replaces `python3` in KFP launcher commands.
     pub python: Option<String>,
+    /// Variables of the server's environment passed to every step (`--pipeline-env`); a
+    /// step's own `env` overrides them.
+    pub passed_env: BTreeMap<String, String>,
     /// Who this process is in the runs' lease; stable across restarts of one install.
     pub owner: String,
 }
@@ -265,6 +270,9 @@ impl Engine {
             flavor: pipeline.flavor,
             prior,
             cancel: cancel.clone(),
+            budget: AtomicUsize::new(
+                MAX_TASKS.saturating_sub(pipeline.root.expanded_size().unwrap_or(MAX_TASKS)),
+            ),
         });
         let scope = Scope {
             parameters,
@@ -348,6 +356,9 @@ struct Run {
     /// Task rows found when the run (re)started.
     prior: BTreeMap<String, TaskRecord>,
     cancel: CancellationToken,
+    /// Tasks this run may still add beyond its imported size, for loops over lists only
+    /// known at run time ([`MAX_TASKS`] in all).
+    budget: AtomicUsize,
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -606,6 +617,11 @@ impl Run {
                 }
             },
         };
+        if matches!(iterate.items, Items::Input(_))
+            && let Err(e) = self.charge(task, items.len())
+        {
+            return Ended::Failed(e);
+        }
         self.record(
             path,
             &task.name,
@@ -662,6 +678,28 @@ impl Run {
             }
         }
         Ended::Succeeded(collected)
+    }
+
+    /// Takes what a loop over a list known only now adds to the run (the import counted
+    /// one iteration) from the run's budget, or says why it cannot run.
+    fn charge(&self, task: &Task, items: usize) -> Result<(), String> {
+        let extra = task
+            .body_size()
+            .and_then(|size| size.checked_mul(items.saturating_sub(1)));
+        let taken = extra.is_some_and(|extra| {
+            self.budget
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(extra)
+                })
+                .is_ok()
+        });
+        if taken {
+            Ok(())
+        } else {
+            Err(format!(
+                "a loop over {items} items would take the run beyond {MAX_TASKS} tasks"
+            ))
+        }
     }
 
     async fn body(self: &Arc<Self>, task: &Task, inputs: Scope, path: String) -> Ended {
@@ -725,6 +763,12 @@ impl Run {
         let config = &self.engine.config;
         let step_dir = config.work_root.join(&self.id).join(path);
         let inputs_dir = step_dir.join("inputs");
+        let outputs_dir = step_dir.join("outputs");
+        // Nexus removes and writes below these folders: a link left there by an earlier
+        // step or attempt would point those writes and removals anywhere.
+        for folder in [&inputs_dir, &outputs_dir] {
+            stepdir::check(&config.work_root, folder).map_err(|e| e.to_string())?;
+        }
         // Local copies of the input artifacts, and the path each one is given as.
         let mut local: BTreeMap<String, Vec<(Artifact, String)>> = BTreeMap::new();
         for (name, list) in &inputs.artifacts {
@@ -736,11 +780,14 @@ impl Run {
                     inputs_dir.join(name).join(i.to_string())
                 };
                 let _ = tokio::fs::remove_dir_all(&target).await;
-                self.engine
-                    .artifacts
-                    .download(&artifact.key, artifact.dir, &target)
-                    .await
-                    .map_err(|e| format!("input artifact '{name}': {e}"))?;
+                // A metadata-only artifact has no content: the step gets its path, empty.
+                if !artifact.metadata_only {
+                    self.engine
+                        .artifacts
+                        .download(&artifact.key, artifact.dir, &target)
+                        .await
+                        .map_err(|e| format!("input artifact '{name}': {e}"))?;
+                }
                 copies.push((artifact.clone(), target.display().to_string()));
             }
             local.insert(name.clone(), copies);
@@ -776,7 +823,7 @@ impl Run {
         loop {
             attempt += 1;
             // Nothing a failed attempt wrote may pass for this attempt's outputs.
-            let outputs_dir = step_dir.join("outputs");
+            stepdir::check(&config.work_root, &outputs_dir).map_err(|e| e.to_string())?;
             let _ = tokio::fs::remove_dir_all(&outputs_dir).await;
             let _ = tokio::fs::remove_file(step_dir.join(kfp::EXECUTOR_OUTPUT)).await;
             tokio::fs::create_dir_all(&outputs_dir)
@@ -794,7 +841,8 @@ impl Run {
                     install = Some(prelude.to_string());
                 }
             }
-            let mut process_env = env;
+            let mut process_env = config.passed_env.clone();
+            process_env.extend(env);
             process_env.insert("NEXUS_RUN_ID".into(), self.id.clone());
             process_env.insert("NEXUS_STEP".into(), path.to_string());
             process_env.insert("NEXUS_STEP_DIR".into(), step_dir.display().to_string());
@@ -1005,7 +1053,7 @@ impl Run {
         let mut outputs = Outputs::default();
         let produced = match kfp_input {
             Some(input) => {
-                let (parameters, produced) = kfp::collect(exec, input)?;
+                let (parameters, produced) = kfp::collect(exec, input, step_dir)?;
                 outputs.parameters = parameters;
                 produced
             }
@@ -1013,7 +1061,7 @@ impl Run {
                 let mut produced = Vec::new();
                 for (name, decl) in &exec.outputs {
                     let file = step_dir.join("outputs").join(name);
-                    if !file.exists() {
+                    if !stepdir::exists(&file) {
                         return Err(format!(
                             "output {} '{name}' was not written to {}",
                             if decl.artifact {
@@ -1027,14 +1075,17 @@ impl Run {
                     if decl.artifact {
                         produced.push(kfp::Produced {
                             name: name.clone(),
-                            path: file,
+                            uri: file.display().to_string(),
+                            path: Some(file),
                             schema_title: None,
                             schema_version: None,
                             metadata: Default::default(),
                         });
                     } else {
-                        let mut text = std::fs::read_to_string(&file)
-                            .map_err(|e| format!("reading output '{name}': {e}"))?;
+                        let mut text =
+                            stepdir::read_text(step_dir, &file, kfp::MAX_PARAMETER_BYTES)
+                                .map_err(|e| format!("output '{name}': {e}"))?
+                                .unwrap_or_default();
                         if text.ends_with('\n') {
                             text.pop();
                         }
@@ -1045,27 +1096,50 @@ impl Run {
             }
         };
         for (i, item) in produced.into_iter().enumerate() {
-            let key = format!("pipelines/{}/{path}/{}-{i}", self.id, item.name);
-            let stored = self
-                .engine
-                .artifacts
-                .upload(&item.path, &key)
-                .await
-                .map_err(|e| format!("storing artifact '{}': {e}", item.name))?;
-            outputs
-                .artifacts
-                .entry(item.name.clone())
-                .or_default()
-                .push(Artifact {
+            let artifact = match &item.path {
+                Some(local) => {
+                    // The upload refuses links itself; this covers the folders above it.
+                    stepdir::check(step_dir, local)
+                        .map_err(|e| format!("output artifact '{}': {e}", item.name))?;
+                    let key = format!("pipelines/{}/{path}/{}-{i}", self.id, item.name);
+                    let stored = self
+                        .engine
+                        .artifacts
+                        .upload(local, &key)
+                        .await
+                        .map_err(|e| format!("storing artifact '{}': {e}", item.name))?;
+                    Artifact {
+                        name: item.name,
+                        uri: stored.uri,
+                        key: stored.key,
+                        dir: stored.dir,
+                        digest: stored.digest,
+                        schema_title: item.schema_title,
+                        schema_version: item.schema_version,
+                        metadata: item.metadata,
+                        metadata_only: false,
+                    }
+                }
+                None => Artifact {
                     name: item.name,
-                    uri: stored.uri,
-                    key: stored.key,
-                    dir: stored.dir,
-                    digest: stored.digest,
+                    uri: item.uri,
+                    key: String::new(),
+                    dir: false,
+                    // The metadata is the content: a consumer's cache key must see it change.
+                    digest: hex::encode(Sha256::digest(
+                        Value::Object(item.metadata.clone()).to_string().as_bytes(),
+                    )),
                     schema_title: item.schema_title,
                     schema_version: item.schema_version,
                     metadata: item.metadata,
-                });
+                    metadata_only: true,
+                },
+            };
+            outputs
+                .artifacts
+                .entry(artifact.name.clone())
+                .or_default()
+                .push(artifact);
         }
         Ok(outputs)
     }

@@ -233,12 +233,60 @@ pub struct InputDecl {
     pub optional: bool,
 }
 
+/// Tasks one run may expand to, counting every task of every sub-DAG once per loop
+/// iteration: a small file must not turn into millions of tasks (and rows, folders, futures).
+pub const MAX_TASKS: usize = 10_000;
+
+/// How deeply sub-DAGs may nest (a nested pipeline, a loop body, a condition branch each add
+/// one level; compiled KFP pipelines rarely go past five). Also keeps the stored graph within
+/// the JSON nesting a run's row can be read back with.
+pub const MAX_DEPTH: usize = 16;
+
+/// Longest task, input or output name: it becomes one folder or file name.
+const MAX_NAME_BYTES: usize = 255;
+
+/// Whether `name` can be one folder or file name below a step's folder: not empty, not `.`
+/// or `..`, no `/` or NUL, at most 255 bytes. Task, input and output names become paths, so
+/// anything else could make Nexus create, read or delete files outside a run's folder.
+pub fn safe_segment(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+}
+
 impl Dag {
-    /// Checks that names are unique, every reference names a sibling, and the tasks form
-    /// no cycle; `scope` names where an error happened (`root`, `for-loop-2`).
+    /// Checks this DAG and every sub-DAG: names are unique and safe as folder names, every
+    /// reference names a sibling, and the tasks form no cycle; `scope` names where an error
+    /// happened (`root`, `for-loop-2`). Walks sub-DAGs with an explicit stack, not recursion.
     pub fn validate(&self, scope: &str) -> Result<(), SpecError> {
+        let mut pending = vec![(self, scope.to_string())];
+        while let Some((dag, scope)) = pending.pop() {
+            dag.validate_level(&scope)?;
+            for task in &dag.tasks {
+                if let Body::Dag(inner) = &task.body {
+                    pending.push((inner, task.name.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks of [`Dag::validate`] for this level only.
+    fn validate_level(&self, scope: &str) -> Result<(), SpecError> {
         let mut names = BTreeSet::new();
         for task in &self.tasks {
+            if !safe_segment(&task.name) {
+                return Err(SpecError::at(
+                    &task.name,
+                    "name",
+                    format!(
+                        "task name {:?} in {scope} cannot be a folder name (empty, '.', '..', '/', NUL or over {MAX_NAME_BYTES} bytes)",
+                        task.name
+                    ),
+                ));
+            }
             if !names.insert(task.name.as_str()) {
                 return Err(SpecError::at(
                     &task.name,
@@ -248,6 +296,7 @@ impl Dag {
             }
         }
         for task in &self.tasks {
+            task.check_names()?;
             for dep in &task.after {
                 if !names.contains(dep.as_str()) {
                     return Err(SpecError::at(
@@ -273,9 +322,6 @@ impl Dag {
                     }
                 }
             }
-            if let Body::Dag(inner) = &task.body {
-                inner.validate(&task.name)?;
-            }
         }
         for (name, selector) in &self.outputs {
             for task in selector.tasks() {
@@ -296,49 +342,71 @@ impl Dag {
         Ok(())
     }
 
-    /// A dependency cycle, if any, as the names along it (first repeated at the end).
+    /// A dependency cycle, if any, as the names along it (first repeated at the end). A
+    /// depth-first search with an explicit stack, so a chain of thousands of tasks cannot
+    /// overflow the thread's stack.
     fn cycle(&self) -> Option<Vec<String>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            OnPath,
+            Done,
+        }
         let index: BTreeMap<&str, &Task> =
             self.tasks.iter().map(|t| (t.name.as_str(), t)).collect();
-        // 0 unvisited, 1 on the stack, 2 done.
-        let mut state: BTreeMap<&str, u8> = BTreeMap::new();
-        fn visit<'a>(
-            name: &'a str,
-            index: &BTreeMap<&'a str, &'a Task>,
-            state: &mut BTreeMap<&'a str, u8>,
-            stack: &mut Vec<&'a str>,
-        ) -> Option<Vec<String>> {
-            match state.get(name) {
-                Some(2) => return None,
-                Some(1) => {
-                    let start = stack.iter().position(|n| *n == name).unwrap_or(0);
-                    let mut cycle: Vec<String> =
-                        stack[start..].iter().map(|s| s.to_string()).collect();
-                    cycle.push(name.to_string());
-                    return Some(cycle);
-                }
-                _ => {}
+        let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+        for task in &self.tasks {
+            if marks.contains_key(task.name.as_str()) {
+                continue;
             }
-            state.insert(name, 1);
-            stack.push(name);
-            if let Some(task) = index.get(name) {
-                for dep in &task.after {
-                    if let Some(found) = visit(dep, index, state, stack) {
-                        return Some(found);
+            // The current path: each task with the index of the next dependency to visit.
+            let mut path: Vec<(&str, usize)> = vec![(task.name.as_str(), 0)];
+            marks.insert(task.name.as_str(), Mark::OnPath);
+            while let Some((name, next)) = path.last_mut() {
+                let deps = index.get(*name).map(|t| t.after.as_slice()).unwrap_or(&[]);
+                let Some(dep) = deps.get(*next) else {
+                    marks.insert(name, Mark::Done);
+                    path.pop();
+                    continue;
+                };
+                *next += 1;
+                match marks.get(dep.as_str()) {
+                    Some(Mark::Done) => {}
+                    Some(Mark::OnPath) => {
+                        let start = path.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                        let mut cycle: Vec<String> =
+                            path[start..].iter().map(|(n, _)| n.to_string()).collect();
+                        cycle.push(dep.clone());
+                        return Some(cycle);
+                    }
+                    None => {
+                        marks.insert(dep.as_str(), Mark::OnPath);
+                        path.push((dep.as_str(), 0));
                     }
                 }
             }
-            stack.pop();
-            state.insert(name, 2);
-            None
-        }
-        for task in &self.tasks {
-            let mut stack = Vec::new();
-            if let Some(found) = visit(&task.name, &index, &mut state, &mut stack) {
-                return Some(found);
-            }
         }
         None
+    }
+
+    /// How many tasks this DAG expands to: every task once per iteration of the constant
+    /// loops around it (a loop over a runtime list counts one iteration here; the engine
+    /// charges the rest when the list is known). `None` beyond [`MAX_TASKS`].
+    pub fn expanded_size(&self) -> Option<usize> {
+        let mut total = 0usize;
+        let mut pending = vec![(self, 1usize)];
+        while let Some((dag, times)) = pending.pop() {
+            for task in &dag.tasks {
+                let times = times.checked_mul(task.iterations())?;
+                total = total.checked_add(times)?;
+                if total > MAX_TASKS {
+                    return None;
+                }
+                if let Body::Dag(inner) = &task.body {
+                    pending.push((inner, times));
+                }
+            }
+        }
+        Some(total)
     }
 }
 
@@ -352,6 +420,51 @@ impl Selector {
 }
 
 impl Task {
+    /// Iterations known before the run: a constant loop's item count (at least 1: the body
+    /// is there even when the list is empty), else 1.
+    pub fn iterations(&self) -> usize {
+        match &self.iterate {
+            Some(Loop {
+                items: Items::Constant(items),
+                ..
+            }) => items.len().max(1),
+            _ => 1,
+        }
+    }
+
+    /// Tasks one iteration of this task expands to (itself and its sub-DAG's), as
+    /// [`Dag::expanded_size`] counts them; `None` beyond [`MAX_TASKS`].
+    pub fn body_size(&self) -> Option<usize> {
+        match &self.body {
+            Body::Exec(_) => Some(1),
+            Body::Dag(inner) => inner.expanded_size()?.checked_add(1),
+        }
+    }
+
+    /// Input and output names become file names in the step's folder (`inputs/NAME`,
+    /// `outputs/NAME`), so each must be a safe one.
+    fn check_names(&self) -> Result<(), SpecError> {
+        let mut names: Vec<(&str, &str)> = self
+            .artifacts
+            .keys()
+            .map(|n| ("artifacts", n.as_str()))
+            .collect();
+        if let Body::Exec(exec) = &self.body {
+            names.extend(exec.outputs.keys().map(|n| ("outputs", n.as_str())));
+            names.extend(exec.inputs.keys().map(|n| ("inputs", n.as_str())));
+        }
+        match names.into_iter().find(|(_, n)| !safe_segment(n)) {
+            Some((field, name)) => Err(SpecError::at(
+                &self.name,
+                field,
+                format!(
+                    "{name:?} cannot be a file name (empty, '.', '..', '/', NUL or over {MAX_NAME_BYTES} bytes)"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Adds every producer referenced by an input to `after`, once.
     pub fn link_producers(&mut self) {
         let producers: Vec<String> = self

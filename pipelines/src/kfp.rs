@@ -4,6 +4,7 @@
 //! resolved and an `ExecutorInput` in the same JSON shape, and outputs are read back from
 //! the executor output file and the output parameter files.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::LazyLock;
@@ -14,9 +15,10 @@ use serde_json::{Map, Value, json};
 use crate::error::SpecError;
 use crate::executor::Resources;
 use crate::graph::{
-    Body, Dag, Exec, Flavor, Input, InputDecl, Items, Loop, OutputDecl, Parameter, Pipeline, Retry,
-    Selector, Task, coerce,
+    Body, Dag, Exec, Flavor, Input, InputDecl, Items, Loop, MAX_DEPTH, MAX_TASKS, OutputDecl,
+    Parameter, Pipeline, Retry, Selector, Task, coerce,
 };
+use crate::stepdir;
 
 /// Whether a document is KFP IR.
 pub fn is_kfp(doc: &Value) -> bool {
@@ -38,8 +40,16 @@ fn duration_ms(v: Option<&Value>) -> Option<u64> {
     Some((secs * 1000.0) as u64)
 }
 
+/// Walks the IR from the root DAG, inlining each sub-DAG component where a task uses it.
+/// The recursion is bounded by [`MAX_DEPTH`], checked before each step down, and the tasks
+/// made so far by [`MAX_TASKS`], so a component that uses itself, or a small file whose
+/// components fan out, is an error instead of a stack overflow or a million-task plan.
 struct Importer<'a> {
     doc: &'a Value,
+    /// The sub-DAG components being inlined, outermost first.
+    stack: RefCell<Vec<String>>,
+    /// Tasks made so far, each counted once per iteration of the constant loops around it.
+    expanded: Cell<usize>,
 }
 
 /// Imports a compiled KFP pipeline.
@@ -86,8 +96,12 @@ pub fn import(doc: &Value) -> Result<Pipeline, SpecError> {
             );
         }
     }
-    let importer = Importer { doc };
-    let dag = importer.dag(root, "root")?;
+    let importer = Importer {
+        doc,
+        stack: RefCell::new(Vec::new()),
+        expanded: Cell::new(0),
+    };
+    let dag = importer.dag(root, "root", 1)?;
     dag.validate("root")?;
     Ok(Pipeline {
         name,
@@ -113,14 +127,16 @@ impl Importer<'_> {
             })
     }
 
-    fn dag(&self, component: &Value, scope: &str) -> Result<Dag, SpecError> {
+    /// Imports a DAG whose tasks each run `times` times (the product of the constant loops
+    /// around it).
+    fn dag(&self, component: &Value, scope: &str, times: usize) -> Result<Dag, SpecError> {
         let dag = component
             .get("dag")
             .ok_or_else(|| SpecError::new(format!("component {scope} has no dag")))?;
         let mut tasks = Vec::new();
         if let Some(specs) = obj(dag, "tasks") {
             for (name, spec) in specs {
-                tasks.push(self.task(name, spec)?);
+                tasks.push(self.task(name, spec, times)?);
             }
         }
         let mut outputs = BTreeMap::new();
@@ -183,14 +199,35 @@ impl Importer<'_> {
         Ok(Dag { tasks, outputs })
     }
 
-    fn task(&self, name: &str, spec: &Value) -> Result<Task, SpecError> {
+    /// Imports a task that runs `times` times, inlining its component's DAG if it has one.
+    fn task(&self, name: &str, spec: &Value, times: usize) -> Result<Task, SpecError> {
         let component_name = spec
             .pointer("/componentRef/name")
             .and_then(Value::as_str)
             .ok_or_else(|| SpecError::at(name, "componentRef.name", "missing"))?;
         let component = self.component(component_name, name)?;
+        let iterate = self.iterate(name, spec)?;
+        // A loop over no items still has its body imported, so it counts as one iteration.
+        let times = match &iterate {
+            Some(Loop {
+                items: Items::Constant(items),
+                ..
+            }) => times.saturating_mul(items.len().max(1)),
+            _ => times,
+        };
+        let expanded = self.expanded.get().saturating_add(times);
+        if expanded > MAX_TASKS {
+            return Err(SpecError::at(
+                name,
+                "componentRef.name",
+                format!(
+                    "the pipeline expands to more than {MAX_TASKS} tasks (counting each task of each sub-DAG once per loop iteration)"
+                ),
+            ));
+        }
+        self.expanded.set(expanded);
         let body = if component.get("dag").is_some() {
-            Body::Dag(self.dag(component, name)?)
+            Body::Dag(self.inline(component_name, component, name, times)?)
         } else {
             Body::Exec(Box::new(self.exec(component, name)?))
         };
@@ -257,59 +294,6 @@ impl Importer<'_> {
                 artifacts.insert(input.clone(), value);
             }
         }
-        if spec.get("artifactIterator").is_some() {
-            return Err(SpecError::at(
-                name,
-                "artifactIterator",
-                "ParallelFor over a list of artifacts is not supported; loop over parameters",
-            ));
-        }
-        let iterate = match spec.get("parameterIterator") {
-            None => None,
-            Some(it) => {
-                let items = if let Some(raw) = it.pointer("/items/raw").and_then(Value::as_str) {
-                    let parsed: Value = serde_json::from_str(raw).map_err(|e| {
-                        SpecError::at(
-                            name,
-                            "parameterIterator.items.raw",
-                            format!("not a JSON list: {e}"),
-                        )
-                    })?;
-                    match parsed {
-                        Value::Array(items) => Items::Constant(items),
-                        _ => {
-                            return Err(SpecError::at(
-                                name,
-                                "parameterIterator.items.raw",
-                                "not a list",
-                            ));
-                        }
-                    }
-                } else if let Some(input) =
-                    it.pointer("/items/inputParameter").and_then(Value::as_str)
-                {
-                    Items::Input(input.to_string())
-                } else {
-                    return Err(SpecError::at(
-                        name,
-                        "parameterIterator.items",
-                        "needs raw or inputParameter",
-                    ));
-                };
-                Some(Loop {
-                    items,
-                    item_input: string(it, "itemInput")
-                        .ok_or_else(|| {
-                            SpecError::at(name, "parameterIterator.itemInput", "missing")
-                        })?
-                        .to_string(),
-                    parallelism: spec
-                        .pointer("/iteratorPolicy/parallelismLimit")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0) as usize,
-                })
-            }
-        };
         let retry = match spec.get("retryPolicy") {
             None => Retry::default(),
             Some(r) => Retry {
@@ -356,6 +340,100 @@ impl Importer<'_> {
         };
         task.link_producers();
         Ok(task)
+    }
+
+    /// A task's `dsl.ParallelFor`, if it has one.
+    fn iterate(&self, name: &str, spec: &Value) -> Result<Option<Loop>, SpecError> {
+        if spec.get("artifactIterator").is_some() {
+            return Err(SpecError::at(
+                name,
+                "artifactIterator",
+                "ParallelFor over a list of artifacts is not supported; loop over parameters",
+            ));
+        }
+        Ok(match spec.get("parameterIterator") {
+            None => None,
+            Some(it) => {
+                let items = if let Some(raw) = it.pointer("/items/raw").and_then(Value::as_str) {
+                    let parsed: Value = serde_json::from_str(raw).map_err(|e| {
+                        SpecError::at(
+                            name,
+                            "parameterIterator.items.raw",
+                            format!("not a JSON list: {e}"),
+                        )
+                    })?;
+                    match parsed {
+                        Value::Array(items) => Items::Constant(items),
+                        _ => {
+                            return Err(SpecError::at(
+                                name,
+                                "parameterIterator.items.raw",
+                                "not a list",
+                            ));
+                        }
+                    }
+                } else if let Some(input) =
+                    it.pointer("/items/inputParameter").and_then(Value::as_str)
+                {
+                    Items::Input(input.to_string())
+                } else {
+                    return Err(SpecError::at(
+                        name,
+                        "parameterIterator.items",
+                        "needs raw or inputParameter",
+                    ));
+                };
+                Some(Loop {
+                    items,
+                    item_input: string(it, "itemInput")
+                        .ok_or_else(|| {
+                            SpecError::at(name, "parameterIterator.itemInput", "missing")
+                        })?
+                        .to_string(),
+                    parallelism: spec
+                        .pointer("/iteratorPolicy/parallelismLimit")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0) as usize,
+                })
+            }
+        })
+    }
+
+    /// Imports the DAG of component `component_name`, used by task `task`, refusing a
+    /// component that is already being inlined (a cycle) and nesting beyond [`MAX_DEPTH`].
+    fn inline(
+        &self,
+        component_name: &str,
+        component: &Value,
+        task: &str,
+        times: usize,
+    ) -> Result<Dag, SpecError> {
+        {
+            let stack = self.stack.borrow();
+            if let Some(start) = stack.iter().position(|c| c == component_name) {
+                let mut cycle = stack[start..].to_vec();
+                cycle.push(component_name.to_string());
+                return Err(SpecError::at(
+                    task,
+                    "componentRef.name",
+                    format!("component cycle: {}", cycle.join(" -> ")),
+                ));
+            }
+            if stack.len() >= MAX_DEPTH {
+                return Err(SpecError::at(
+                    task,
+                    "componentRef.name",
+                    format!(
+                        "sub-DAGs nest more than {MAX_DEPTH} deep ({} -> {component_name})",
+                        stack.join(" -> ")
+                    ),
+                ));
+            }
+        }
+        self.stack.borrow_mut().push(component_name.to_string());
+        let dag = self.dag(component, task, times);
+        self.stack.borrow_mut().pop();
+        dag
     }
 
     fn exec(&self, component: &Value, task: &str) -> Result<Exec, SpecError> {
@@ -838,29 +916,48 @@ pub fn split_install(argv: &[String]) -> Option<(&str, &[String])> {
     }
 }
 
+/// Largest executor output file Nexus reads (its JSON names outputs; values are small).
+pub const MAX_EXECUTOR_OUTPUT_BYTES: u64 = 16 << 20;
+
+/// Largest output parameter file Nexus reads: parameters are stored with the run, so a
+/// large value belongs in an artifact.
+pub const MAX_PARAMETER_BYTES: u64 = 4 << 20;
+
 /// An output artifact a step left behind.
 pub struct Produced {
     pub name: String,
-    pub path: std::path::PathBuf,
+    /// Where the step was told (or chose) to write it.
+    pub uri: String,
+    /// The file or folder to store; `None` for an artifact that is only metadata (an
+    /// `Output[Metrics]` filled by `log_metric`, which writes no file).
+    pub path: Option<std::path::PathBuf>,
     pub schema_title: Option<String>,
     pub schema_version: Option<String>,
     pub metadata: Map<String, Value>,
 }
 
 /// Reads a finished step's outputs: the executor output file, then the output parameter
-/// files (which win, as in KFP), then artifacts at their declared paths.
+/// files (which win, as in KFP), then artifacts at their declared paths. Every artifact the
+/// executor output names is kept with its metadata, whether or not a file was written (as
+/// kfp.local does); one only declared is kept when its file exists. Nothing outside
+/// `step_dir` is read, and no link is followed.
 pub fn collect(
     exec: &Exec,
     input: &Value,
+    step_dir: &Path,
 ) -> Result<(BTreeMap<String, Value>, Vec<Produced>), String> {
-    let executor_output: Value = match input.pointer("/outputs/outputFile").and_then(Value::as_str)
-    {
-        Some(path) if Path::new(path).is_file() => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
-            serde_json::from_str(&text).map_err(|e| format!("{path} is not valid JSON: {e}"))?
-        }
-        _ => Value::Null,
+    let read = |path: &str, max: u64| {
+        stepdir::read_text(step_dir, Path::new(path), max).map_err(|e| e.to_string())
     };
+    let executor_output: Value =
+        match input.pointer("/outputs/outputFile").and_then(Value::as_str) {
+            Some(path) => match read(path, MAX_EXECUTOR_OUTPUT_BYTES)? {
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| format!("{path} is not valid JSON: {e}"))?,
+                None => Value::Null,
+            },
+            None => Value::Null,
+        };
     let mut parameters = BTreeMap::new();
     if let Some(values) = executor_output
         .get("parameterValues")
@@ -877,11 +974,11 @@ pub fn collect(
         else {
             continue;
         };
-        if !Path::new(file).is_file() {
+        let Some(text) =
+            read(file, MAX_PARAMETER_BYTES).map_err(|e| format!("output '{name}': {e}"))?
+        else {
             continue;
-        }
-        let text =
-            std::fs::read_to_string(file).map_err(|e| format!("reading output '{name}': {e}"))?;
+        };
         let value = match decl.kind.as_deref() {
             Some("STRING") | None => Value::String(text),
             Some("BOOLEAN") => serde_json::from_str(&text.trim().to_ascii_lowercase())
@@ -901,28 +998,40 @@ pub fn collect(
     }
     let mut produced = Vec::new();
     for (name, decl) in exec.outputs.iter().filter(|(_, d)| d.artifact) {
-        let written = executor_output
+        let named = executor_output
             .pointer(&format!("/artifacts/{name}/artifacts"))
-            .and_then(Value::as_array)
-            .cloned()
+            .and_then(Value::as_array);
+        let written = named
             .or_else(|| {
                 input
                     .pointer(&format!("/outputs/artifacts/{name}/artifacts"))
                     .and_then(Value::as_array)
-                    .cloned()
             })
+            .cloned()
             .unwrap_or_default();
         for artifact in written {
             let Some(uri) = artifact.get("uri").and_then(Value::as_str) else {
                 continue;
             };
             let path = std::path::PathBuf::from(uri);
-            if !path.exists() {
+            let path = if uri.contains("://") && named.is_some() {
+                // A remote URI the component set itself: recorded, never read.
+                None
+            } else if stepdir::check(step_dir, &path)
+                .map_err(|e| format!("output artifact '{name}': {e}"))
+                .map(|()| stepdir::exists(&path))?
+            {
+                Some(path)
+            } else if named.is_some() {
+                // Named by the executor output without a file: metadata only (metrics).
+                None
+            } else {
                 // Declared but never written: the artifact is simply absent, as in kfp.local.
                 continue;
-            }
+            };
             produced.push(Produced {
                 name: name.clone(),
+                uri: uri.to_string(),
                 path,
                 schema_title: decl.kind.clone(),
                 schema_version: decl.schema_version.clone(),
@@ -1040,6 +1149,119 @@ mod tests {
         assert_eq!(program, &argv[3..]);
         assert!(split_install(&argv[3..]).is_none());
         assert!(split_install(&["sh".into(), "-c".into(), "echo hi".into()]).is_none());
+    }
+
+    /// A KFP IR document: `root` tasks and `components`, with one container executor.
+    fn ir(root_tasks: Value, components: Value) -> Value {
+        let mut components = components;
+        components["comp-leaf"] = json!({"executorLabel": "exec-leaf"});
+        json!({
+            "pipelineInfo": {"name": "p"},
+            "root": {"dag": {"tasks": root_tasks}},
+            "components": components,
+            "deploymentSpec": {"executors": {"exec-leaf": {"container": {"image": "x", "command": ["true"]}}}},
+        })
+    }
+
+    fn uses(component: &str) -> Value {
+        json!({"componentRef": {"name": component}})
+    }
+
+    fn import_err(doc: &Value) -> SpecError {
+        import(doc).expect_err("import should fail")
+    }
+
+    #[test]
+    fn components_that_use_themselves_are_refused() {
+        let direct = ir(
+            json!({"a": uses("comp-a")}),
+            json!({"comp-a": {"dag": {"tasks": {"again": uses("comp-a")}}}}),
+        );
+        let e = import_err(&direct);
+        assert!(
+            e.message.contains("component cycle: comp-a -> comp-a"),
+            "{e}"
+        );
+        let indirect = ir(
+            json!({"a": uses("comp-a")}),
+            json!({
+                "comp-a": {"dag": {"tasks": {"b": uses("comp-b")}}},
+                "comp-b": {"dag": {"tasks": {"c": uses("comp-c")}}},
+                "comp-c": {"dag": {"tasks": {"a": uses("comp-a"), "leaf": uses("comp-leaf")}}},
+            }),
+        );
+        let e = import_err(&indirect);
+        assert!(
+            e.message
+                .contains("component cycle: comp-a -> comp-b -> comp-c -> comp-a"),
+            "{e}"
+        );
+        // The same component used twice side by side is not a cycle.
+        let twice = ir(
+            json!({"a": uses("comp-a"), "b": uses("comp-a")}),
+            json!({"comp-a": {"dag": {"tasks": {"leaf": uses("comp-leaf")}}}}),
+        );
+        import(&twice).expect("no cycle");
+    }
+
+    #[test]
+    fn expansion_is_bounded() {
+        // Ten tasks per level, six levels: a million tasks from a few hundred bytes.
+        let mut components = json!({});
+        for level in 0..6 {
+            let child = if level == 5 {
+                "comp-leaf".to_string()
+            } else {
+                format!("comp-l{}", level + 1)
+            };
+            let tasks: Map<String, Value> =
+                (0..10).map(|i| (format!("t{i}"), uses(&child))).collect();
+            components[format!("comp-l{level}")] = json!({"dag": {"tasks": tasks}});
+        }
+        let e = import_err(&ir(json!({"top": uses("comp-l0")}), components));
+        assert!(e.message.contains("more than 10000 tasks"), "{e}");
+
+        let items: Vec<u32> = (0..20_000).collect();
+        let mut looped = uses("comp-leaf");
+        looped["parameterIterator"] = json!({
+            "items": {"raw": serde_json::to_string(&items).expect("json")},
+            "itemInput": "x",
+        });
+        let e = import_err(&ir(json!({"loop": looped}), json!({})));
+        assert!(e.message.contains("more than 10000 tasks"), "{e}");
+
+        let mut small = uses("comp-leaf");
+        small["parameterIterator"] = json!({"items": {"raw": "[1, 2, 3]"}, "itemInput": "x"});
+        let p = import(&ir(json!({"loop": small}), json!({}))).expect("small loop");
+        assert_eq!(p.root.expanded_size(), Some(3));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut components = json!({});
+        for level in 0..40 {
+            components[format!("comp-l{level}")] =
+                json!({"dag": {"tasks": {"next": uses(&format!("comp-l{}", level + 1))}}});
+        }
+        components["comp-l40"] = json!({"dag": {"tasks": {"leaf": uses("comp-leaf")}}});
+        let e = import_err(&ir(json!({"top": uses("comp-l0")}), components));
+        assert!(e.message.contains("nest more than 16 deep"), "{e}");
+    }
+
+    #[test]
+    fn names_that_are_not_folder_names_are_refused() {
+        for name in ["..", ".", "", "a/b", "/abs", "nul\0byte"] {
+            let e = import_err(&ir(json!({name: uses("comp-leaf")}), json!({})));
+            assert_eq!(e.field.as_deref(), Some("name"), "{name:?}: {e}");
+            assert!(e.message.contains("cannot be a folder name"), "{e}");
+        }
+        for name in ["..", "../../etc/x", "/tmp/x"] {
+            let mut doc = ir(json!({"t": uses("comp-leaf")}), json!({}));
+            doc["components"]["comp-leaf"]["outputDefinitions"] =
+                json!({"artifacts": {name: {"artifactType": {"schemaTitle": "system.Artifact"}}}});
+            let e = import_err(&doc);
+            assert_eq!(e.field.as_deref(), Some("outputs"), "{name:?}: {e}");
+        }
     }
 
     #[test]

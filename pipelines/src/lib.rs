@@ -11,6 +11,7 @@ pub mod executor;
 pub mod graph;
 pub mod kfp;
 pub mod spec;
+pub mod stepdir;
 pub mod store;
 
 use std::path::Path;
@@ -19,6 +20,41 @@ use std::sync::Arc;
 pub use artifacts::ArtifactStore;
 pub use engine::{Engine, EngineConfig, Submit};
 pub use error::{PipelineError, SpecError};
+
+/// Largest spec a submission may carry (a compiled KFP pipeline is tens of KiB).
+pub const MAX_SPEC_BYTES: usize = 8 << 20;
+
+/// The text of a spec given as bytes, refused beyond [`MAX_SPEC_BYTES`] or when not UTF-8.
+fn spec_text(bytes: &[u8]) -> Result<&str, SpecError> {
+    if bytes.len() > MAX_SPEC_BYTES {
+        return Err(SpecError::new(format!(
+            "the spec is {} bytes; at most {MAX_SPEC_BYTES} are accepted",
+            bytes.len()
+        )));
+    }
+    std::str::from_utf8(bytes).map_err(|e| SpecError::new(format!("the spec is not UTF-8: {e}")))
+}
+
+/// Parses and validates a Nexus YAML pipeline spec into the graph a run would execute, as a
+/// submission does, without a database or any file system access (relative `workdir`s are
+/// refused: there is no base folder). A stable entry point for fuzzing and offline checks.
+pub fn plan_nexus_spec(bytes: &[u8]) -> Result<graph::Pipeline, SpecError> {
+    spec::compile(spec_text(bytes)?, None)
+}
+
+/// Parses and imports a compiled KFP v2 IR document (YAML or JSON) into the graph a run would
+/// execute, as a submission does, without a database or any file system access. A stable
+/// entry point for fuzzing and offline checks.
+pub fn plan_kfp_ir(bytes: &[u8]) -> Result<graph::Pipeline, SpecError> {
+    let doc: serde_json::Value = serde_yaml_ng::from_str(spec_text(bytes)?)
+        .map_err(|e| SpecError::new(format!("not valid YAML: {e}")))?;
+    if !kfp::is_kfp(&doc) {
+        return Err(SpecError::new(
+            "not a compiled KFP pipeline (no 'pipelineInfo' and 'root')",
+        ));
+    }
+    kfp::import(&doc)
+}
 
 /// Where steps run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,8 +85,34 @@ pub struct PipelineArgs {
     /// the address Nexus listens on, which pods of the Kubernetes executor may not reach.
     #[arg(long = "pipeline-server-url", env = "NEXUS_PIPELINE_SERVER_URL")]
     pub server_url: Option<String>,
+    /// A variable of this server's environment that steps may see (repeatable, or
+    /// comma-separated in NEXUS_PIPELINE_ENV). Steps start from a clean environment: PATH,
+    /// HOME, LANG, LC_ALL, TZ, TMPDIR, PIP_*, proxy and CA-bundle variables (local executor),
+    /// their own `env`, the NEXUS_* variables Nexus sets, and the variables named here.
+    #[arg(
+        long = "pipeline-env",
+        value_name = "NAME",
+        env = "NEXUS_PIPELINE_ENV",
+        value_delimiter = ',',
+        value_parser = parse_env_name
+    )]
+    pub env: Vec<String>,
     #[command(flatten)]
     pub kubernetes: executor::kubernetes::KubernetesArgs,
+}
+
+/// A variable name for `--pipeline-env`: letters, digits and `_`, not starting with a digit.
+fn parse_env_name(name: &str) -> Result<String, String> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(format!("'{name}' is not an environment variable name"))
+    }
 }
 
 impl PipelineArgs {
@@ -70,7 +132,7 @@ impl PipelineArgs {
             .join("pipelines");
         let work_root = root.join("work");
         let executor: Arc<dyn executor::Executor> = match self.executor {
-            ExecutorKind::Local => Arc::new(executor::local::LocalExecutor),
+            ExecutorKind::Local => Arc::new(executor::local::LocalExecutor::new()),
             ExecutorKind::Kubernetes => Arc::new(executor::kubernetes::KubernetesExecutor::new(
                 self.kubernetes.config(&work_root),
             )),
@@ -88,6 +150,11 @@ impl PipelineArgs {
             }),
             server_url: self.server_url.clone().unwrap_or(server_url),
             python: self.python.clone(),
+            passed_env: self
+                .env
+                .iter()
+                .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
+                .collect(),
             owner: format!("{host}:{}", root.display()),
         };
         let engine = Engine::new(store, artifacts, executor, config);

@@ -12,7 +12,9 @@ use serde_json::Value;
 
 use crate::error::SpecError;
 use crate::executor::Resources;
-use crate::graph::{Body, Dag, Exec, Flavor, Input, OutputDecl, Parameter, Pipeline, Retry, Task};
+use crate::graph::{
+    Body, Dag, Exec, Flavor, Input, MAX_TASKS, OutputDecl, Parameter, Pipeline, Retry, Task,
+};
 
 /// `{{ ... }}` placeholders.
 pub static PLACEHOLDER: LazyLock<Regex> =
@@ -165,6 +167,15 @@ pub fn compile(text: &str, base_dir: Option<&Path>) -> Result<Pipeline, SpecErro
         return Err(SpecError::at_field(
             "steps",
             "a pipeline needs at least one step",
+        ));
+    }
+    if spec.steps.len() > MAX_TASKS {
+        return Err(SpecError::at_field(
+            "steps",
+            format!(
+                "{} steps; a pipeline may have at most {MAX_TASKS}",
+                spec.steps.len()
+            ),
         ));
     }
     let parameters: BTreeMap<String, Parameter> = spec
@@ -456,6 +467,30 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("timeout"));
         let e = err("name: p\nsteps:\n- name: a\n  command: [echo]\n  retry: 3\n");
         assert!(e.message.contains("unknown field `retry`"), "{e}");
+    }
+
+    #[test]
+    fn long_dependency_chains_do_not_recurse() {
+        let mut text = String::from("name: p\nsteps:\n- name: s0\n  command: [echo]\n");
+        for i in 1..10_000 {
+            text.push_str(&format!(
+                "- name: s{i}\n  command: [echo]\n  after: [s{}]\n",
+                i - 1
+            ));
+        }
+        // A small stack: a search that recursed once per step would overflow it.
+        let compiled = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || compile(&text, None).map(|p| p.root.tasks.len()))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(compiled, Ok(10_000));
+        let mut text = String::from("name: p\nsteps:\n");
+        for i in 0..10_001 {
+            text.push_str(&format!("- name: s{i}\n  command: [echo]\n"));
+        }
+        assert!(err(&text).message.contains("at most 10000"));
     }
 
     #[test]

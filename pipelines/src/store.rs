@@ -108,6 +108,10 @@ pub struct Artifact {
     pub schema_version: Option<String>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, Value>,
+    /// Only metadata, no content (an `Output[Metrics]` filled by `log_metric`): nothing is
+    /// stored, `key` is empty and `uri` is where the step was told to write it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metadata_only: bool,
 }
 
 /// What a task produced. Artifacts are lists (KFP's `ArtifactList`; one element unless

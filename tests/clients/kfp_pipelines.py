@@ -419,3 +419,28 @@ def containers(msg: str = "hi", n: int = 3) -> ContainersOut:
     return ContainersOut(
         text=p.outputs["text"], lines=cl.output, decorated=dec.outputs["out"], plain=plain.outputs["out"]
     )
+
+
+# --- metrics: Output[Metrics] filled by log_metric (metadata only, no file) ------------------
+
+
+@light
+def evaluate(score: float, metrics: dsl.Output[dsl.Metrics]):
+    metrics.log_metric("acc", score)
+    metrics.log_metric("n", 3)
+
+
+@light
+def read_acc(metrics: Input[dsl.Metrics]) -> str:
+    return f"acc={metrics.metadata['acc']}"
+
+
+class MetricsOut(NamedTuple):
+    metrics: dsl.Metrics
+    seen: str
+
+
+@dsl.pipeline(name="nexus-kfp-metrics")
+def metrics_out(score: float = 0.9) -> MetricsOut:
+    ev = evaluate(score=score)
+    return MetricsOut(metrics=ev.outputs["metrics"], seen=read_acc(metrics=ev.outputs["metrics"]).output)

@@ -477,6 +477,37 @@ def test_caching(pipelines_server, tmp_path):
     assert not any(t["cached"] for t in third["tasks"]), describe_run(third)
 
 
+# --- metrics: Output[Metrics] filled by log_metric (metadata only, no file) ----------------
+
+
+def test_metrics_survive_like_kfp_local(pipelines_server, tmp_path):
+    """An Output[Metrics] that a component fills with `metrics.log_metric` has metadata and no
+    file: kfp.local keeps it (pipeline output, and the consumer's Input[Metrics]); so must Nexus,
+    in the REST run and in `nexus pipeline status`."""
+    ir = compile_ir(kp.metrics_out, tmp_path)
+    run_id = submit(pipelines_server, ir, {"score": 0.75})
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "local"))
+    expected = kp.metrics_out(score=0.75).outputs
+    assert expected["seen"] == "acc=0.75"
+    assert expected["metrics"].schema_title == "system.Metrics"
+    local_metadata = {k: float(v) for k, v in expected["metrics"].metadata.items()}
+    assert local_metadata == {"acc": 0.75, "n": 3.0}
+    run = wait(pipelines_server, run_id)
+
+    assert run["outputs"]["parameters"] == {"seen": "acc=0.75"}, describe_run(run)
+    [metrics] = artifact_list(run["outputs"]["artifacts"].get("metrics", []))
+    assert metrics["schema_title"] == "system.Metrics"
+    assert {k: float(v) for k, v in metrics["metadata"].items()} == local_metadata
+    [from_task] = artifact_list(task(run, "evaluate")["outputs"]["artifacts"]["metrics"])
+    assert from_task["metadata"] == metrics["metadata"]
+    env = {**os.environ, "NEXUS_URL": pipelines_server.base, "NO_COLOR": "1"}
+    shown = subprocess.run(
+        [str(conftest.NEXUS_BIN), "pipeline", "status", run_id], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"evaluate\s+metrics\s+acc=0\.75\s+n=3\b", shown.stdout), shown.stdout
+
+
 # --- bad submissions -------------------------------------------------------------------------
 
 

@@ -1103,6 +1103,43 @@ mod tests {
     }
 
     #[test]
+    fn jobs_get_the_launch_environment_and_nothing_of_the_servers() {
+        // This process has PATH, HOME and more (as the server has its secrets): the Job must
+        // get exactly the launch's variables.
+        let launch = Launch {
+            run_id: "r".into(),
+            path: "p".into(),
+            attempt: 1,
+            image: None,
+            argv: vec!["env".into()],
+            env: BTreeMap::from([
+                ("NEXUS_RUN_ID".to_string(), "r".to_string()),
+                ("OWN".to_string(), "mine".to_string()),
+            ]),
+            workdir: "/w/r/p".into(),
+            step_dir: "/w/r/p".into(),
+            log: "/w/r/p.log".into(),
+            timeout: None,
+            resources: Resources::default(),
+        };
+        let job = job_manifest(&launch, &KubernetesConfig::new("/w"));
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
+        let env: Vec<(String, Option<String>)> = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect();
+        assert_eq!(
+            env,
+            vec![
+                ("NEXUS_RUN_ID".to_string(), Some("r".to_string())),
+                ("OWN".to_string(), Some("mine".to_string())),
+            ]
+        );
+    }
+
+    #[test]
     fn timeouts_round_up_to_whole_seconds() {
         let mut launch = Launch {
             run_id: "r".into(),

@@ -3,6 +3,7 @@
 //! first process; the child also dies with Nexus (`PR_SET_PDEATHSIG`), and a restarted
 //! Nexus stops any leftover group before re-running the step.
 
+use std::ffi::OsString;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,8 +17,57 @@ use super::{Executor, Exit, Launch, OnStart};
 /// How long a stopped group gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
 
+/// Variables a step inherits from the server by name: what a process needs to run at all
+/// (PATH, HOME, locale, time zone, temp folder) and what its own tools need to reach
+/// package indexes (proxies, CA bundles). Everything else — database URLs, JWT secrets,
+/// cloud keys, tokens — stays with the server unless named with `--pipeline-env`.
+const INHERITED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+];
+
+/// Prefixes of inherited variables: pip's own configuration (index URL, trusted hosts).
+const INHERITED_PREFIXES: &[&str] = &["PIP_"];
+
+/// Runs steps as child processes that start from a clean environment: the variables in
+/// [`INHERITED`] plus the launch's own (the step's `env`, `NEXUS_*`, `--pipeline-env`).
 #[derive(Debug, Default)]
-pub struct LocalExecutor;
+pub struct LocalExecutor {
+    inherited: Vec<(OsString, OsString)>,
+}
+
+impl LocalExecutor {
+    /// An executor whose steps inherit [`INHERITED`] from this process's environment.
+    pub fn new() -> Self {
+        LocalExecutor {
+            inherited: inherited(std::env::vars_os()),
+        }
+    }
+}
+
+/// The variables of `vars` a step inherits.
+fn inherited(vars: impl Iterator<Item = (OsString, OsString)>) -> Vec<(OsString, OsString)> {
+    vars.filter(|(name, _)| {
+        name.to_str().is_some_and(|name| {
+            INHERITED.contains(&name) || INHERITED_PREFIXES.iter().any(|p| name.starts_with(p))
+        })
+    })
+    .collect()
+}
 
 /// Signals a whole process group; false when it no longer exists.
 fn signal_group(pgid: i32, signal: i32) -> bool {
@@ -78,6 +128,8 @@ impl LocalExecutor {
         let mut command = Command::new(program);
         command
             .args(args)
+            .env_clear()
+            .envs(self.inherited.iter().map(|(k, v)| (k, v)))
             .envs(&launch.env)
             .env(MARKER, step_id(&launch.run_id, &launch.path))
             .current_dir(&launch.workdir)
@@ -229,6 +281,38 @@ mod tests {
     use std::os::unix::process::CommandExt;
 
     use super::*;
+
+    #[test]
+    fn steps_inherit_only_what_they_need() {
+        let vars = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/home/n"),
+            ("PIP_INDEX_URL", "http://pypi.example"),
+            ("https_proxy", "http://proxy:3128"),
+            ("SSL_CERT_FILE", "/etc/ca.pem"),
+            ("NEXUS_DATABASE_URL", "postgres://u:p@db/x"),
+            ("NEXUS_JWT_SECRET", "s"),
+            ("AWS_SECRET_ACCESS_KEY", "k"),
+            ("GITHUB_TOKEN", "t"),
+            ("PIPX", "not pip's"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let names: Vec<OsString> = inherited(vars.into_iter())
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "PATH",
+                "HOME",
+                "PIP_INDEX_URL",
+                "https_proxy",
+                "SSL_CERT_FILE"
+            ]
+            .map(OsString::from)
+        );
+    }
 
     #[test]
     fn only_groups_carrying_the_marker_are_stale() {
