@@ -52,11 +52,9 @@ const BODY_BYTES: usize = 64 << 20;
 fn fp32_body(row: usize) -> (Bytes, usize) {
     let element = "0.5,";
     let count = BODY_BYTES / element.len();
-    let (count, shape) = if row == 0 {
-        (count, format!("[{count}]"))
-    } else {
-        let rows = count / row;
-        (rows * row, format!("[{rows}, {row}]"))
+    let (count, shape) = match count.checked_div(row) {
+        None => (count, format!("[{count}]")),
+        Some(rows) => (rows * row, format!("[{rows}, {row}]")),
     };
     let mut body = String::with_capacity(BODY_BYTES + 256);
     write!(
