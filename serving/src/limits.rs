@@ -87,10 +87,12 @@ impl Reservation {
                 self.bytes += more;
                 Ok(())
             }
+            // `used` counts what this request already holds.
             Err(used) => Err(ServingError::Unavailable(format!(
-                "the server is holding {used} bytes of requests and this one needs {} more, over \
-                 its limit of {} (--max-inflight-bytes); retry later",
+                "this request needs {} bytes but the server already holds {} bytes of other \
+                 requests; the limit is {} (--max-inflight-bytes); retry later",
                 self.bytes + more,
+                used.saturating_sub(self.bytes),
                 budget.limit
             ))),
         }
@@ -113,6 +115,11 @@ mod tests {
         let mut a = budget.reserve(60).unwrap();
         let err = budget.reserve(50).unwrap_err();
         assert!(matches!(err, ServingError::Unavailable(_)));
+        assert!(
+            err.to_string()
+                .contains("needs 50 bytes but the server already holds 60 bytes"),
+            "{err}"
+        );
         assert!(err.to_string().contains("--max-inflight-bytes"), "{err}");
         a.grow(40).unwrap();
         assert!(a.grow(1).is_err());
