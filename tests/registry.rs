@@ -1416,3 +1416,365 @@ async fn alias_move_swaps_versions_under_load_without_failures() -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------- 5. hostile input
+
+/// Every search endpoint, with the simplest comparison its entity accepts.
+const SEARCHES: [(&str, &str); 5] = [
+    ("runs/search", "attributes.status = 'RUNNING'"),
+    ("experiments/search", "name = 'Default'"),
+    ("registered-models/search", "name = 'hostile'"),
+    ("model-versions/search", "name = 'hostile'"),
+    ("logged-models/search", "name = 'hostile'"),
+];
+
+/// POSTs a search of the Default experiment with `filter` to `endpoint`.
+async fn search(mlflow: &Mlflow, endpoint: &str, filter: &str) -> Result<(u16, Value)> {
+    let params = json!({"experiment_ids": ["0"], "filter": filter, "max_results": 1000});
+    mlflow.call(Method::POST, endpoint, &params).await
+}
+
+/// Checks a refused search: 400 INVALID_PARAMETER_VALUE saying `why`.
+fn check_refused(what: &str, status: u16, body: &Value, why: &str) -> Result<()> {
+    ensure!(
+        status == 400 && body["error_code"] == "INVALID_PARAMETER_VALUE",
+        "{what}: {status} {body}"
+    );
+    let message = body["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains(why),
+        "{what}: the message does not say {why:?}: {message}"
+    );
+    Ok(())
+}
+
+/// The filter that overflowed a worker thread's stack and killed the process (20,000
+/// comparisons, ~600 KB), and one just past the comparison bound, are refused with 400 on
+/// every search endpoint; filters at the bounds (most comparisons, longest IN list) run on
+/// the database; and the registry answers on between them all.
+async fn hostile_filters_are_refused_and_the_registry_keeps_serving(kind: Database) -> Result<()> {
+    use nexus_registry::search::{MAX_FILTER_BYTES, MAX_FILTER_CLAUSES};
+    let Some(fixture) = Fixture::start(kind).await? else {
+        return Ok(());
+    };
+    let mlflow = fixture.mlflow();
+    let run = mlflow
+        .post("runs/create", &json!({"experiment_id": "0"}))
+        .await?;
+    let run_id = run["run"]["info"]["run_id"].as_str().context("a run id")?;
+    mlflow
+        .post("registered-models/create", &json!({"name": "hostile"}))
+        .await?;
+    for (endpoint, clause) in SEARCHES {
+        let hostile = vec![clause; 20_000].join(" AND ");
+        let (status, body) = search(&mlflow, endpoint, &hostile).await?;
+        check_refused(endpoint, status, &body, "bytes a filter may have")?;
+        let many = vec![clause; MAX_FILTER_CLAUSES + 1].join(" AND ");
+        let (status, body) = search(&mlflow, endpoint, &many).await?;
+        check_refused(endpoint, status, &body, "comparisons joined with 'AND'")?;
+        let most = vec![clause; MAX_FILTER_CLAUSES].join(" AND ");
+        let (status, body) = search(&mlflow, endpoint, &most).await?;
+        ensure!(status == 200, "{endpoint} at the bound: {status} {body}");
+    }
+    let (status, body) = search(&mlflow, "runs/search", SEARCHES[0].1).await?;
+    ensure!(
+        status == 200,
+        "runs/search after the hostile ones: {status} {body}"
+    );
+    ensure!(body["runs"][0]["info"]["run_id"] == run_id, "{body}");
+    // The longest IN list the length bound lets through binds ~21,800 values: under both
+    // SQLite's and PostgreSQL's limits on one statement.
+    let head = "attributes.run_id IN (";
+    let items = (MAX_FILTER_BYTES - head.len() - 1) / 3;
+    let longest = format!("{head}'{run_id}',{}'')", "'',".repeat(items - 12));
+    ensure!(longest.len() <= MAX_FILTER_BYTES, "{} bytes", longest.len());
+    let (status, body) = search(&mlflow, "runs/search", &longest).await?;
+    ensure!(status == 200, "the longest IN list: {status} {body}");
+    ensure!(body["runs"][0]["info"]["run_id"] == run_id, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_hostile_filters_are_refused_and_the_registry_keeps_serving() -> Result<()> {
+    hostile_filters_are_refused_and_the_registry_keeps_serving(Database::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_hostile_filters_are_refused_and_the_registry_keeps_serving() -> Result<()> {
+    hostile_filters_are_refused_and_the_registry_keeps_serving(Database::Postgres).await
+}
+
+/// `[{key, value, timestamp, step}, …]`: `count` metrics named `m0`, `m1`, ….
+fn metrics(count: usize) -> Value {
+    (0..count)
+        .map(|i| json!({"key": format!("m{i}"), "value": i, "timestamp": 1, "step": 0}))
+        .collect()
+}
+
+/// `[{key, value}, …]`: `count` pairs named `<prefix>0`, `<prefix>1`, ….
+fn pairs(prefix: &str, count: usize) -> Value {
+    tags((0..count).map(|i| (format!("{prefix}{i}"), "v")))
+}
+
+/// A run's metrics, params and tags, as counts.
+async fn run_data(mlflow: &Mlflow, run_id: &str) -> Result<[usize; 3]> {
+    let run = mlflow.get("runs/get", &json!({"run_id": run_id})).await?;
+    let count = |key: &str| run["run"]["data"][key].as_array().map_or(0, Vec::len);
+    Ok([count("metrics"), count("params"), count("tags")])
+}
+
+/// `runs/log-batch` over MLflow's limits (1000 metrics, 100 params, 100 tags, 1000 in
+/// all) is refused with MLflow's INVALID_PARAMETER_VALUE and wording, and nothing of it
+/// is stored; batches at the limits are stored whole.
+async fn log_batch_keeps_mlflow_limits(kind: Database) -> Result<()> {
+    let Some(fixture) = Fixture::start(kind).await? else {
+        return Ok(());
+    };
+    let mlflow = fixture.mlflow();
+    let run_id = mlflow.create_run("batch-limits").await?;
+    let before = run_data(&mlflow, &run_id).await?;
+    let over = [
+        (
+            "metrics",
+            metrics(1001),
+            pairs("p", 0),
+            pairs("t", 0),
+            1000,
+            1001,
+        ),
+        (
+            "params",
+            metrics(0),
+            pairs("p", 101),
+            pairs("t", 0),
+            100,
+            101,
+        ),
+        ("tags", metrics(0), pairs("p", 0), pairs("t", 101), 100, 101),
+        (
+            "metrics, params, and tags",
+            metrics(900),
+            pairs("p", 100),
+            pairs("t", 1),
+            1000,
+            1001,
+        ),
+    ];
+    for (entities, metrics, params, tags, limit, got) in over {
+        let batch = json!({"run_id": run_id, "metrics": metrics, "params": params, "tags": tags});
+        let (status, body) = mlflow.call(Method::POST, "runs/log-batch", &batch).await?;
+        let message = format!(
+            "A batch logging request can contain at most {limit} {entities}. Got {got} \
+             {entities}. Please split up {entities} across multiple requests and try again."
+        );
+        check_refused(entities, status, &body, &message)?;
+        ensure!(body["message"] == message.as_str(), "{body}");
+        let after = run_data(&mlflow, &run_id).await?;
+        ensure!(
+            after == before,
+            "a refused batch of {entities} stored some: {before:?} → {after:?}"
+        );
+    }
+    let at_limits = [
+        json!({"run_id": run_id, "metrics": metrics(1000)}),
+        json!({"run_id": run_id, "params": pairs("p", 100), "tags": pairs("t", 100)}),
+    ];
+    for batch in at_limits {
+        mlflow.post("runs/log-batch", &batch).await?;
+    }
+    let [metric_count, param_count, tag_count] = run_data(&mlflow, &run_id).await?;
+    ensure!(
+        (metric_count, param_count, tag_count) == (1000, 100, before[2] + 100),
+        "stored {metric_count} metrics, {param_count} params, {tag_count} tags"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_log_batch_keeps_mlflow_limits() -> Result<()> {
+    log_batch_keeps_mlflow_limits(Database::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_log_batch_keeps_mlflow_limits() -> Result<()> {
+    log_batch_keeps_mlflow_limits(Database::Postgres).await
+}
+
+/// On a PostgreSQL database set to read backslashes in string literals as escapes
+/// (`standard_conforming_strings = off`, as servers configured for old clients are), keys
+/// and values holding backslashes and quotes in `order_by` and `filter` are looked up as
+/// written: nothing in them ends a literal early and runs as SQL.
+#[tokio::test]
+async fn postgres_keys_with_backslashes_and_quotes_stay_inside_their_literals() -> Result<()> {
+    use sqlx::Connection;
+    let Some(database) = TestDatabase::create(Database::Postgres).await? else {
+        return Ok(());
+    };
+    let address = database.address().context("a PostgreSQL address")?;
+    let mut admin = sqlx::PgConnection::connect(&database.url_via(address)).await?;
+    sqlx::raw_sql(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET standard_conforming_strings = off', \
+         current_database()); END $$",
+    )
+    .execute(&mut admin)
+    .await?;
+    admin.close().await?;
+    let data = tempfile::tempdir()?;
+    let server = RegistryServer::start(data.path(), &database.args()).await?;
+    let mlflow = server.mlflow();
+
+    // With backslashes as escapes, `'k\'''' || ''z'` (the key quoted by doubling its quotes)
+    // ends after `k\'''` and leaves `|| ''z'` as SQL.
+    let key = r"k\'' || 'z";
+    let value = r"v\' OR '1'='1";
+    let experiment = mlflow
+        .post("experiments/create", &json!({"name": "backslashes"}))
+        .await?;
+    let experiment_id = experiment["experiment_id"].as_str().context("an id")?;
+    let mut runs = Vec::new();
+    for rank in ["2", "3", "1"] {
+        let run = mlflow
+            .post("runs/create", &json!({"experiment_id": experiment_id}))
+            .await?;
+        let run_id = run["run"]["info"]["run_id"]
+            .as_str()
+            .context("a run id")?
+            .to_string();
+        let params = tags([(key, rank.to_string()), ("v", format!("{value}{rank}"))]);
+        mlflow
+            .post(
+                "runs/log-batch",
+                &json!({"run_id": run_id, "params": params}),
+            )
+            .await?;
+        runs.push((rank, run_id));
+    }
+    let ranked = |ranks: &[&str]| -> Vec<String> {
+        ranks
+            .iter()
+            .filter_map(|r| runs.iter().find(|(rank, _)| rank == r))
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    let found = |body: &Value| -> Vec<String> {
+        body["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["info"]["run_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    for (direction, ranks) in [("ASC", ["1", "2", "3"]), ("DESC", ["3", "2", "1"])] {
+        let order = format!("params.`{key}` {direction}");
+        let params = json!({"experiment_ids": [experiment_id], "order_by": [order]});
+        let (status, body) = mlflow.call(Method::POST, "runs/search", &params).await?;
+        ensure!(status == 200, "order_by {order}: {status} {body}");
+        ensure!(found(&body) == ranked(&ranks), "order_by {order}: {body}");
+    }
+    let filter = format!(
+        "params.`{key}` = '3' AND params.v = '{}3'",
+        value.replace('\'', "''")
+    );
+    let params = json!({"experiment_ids": [experiment_id], "filter": filter});
+    let (status, body) = mlflow.call(Method::POST, "runs/search", &params).await?;
+    ensure!(status == 200, "filter {filter}: {status} {body}");
+    ensure!(found(&body) == ranked(&["3"]), "filter {filter}: {body}");
+    Ok(())
+}
+
+// ------------------------------------------------------------------ 6. model cache
+
+/// `nexus serve --model models:/cached@prod` stopped in the middle of syncing its cache
+/// leaves what an interrupted write leaves: `config.pbtxt` cut off mid-write (the config
+/// used to be rewritten in place), half-fetched folders and a half-written temporary
+/// config. Started again on that cache, it serves the model, with the registry's config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_cache_sync_does_not_block_the_next() -> Result<()> {
+    let registry = Fixture::start(Database::Sqlite)
+        .await?
+        .context("SQLite needs no server")?;
+    let registry_url = registry.server.url("");
+    let examples = Repository::examples()?;
+    let pushed = tempfile::tempdir()?;
+    for file in ["config.pbtxt", "1/model.onnx"] {
+        let name = file.rsplit('/').next().unwrap_or(file);
+        std::fs::copy(
+            examples.path().join("simple").join(file),
+            pushed.path().join(name),
+        )?;
+    }
+    let pushed_dir = pushed.path().display().to_string();
+    nexus(&[
+        "models",
+        "push",
+        &pushed_dir,
+        "--name",
+        "cached",
+        "--alias",
+        "prod",
+        "--registry-url",
+        &registry_url,
+    ])
+    .await?;
+    let cache = tempfile::tempdir()?;
+    let cache_dir = cache.path().display().to_string();
+    let args = [
+        "--model",
+        "models:/cached@prod",
+        "--registry-url",
+        &registry_url,
+        "--model-cache",
+        &cache_dir,
+    ];
+    let serve_cached = || async {
+        let server = Server::start(Repository::empty()?, &args).await?;
+        let ready = || async {
+            let (status, _) = server.get("/v2/models/cached/ready").await?;
+            Ok((status == 200).then_some(()))
+        };
+        poll_until(Duration::from_secs(30), "cached ready", ready)
+            .await
+            .with_context(|| server.stderr())?;
+        let (status, config) = server.get("/v2/models/cached/config").await?;
+        ensure!(status == 200, "config: {status} {config}");
+        ensure!(
+            config["max_batch_size"] == 8,
+            "not the registry's config: {config}"
+        );
+        infer_cached(&server).await?;
+        anyhow::Ok(server)
+    };
+    drop(serve_cached().await?);
+
+    let model_dir = cache.path().join("cached");
+    let config = std::fs::read_to_string(model_dir.join("config.pbtxt"))?;
+    let cut = config.find('"').context("a quoted name in the config")? + 3;
+    std::fs::write(model_dir.join("config.pbtxt"), &config[..cut])?;
+    let onnx = std::fs::read(model_dir.join("1/model.onnx"))?;
+    for leftover in [".fetch-1", ".fetch-1.partial", ".fetch-1/model"] {
+        std::fs::create_dir_all(model_dir.join(leftover))?;
+        std::fs::write(
+            model_dir.join(leftover).join("model.onnx"),
+            &onnx[..onnx.len() / 2],
+        )?;
+    }
+    std::fs::write(model_dir.join(".config.pbtxt.partial"), &config[..cut])?;
+
+    let server = serve_cached().await?;
+    let repaired = std::fs::read_to_string(model_dir.join("config.pbtxt"))?;
+    ensure!(
+        repaired.contains("max_batch_size: 8"),
+        "config after the sync:\n{repaired}"
+    );
+    drop(server);
+    Ok(())
+}
+
+/// One inference on `cached` (the `simple` model under another name) with the right sums.
+async fn infer_cached(server: &Server) -> Result<()> {
+    let (status, body) = server
+        .post("/v2/models/cached/infer", &simple_request(2))
+        .await?;
+    ensure!(status == 200, "inference answered {status}: {body}");
+    check_simple_response(&body, 2)
+}

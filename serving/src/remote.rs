@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use nexus_models::config::{self, pb};
 use nexus_models::repository::{CONFIG_FILE, DEFAULT_MODEL_FILE};
+use tokio::io::AsyncWriteExt;
 
 use crate::manager::ModelManager;
 
@@ -164,6 +165,13 @@ impl Watcher {
     }
 
     /// Resolves the references once and, when they name other versions, fetches and loads them.
+    ///
+    /// Every file this writes into the cache is complete before it has its final name
+    /// (fetched into `.fetch-<version>`, fsynced, renamed; the config written to a temporary
+    /// file, fsynced, renamed), so a sync killed at any point leaves only dot-named leftovers,
+    /// which the repository ignores and the next sync replaces. A cached config that does
+    /// not parse (damaged on disk, or left half-written by an older Nexus) is not trusted:
+    /// it is removed and the versions are fetched again with the registry's config.
     pub async fn sync(&mut self) -> Result<(), String> {
         let registered = self.specs[0].name.clone();
         let name = self.specs[0].serve_as.clone();
@@ -179,35 +187,39 @@ impl Watcher {
             return Ok(());
         }
         let model_dir = self.cache.join(&name);
+        let config_path = model_dir.join(CONFIG_FILE);
         let base = self.specs[0].config.as_ref();
+        let cache_trusted = base.is_some() || config_parses(&config_path).await;
+        if !cache_trusted {
+            tracing::warn!(model = %name, config = %config_path.display(), "cached config does not parse; fetching the model again");
+            remove_any(&config_path).await?;
+        }
         for &number in &wanted {
             let version_dir = model_dir.join(number.to_string());
-            if version_dir.join(DEFAULT_MODEL_FILE).exists() {
+            if cache_trusted && version_dir.join(DEFAULT_MODEL_FILE).exists() {
                 continue;
             }
             let staging = model_dir.join(format!(".fetch-{number}"));
-            let _ = tokio::fs::remove_dir_all(&staging).await;
+            remove_any(&staging).await?;
             self.source
                 .fetch(&registered, &number.to_string(), &staging)
                 .await?;
             arrange(&staging, &name).await?;
             let fetched = staging.join(CONFIG_FILE);
             if fetched.exists() {
-                tokio::fs::create_dir_all(&model_dir)
-                    .await
-                    .map_err(|e| format!("cannot create {}: {e}", model_dir.display()))?;
-                tokio::fs::rename(&fetched, model_dir.join(CONFIG_FILE))
+                tokio::fs::rename(&fetched, &config_path)
                     .await
                     .map_err(|e| format!("cannot install the config of {name}: {e}"))?;
             }
-            let _ = tokio::fs::remove_dir_all(&version_dir).await;
+            remove_any(&version_dir).await?;
             tokio::fs::rename(staging.join("model"), &version_dir)
                 .await
                 .map_err(|e| format!("cannot move {name} version {number} into the cache: {e}"))?;
+            sync_dir(&model_dir).await?;
             let _ = tokio::fs::remove_dir_all(&staging).await;
         }
-        let config = select_versions(&model_dir.join(CONFIG_FILE), &name, &wanted, base).await?;
-        tokio::fs::write(model_dir.join(CONFIG_FILE), config)
+        let config = select_versions(&config_path, &name, &wanted, base).await?;
+        write_atomically(&config_path, config.as_bytes())
             .await
             .map_err(|e| format!("cannot write the config of {name}: {e}"))?;
         self.manager
@@ -237,7 +249,8 @@ impl Watcher {
     }
 }
 
-/// Lays out fetched files as `<staging>/model/model.onnx`.
+/// Lays out fetched files as `<staging>/model/model.onnx`, the new folder fsynced so the
+/// file's new name survives a crash once the folder is renamed into the cache.
 async fn arrange(staging: &Path, name: &str) -> Result<(), String> {
     let onnx = find_onnx(staging)
         .ok_or_else(|| format!("the registry version of {name} holds no .onnx file"))?;
@@ -247,7 +260,51 @@ async fn arrange(staging: &Path, name: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", model.display()))?;
     tokio::fs::rename(&onnx, model.join(DEFAULT_MODEL_FILE))
         .await
-        .map_err(|e| format!("cannot move {}: {e}", onnx.display()))
+        .map_err(|e| format!("cannot move {}: {e}", onnx.display()))?;
+    sync_dir(&model).await
+}
+
+/// Whether the config at `path` parses; an absent one counts as parsing (the model has
+/// none of its own).
+async fn config_parses(path: &Path) -> bool {
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => config::parse_text(&text).is_ok(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// Replaces `path` by `contents` so that whoever reads it, then or after a crash, finds
+/// the old file or the new one, whole: written to a dot-named file beside it (which the
+/// repository ignores), fsynced, renamed over it, and the folder fsynced.
+async fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temporary = parent.join(format!(".{file_name}.partial"));
+    tokio::fs::create_dir_all(parent).await?;
+    let mut file = tokio::fs::File::create(&temporary).await?;
+    file.write_all(contents).await?;
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&temporary, path).await?;
+    tokio::fs::File::open(parent).await?.sync_all().await
+}
+
+/// Removes whatever an earlier sync left at `path` (folder or file); nothing there is fine.
+async fn remove_any(path: &Path) -> Result<(), String> {
+    let removed = match tokio::fs::symlink_metadata(path).await {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(meta) if meta.is_dir() => tokio::fs::remove_dir_all(path).await,
+        Ok(_) => tokio::fs::remove_file(path).await,
+    };
+    removed.map_err(|e| format!("cannot remove {}: {e}", path.display()))
+}
+
+/// Makes the entries of `dir` (files created or renamed in it) durable.
+async fn sync_dir(dir: &Path) -> Result<(), String> {
+    let sync = async { tokio::fs::File::open(dir).await?.sync_all().await };
+    sync.await
+        .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
 }
 
 /// `base`, else the config at `path` (or an empty one), with `name` and a policy serving

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 import requests
-from mlflow.entities import ViewType
+from mlflow.entities import Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
 
 from mlflow_support import unique
@@ -99,6 +99,46 @@ def test_bad_experiment_filter(mlflow_client):
 
 def test_bad_order_by(mlflow_client, experiment_id):
     assert _code(mlflow_client.search_runs, [experiment_id], order_by=["metrics.x SIDEWAYS"]) == "INVALID_PARAMETER_VALUE"
+
+
+def test_hostile_filters_through_the_client(mlflow_client, experiment_id):
+    """Filters past the bounds (64 KiB, 256 comparisons) are INVALID_PARAMETER_VALUE for every
+    search the client makes, the one that used to overflow the server's stack included; the
+    registry answers the next search."""
+    hostile = " AND ".join(["attributes.status = 'x'"] * 20_000)
+    assert _code(mlflow_client.search_runs, [experiment_id], filter_string=hostile) == "INVALID_PARAMETER_VALUE"
+    # Sent as GET query strings by the client: past the comparison bound, under the length one.
+    many = " AND ".join(["name = 'x'"] * 257)
+    assert _code(mlflow_client.search_registered_models, filter_string=many) == "INVALID_PARAMETER_VALUE"
+    assert _code(mlflow_client.search_model_versions, filter_string=many) == "INVALID_PARAMETER_VALUE"
+    assert _code(mlflow_client.search_experiments, filter_string=many) == "INVALID_PARAMETER_VALUE"
+    assert _code(mlflow_client.search_logged_models, [experiment_id], filter_string=many) == "INVALID_PARAMETER_VALUE"
+    run_id = mlflow_client.create_run(experiment_id).info.run_id
+    found = mlflow_client.search_runs([experiment_id], filter_string=" AND ".join(["attributes.status = 'RUNNING'"] * 256))
+    assert [r.info.run_id for r in found] == [run_id]
+
+
+def test_log_batch_over_mlflow_limits(mlflow_client, experiment_id):
+    """The client splits big batches itself; one sent whole past MLflow's limits (as another
+    client may) is refused with MLflow's message and stores nothing."""
+    run_id = mlflow_client.create_run(experiment_id).info.run_id
+    store = mlflow_client._tracking_client.store  # the REST store sends a batch as it is
+    metrics = [Metric(f"m{i}", float(i), 1, 0) for i in range(1001)]
+    with pytest.raises(MlflowException) as e:
+        store.log_batch(run_id, metrics=metrics, params=[], tags=[])
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert e.value.message == (
+        "A batch logging request can contain at most 1000 metrics. Got 1001 metrics. "
+        "Please split up metrics across multiple requests and try again."
+    )
+    with pytest.raises(MlflowException) as e:
+        store.log_batch(run_id, metrics=[], params=[Param(f"p{i}", "v") for i in range(101)], tags=[])
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert mlflow_client.get_run(run_id).data.metrics == {}
+    assert mlflow_client.get_run(run_id).data.params == {}
+    mlflow_client.log_batch(run_id, metrics=metrics * 2, params=[Param(f"p{i}", "v") for i in range(250)])
+    data = mlflow_client.get_run(run_id).data
+    assert (len(data.metrics), len(data.params)) == (1001, 250)
 
 
 def test_param_cannot_change(mlflow_client, experiment_id):
