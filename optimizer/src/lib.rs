@@ -73,6 +73,11 @@ pub struct OptimizerArgs {
     /// Most request ids remembered for feedback (the oldest are forgotten first).
     #[arg(long, default_value_t = 1_000_000)]
     pub feedback_capacity: usize,
+    /// Most memory, in MiB, the request ids remembered for feedback may hold (the oldest
+    /// are forgotten first; an entry counts as about 500 bytes plus its id, so the default
+    /// keeps about 250,000 requests).
+    #[arg(long, default_value_t = 128)]
+    pub feedback_memory_mb: usize,
     /// Consumer group of the optimiser on the inference and feedback topics.
     #[arg(long, default_value = "nexus-optimizer")]
     pub optimizer_group: String,
@@ -115,6 +120,7 @@ impl Optimizer {
     pub fn new(args: OptimizerArgs, bus: Arc<dyn EventBus>) -> Arc<Self> {
         let recent = RecentRequests::new(
             args.feedback_capacity,
+            args.feedback_memory_mb.saturating_mul(1 << 20),
             Duration::from_secs(args.feedback_window_secs),
         );
         Arc::new(Optimizer {

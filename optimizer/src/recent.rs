@@ -1,59 +1,140 @@
-//! Request ids the server issued recently, so feedback is accepted only for requests this
-//! server answered, and attributed to the version that answered them.
+//! Request ids the server answered recently, so feedback is accepted only for requests this
+//! server answered, attributed to the version that answered them, and once per request.
+//!
+//! Memory is bounded twice: at most `capacity` entries and at most `max_bytes` bytes, as
+//! [`RecentRequests::cost`] counts them (the entry's share of the table and queue at their
+//! worst load, the id, a predicted class, and allocator headers); the oldest entries are
+//! forgotten first. Ids longer than [`MAX_ID_BYTES`] are not remembered at all, and a
+//! predicted class is kept only up to [`MAX_PREDICTION_BYTES`].
 
 use std::collections::{HashMap, VecDeque};
+use std::mem::size_of;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_models::{Tensor, TensorData};
 use serde_json::Value;
 
+/// Longest request id remembered; feedback on a longer one is refused as unknown.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest text prediction (a BYTES output) kept to compare labels with.
+pub const MAX_PREDICTION_BYTES: usize = 256;
+/// Model and version names kept interned before the intern table starts over.
+const MAX_NAMES: usize = 1024;
+/// What one allocation costs beyond the bytes asked for (glibc's chunk header, rounding).
+const MALLOC_OVERHEAD: usize = 16;
+/// Fixed bytes of one entry: its hash-table slot at the worst moment (while the table
+/// grows, the old and the new table hold 3.5 slots per entry), its queue slot likewise
+/// (3 slots), and the id's reference-counted block.
+const ENTRY_OVERHEAD: usize = (size_of::<(Arc<str>, Answered)>() + 1) * 7 / 2
+    + size_of::<(Instant, Arc<str>)>() * 3
+    + 2 * size_of::<usize>()
+    + MALLOC_OVERHEAD;
+
 /// What is remembered of one answered request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answered {
-    pub model: String,
-    pub version: String,
+    pub model: Arc<str>,
+    pub version: Arc<str>,
     /// The predicted class of a single-row request: the value of a one-element output, or
     /// the index of the largest score. `None` when the output is neither.
     pub prediction: Option<Value>,
+    /// Whether feedback on this request was accepted already.
+    pub rewarded: bool,
     at: Instant,
 }
 
 /// A bounded map from request id to [`Answered`], forgetting the oldest first.
 pub struct RecentRequests {
-    entries: HashMap<String, Answered>,
-    order: VecDeque<(Instant, String)>,
+    entries: HashMap<Arc<str>, Answered>,
+    order: VecDeque<(Instant, Arc<str>)>,
+    /// Interned model and version names: every entry of a version shares one copy.
+    names: HashMap<Box<str>, Arc<str>>,
     capacity: usize,
+    max_bytes: usize,
+    /// Sum of [`RecentRequests::cost`] over the entries.
+    bytes: usize,
     window: Duration,
 }
 
 impl RecentRequests {
-    pub fn new(capacity: usize, window: Duration) -> Self {
+    /// Remembers at most `capacity` requests (at least one) in at most `max_bytes`, each
+    /// for `window`.
+    pub fn new(capacity: usize, max_bytes: usize, window: Duration) -> Self {
         RecentRequests {
             entries: HashMap::new(),
             order: VecDeque::new(),
+            names: HashMap::new(),
             capacity: capacity.max(1),
+            max_bytes,
+            bytes: 0,
             window,
         }
     }
 
+    /// Bytes one entry is counted as (see the module docs).
+    pub fn cost(id: &str, prediction: Option<&Value>) -> usize {
+        let text = match prediction {
+            Some(Value::String(s)) => s.len() + MALLOC_OVERHEAD,
+            _ => 0,
+        };
+        ENTRY_OVERHEAD + id.len() + text
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes held now, as [`RecentRequests::cost`] counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Remembers that `version` of `model` answered `id`. A client may reuse its own ids:
+    /// the latest answer is the one feedback is about, but an id that was rewarded stays
+    /// rewarded, so answering it again does not open it to a second reward.
     pub fn insert(&mut self, id: &str, model: &str, version: &str, prediction: Option<Value>) {
+        if id.len() > MAX_ID_BYTES {
+            return;
+        }
+        let prediction = prediction.filter(|p| match p {
+            Value::String(s) => s.len() <= MAX_PREDICTION_BYTES,
+            _ => true,
+        });
+        let cost = Self::cost(id, prediction.as_ref());
+        if cost > self.max_bytes {
+            return;
+        }
         let now = Instant::now();
         self.expire(now);
-        while self.order.len() >= self.capacity {
-            if let Some((_, old)) = self.order.pop_front() {
-                self.entries.remove(&old);
-            }
-        }
         let answered = Answered {
-            model: model.to_string(),
-            version: version.to_string(),
+            model: self.intern(model),
+            version: self.intern(version),
             prediction,
+            rewarded: false,
             at: now,
         };
-        // A client may reuse its own ids: the latest answer is the one feedback is about.
-        if self.entries.insert(id.to_string(), answered).is_none() {
-            self.order.push_back((now, id.to_string()));
+        if let Some(old) = self.entries.get_mut(id) {
+            self.bytes -= Self::cost(id, old.prediction.as_ref());
+            self.bytes += cost;
+            let rewarded = old.rewarded;
+            *old = Answered {
+                rewarded,
+                ..answered
+            };
+            self.shrink_to(self.capacity, self.max_bytes, Some(id));
+            return;
         }
+        self.shrink_to(self.capacity - 1, self.max_bytes - cost, None);
+        let id: Arc<str> = Arc::from(id);
+        self.entries.insert(Arc::clone(&id), answered);
+        self.order.push_back((now, id));
+        self.bytes += cost;
     }
 
     /// The request `id`, if it was answered within the window.
@@ -63,13 +144,56 @@ impl RecentRequests {
             .filter(|a| a.at.elapsed() <= self.window)
     }
 
+    /// Marks `id` rewarded (or not again, when its feedback could not be stored).
+    pub fn set_rewarded(&mut self, id: &str, rewarded: bool) {
+        if let Some(answered) = self.entries.get_mut(id) {
+            answered.rewarded = rewarded;
+        }
+    }
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.names.get(name) {
+            return Arc::clone(shared);
+        }
+        if self.names.len() >= MAX_NAMES {
+            // Entries keep their copies; only sharing with later entries is lost.
+            self.names.clear();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.names.insert(name.into(), Arc::clone(&shared));
+        shared
+    }
+
+    /// Forgets the oldest entries (except `keep`) until at most `entries` and `bytes` remain.
+    fn shrink_to(&mut self, entries: usize, bytes: usize, keep: Option<&str>) {
+        while self.entries.len() > entries || self.bytes > bytes {
+            let Some((at, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            if keep == Some(&*oldest) {
+                self.order.push_back((at, oldest));
+                if self.order.len() == 1 {
+                    break;
+                }
+                continue;
+            }
+            self.forget(&oldest);
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        if let Some(old) = self.entries.remove(id) {
+            self.bytes -= Self::cost(id, old.prediction.as_ref());
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some((at, _)) = self.order.front() {
             if now.duration_since(*at) <= self.window {
                 break;
             }
             if let Some((_, id)) = self.order.pop_front() {
-                self.entries.remove(&id);
+                self.forget(&id);
             }
         }
     }
@@ -116,18 +240,18 @@ mod tests {
 
     #[test]
     fn forgets_the_oldest_beyond_capacity() {
-        let mut recent = RecentRequests::new(2, Duration::from_secs(60));
+        let mut recent = RecentRequests::new(2, usize::MAX, Duration::from_secs(60));
         recent.insert("a", "m", "1", None);
         recent.insert("b", "m", "2", None);
         recent.insert("c", "m", "1", None);
         assert!(recent.get("a").is_none());
-        assert_eq!(recent.get("b").unwrap().version, "2");
-        assert_eq!(recent.get("c").unwrap().model, "m");
+        assert_eq!(&*recent.get("b").unwrap().version, "2");
+        assert_eq!(&*recent.get("c").unwrap().model, "m");
     }
 
     #[test]
     fn forgets_requests_older_than_the_window() {
-        let mut recent = RecentRequests::new(10, Duration::ZERO);
+        let mut recent = RecentRequests::new(10, usize::MAX, Duration::ZERO);
         recent.insert("a", "m", "1", None);
         std::thread::sleep(Duration::from_millis(2));
         assert!(recent.get("a").is_none());

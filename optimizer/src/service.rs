@@ -8,7 +8,8 @@
 //! Offsets are committed only once every model with new feedback has had its state
 //! published (a traffic decision, or a checkpoint every `--checkpoint-secs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,45 @@ struct ModelArms {
     dirty: bool,
 }
 
+/// Rewarded request ids the bandit remembers, so it counts each request once even when
+/// several servers sharing a broker each accepted feedback on one client-chosen id.
+const COUNTED_IDS: usize = 100_000;
+
+/// The last [`COUNTED_IDS`] rewarded requests, as 64-bit keyed hashes of (model, id): 16
+/// bytes each plus the tables' slack, at most ~6 MB.
+struct Counted {
+    hasher: std::collections::hash_map::RandomState,
+    seen: HashSet<u64>,
+    order: VecDeque<u64>,
+    capacity: usize,
+}
+
+impl Counted {
+    fn new(capacity: usize) -> Self {
+        Counted {
+            hasher: Default::default(),
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// True the first time (model, id) is seen within the last `capacity` ids.
+    fn first(&mut self, model: &str, id: &str) -> bool {
+        let key = self.hasher.hash_one((model, id));
+        if !self.seen.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+}
+
 /// Latencies of one version since the last decision.
 #[derive(Default)]
 struct Window {
@@ -72,6 +112,7 @@ struct Loop {
     feedback: Box<dyn Subscription>,
     inference: Option<Box<dyn Subscription>>,
     models: BTreeMap<String, ModelArms>,
+    counted: Counted,
     tuners: HashMap<(String, u64), BatchTuner>,
     windows: HashMap<(String, u64), Window>,
     /// Settings decided before a restart, applied once the version is loaded.
@@ -88,6 +129,7 @@ impl Loop {
     async fn start(optimizer: Arc<Optimizer>, serving: ServingHandle) -> Result<Loop, EventError> {
         let bus = Arc::clone(optimizer.bus());
         let group = optimizer.args.optimizer_group.clone();
+        let counted = Counted::new(COUNTED_IDS);
         let mut running = Loop {
             feedback: bus.subscribe(Topic::Feedback, &group).await?,
             inference: match optimizer.args.latency_slo_ms {
@@ -102,6 +144,7 @@ impl Loop {
             serving,
             bus,
             models: BTreeMap::new(),
+            counted,
             tuners: HashMap::new(),
             windows: HashMap::new(),
             wanted: HashMap::new(),
@@ -207,9 +250,13 @@ impl Loop {
             // Already in the restored snapshot.
             return;
         }
-        arms.bandit.observe(&event.version, event.reward);
         arms.applied.insert(partition, offset + 1);
         arms.dirty = true;
+        if self.counted.first(&event.model, &event.id) {
+            self.arms_of(&event.model)
+                .bandit
+                .observe(&event.version, event.reward);
+        }
     }
 
     fn apply_inference(&mut self, delivery: Delivery) {
@@ -590,6 +637,17 @@ fn p99(values: &mut [u64]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_request_counts_once_within_the_bound() {
+        let mut counted = Counted::new(2);
+        assert!(counted.first("m", "a"));
+        assert!(!counted.first("m", "a"));
+        assert!(counted.first("n", "a"), "ids are per model");
+        assert!(counted.first("m", "b"));
+        assert_eq!(counted.seen.len(), 2);
+        assert!(counted.first("m", "a"), "forgotten beyond the bound");
+    }
 
     #[test]
     fn p99_is_the_nearest_rank() {
