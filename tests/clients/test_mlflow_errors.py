@@ -127,8 +127,8 @@ def test_log_batch_over_mlflow_limits(mlflow_client, experiment_id):
     with pytest.raises(MlflowException) as e:
         store.log_batch(run_id, metrics=metrics, params=[], tags=[])
     assert e.value.error_code == "INVALID_PARAMETER_VALUE"
-    assert e.value.message == (
-        "A batch logging request can contain at most 1000 metrics. Got 1001 metrics. "
+    assert e.value.message == (  # the client puts the code in front of the server's message
+        "INVALID_PARAMETER_VALUE: A batch logging request can contain at most 1000 metrics. Got 1001 metrics. "
         "Please split up metrics across multiple requests and try again."
     )
     with pytest.raises(MlflowException) as e:
