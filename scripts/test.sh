@@ -18,5 +18,6 @@ export NEXUS_TEST_POSTGRES_URL="${NEXUS_TEST_POSTGRES_URL:-postgres://postgres@1
 # features the Python suite below then runs. A separate `cargo build` would compile ~140
 # crates a second time with the non-test feature set.
 cargo test --workspace
+bash scripts/fuzz.sh  # every fuzz target for FUZZ_SECONDS (30) each; fails on a crash
 
 NEXUS_BIN="$repo/target/debug/nexus" .venv/bin/python -m pytest tests/clients -q

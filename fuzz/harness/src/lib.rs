@@ -67,8 +67,7 @@ pub fn v2_binary(data: &[u8]) {
         return;
     };
     let header_length = usize::from(u16::from_le_bytes(*length));
-    let _ =
-        nexus_serving::http::codec::decode(&Bytes::copy_from_slice(body), Some(header_length));
+    let _ = nexus_serving::http::codec::decode(&Bytes::copy_from_slice(body), Some(header_length));
 }
 
 /// An `inference.ModelInferRequest` protobuf message as the gRPC service receives it:

@@ -4,9 +4,12 @@
 //!
 //! Each input runs on its own thread with tokio's default worker stack (2 MiB), the stack
 //! the server parses requests on: a parser whose recursion grows with its input overflows it
-//! and aborts this test binary, naming the input in the thread's name.
+//! and aborts this test binary, naming the input in the thread's name. An input that takes
+//! longer than a minute fails too (the server would spend that per request).
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
 use nexus_fuzz_harness::{BoundedAlloc, TARGETS, Target};
 
@@ -27,22 +30,40 @@ fn target(name: &str) -> &'static Target {
         .unwrap_or_else(|| panic!("no fuzz target named {name}"))
 }
 
-/// Runs `input` through `target` on a server-sized stack; the panic message if it panicked.
+/// The longest one input may take in this (debug) build. Linear work on the largest input
+/// here takes about a second; a parser that is quadratic in nesting takes hours.
+const INPUT_TIME_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `input` through `target` on a server-sized stack; why it failed if it panicked or
+/// outran [`INPUT_TIME_LIMIT`] (its thread is then left to end with this test binary).
 fn run_one(target: &Target, label: String, input: Vec<u8>) -> Result<(), String> {
     let run = target.run;
-    std::thread::Builder::new()
+    let (done, finished) = mpsc::channel();
+    let thread = std::thread::Builder::new()
         .name(label)
         .stack_size(SERVER_STACK_BYTES)
-        .spawn(move || run(&input))
-        .expect("spawn a replay thread")
-        .join()
-        .map_err(|panic| {
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "non-string panic".to_string())
+        .spawn(move || {
+            run(&input);
+            let _ = done.send(());
         })
+        .expect("spawn a replay thread");
+    match finished.recv_timeout(INPUT_TIME_LIMIT) {
+        Ok(()) => Ok(()),
+        Err(RecvTimeoutError::Timeout) => Err(format!(
+            "still running after {} s",
+            INPUT_TIME_LIMIT.as_secs()
+        )),
+        Err(RecvTimeoutError::Disconnected) => Err(thread.join().err().map_or_else(
+            || "ended without finishing".to_string(),
+            |panic| {
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "non-string panic".to_string())
+            },
+        )),
+    }
 }
 
 /// Replays the committed corpus of `name` and the generated `extra` inputs; fails naming
@@ -111,7 +132,10 @@ fn v2_json() {
         "v2_json",
         vec![
             ("deep-data", v2_request(&nested("[", "1", "]", DEEP))),
-            ("deep-parameters", nested(r#"{"parameters":{"a":"#, "1", "}}", DEEP)),
+            (
+                "deep-parameters",
+                nested(r#"{"parameters":{"a":"#, "1", "}}", DEEP),
+            ),
         ],
     );
 }
@@ -158,20 +182,27 @@ fn mlflow_filter() {
 
 #[test]
 fn pipeline_spec() {
-    replay(
-        "pipeline_spec",
-        vec![
-            (
-                "deep-flow",
-                [&b"name: p\nsteps: "[..], &nested("[", "", "]", DEEP)].concat(),
-            ),
-            ("deep-block", deep_yaml_block()),
-        ],
-    );
+    replay("pipeline_spec", vec![("deep-block", deep_yaml_block())]);
 }
 
 #[test]
 fn kfp_ir() {
+    replay("kfp_ir", Vec::new());
+}
+
+/// YAML flow collections (`[`, `{`) nested 100000 deep, in a Nexus spec and in KFP IR
+/// written as JSON: the YAML scanner spends time proportional to the depth on every token,
+/// so these take hours instead of milliseconds.
+#[test]
+#[ignore = "open (issue 13): the YAML scanner is quadratic in flow nesting; un-ignore once pipelines bounds it"]
+fn yaml_flow_nesting_is_refused_quickly() {
+    replay(
+        "pipeline_spec",
+        vec![(
+            "deep-flow",
+            [&b"name: p\nsteps: "[..], &nested("[", "", "]", DEEP)].concat(),
+        )],
+    );
     replay(
         "kfp_ir",
         vec![(
