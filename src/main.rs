@@ -251,6 +251,8 @@ enum Command {
         port: u16,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        front: Box<FrontArgs>,
     },
     /// Push, list and alias models in a registry (Nexus's or MLflow's).
     Models {
@@ -351,7 +353,7 @@ fn tracking_token() -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Authentication, rate limits and TLS of `serve` and `up`.
+/// Authentication, rate limits and TLS of `serve`, `up` and `registry`.
 #[derive(clap::Args)]
 struct FrontArgs {
     #[command(flatten)]
@@ -606,7 +608,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             address,
             port,
             registry,
-        } => nexus_registry::serve(&registry, address, port, shutdown_signal()).await,
+            front,
+        } => {
+            let registry = nexus_registry::Registry::open(&registry)
+                .await
+                .context("opening the registry")?;
+            let keys = KeyStore::new(registry.store.pool().clone());
+            let (gateway, tls) = front.open(address, Some(keys)).await?;
+            let addr = std::net::SocketAddr::new(address, port);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for the registry on {addr}"))?;
+            tracing::info!(%addr, tls = tls.is_some(), auth = gateway.enabled(), "registry serving MLflow REST");
+            nexus_gateway::serve_http(
+                registry.router(),
+                &gateway,
+                listener,
+                tls,
+                shutdown_signal(),
+            )
+            .await
+            .context("nexus registry failed")
+        }
         Command::Models {
             registry_url,
             command,

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use common::{Repository, Server, UpDirs, poll_until};
+use nexus_events::testing::TestBroker;
 
 /// Runs `nexus config show` with `args` and `env`; returns (success, stdout, stderr).
 fn config_show(args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String, String)> {
@@ -418,6 +419,172 @@ fn non_loopback_without_auth_is_refused() -> Result<()> {
         stderr.contains("--insecure") && stderr.contains("--auth"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// `nexus registry` alone refuses to listen beyond loopback without --auth, like serve/up.
+#[test]
+fn registry_on_non_loopback_without_auth_is_refused() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let port = common::free_port()?.to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["registry", "--address", "0.0.0.0", "--port", &port])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(!output.status.success(), "registry started open on 0.0.0.0");
+    ensure!(
+        stderr.contains("--insecure") && stderr.contains("--auth"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// `nexus registry --auth` goes through the gateway: no credential is 401, a reader reads
+/// but cannot write (403), a deployer writes; wrong keys from one address are answered 429
+/// with Retry-After once over `--auth-failure-burst`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_alone_admits_by_role() -> Result<()> {
+    use reqwest::Method;
+    let data = tempfile::tempdir()?;
+    let data_dir = data.path().display().to_string();
+    let (reader, deployer) = (
+        create_token(&data_dir, "reader")?,
+        create_token(&data_dir, "deployer")?,
+    );
+    let server = common::registry::RegistryServer::start(
+        data.path(),
+        &[
+            "--auth",
+            "--auth-failure-burst",
+            "3",
+            "--auth-failure-rps",
+            "0.1",
+        ]
+        .map(String::from),
+    )
+    .await?;
+    let client = reqwest::Client::new();
+    let send = |token: Option<&str>, method: Method, endpoint: &str, body: serde_json::Value| {
+        let mut request =
+            client.request(method, server.url(&format!("/api/2.0/mlflow/{endpoint}")));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let request = request.json(&body);
+        async move { common::json_reply(request.send().await?).await }
+    };
+    let create = "registered-models/create";
+    let (status, body) = send(None, Method::POST, create, json!({"name": "m"})).await?;
+    ensure!(
+        status == 401 && body["error_code"] == "UNAUTHENTICATED",
+        "no credential: {status} {body}"
+    );
+    let (status, body) = send(Some(&reader), Method::POST, create, json!({"name": "m"})).await?;
+    ensure!(
+        status == 403 && body["error_code"] == "PERMISSION_DENIED",
+        "reader writes: {status} {body}"
+    );
+    let (status, body) = send(Some(&deployer), Method::POST, create, json!({"name": "m"})).await?;
+    ensure!(status == 200, "deployer writes: {status} {body}");
+    let (status, body) = send(
+        Some(&reader),
+        Method::GET,
+        "registered-models/get?name=m",
+        json!({}),
+    )
+    .await?;
+    ensure!(
+        status == 200 && body["registered_model"]["name"] == "m",
+        "reader reads: {status} {body}"
+    );
+
+    for _ in 0..3 {
+        let (status, _) = send(
+            Some("nexus_wrong"),
+            Method::GET,
+            "registered-models/search",
+            json!({}),
+        )
+        .await?;
+        ensure!(status == 401, "a wrong key: {status}");
+    }
+    let response = client
+        .get(server.url("/api/2.0/mlflow/registered-models/search"))
+        .bearer_auth(&reader)
+        .send()
+        .await?;
+    let retry = response.headers().get("retry-after").cloned();
+    let (status, body) = common::json_reply(response).await?;
+    ensure!(
+        status == 429 && retry.is_some() && body["error_code"] == "RESOURCE_EXHAUSTED",
+        "after 3 wrong keys: {status} {retry:?} {body}"
+    );
+    Ok(())
+}
+
+/// `nexus serve` starts while its Kafka broker is down (it used to wait 10 s and exit):
+/// inference serves; events are dropped and counted; `/health/ready` is 503 and names Kafka
+/// while `/v2/health/ready` (inference's) stays 200; once the broker is back the process is
+/// ready and inference events reach the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_while_kafka_is_down_and_events_flow_once_it_is_back() -> Result<()> {
+    let mut broker = TestBroker::start_local()?;
+    broker.take_down()?;
+    let args = broker.args();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(Repository::examples()?, &argv).await?;
+
+    let request = common::simple_request(1);
+    let (status, body) = server.post("/v2/models/simple/infer", &request).await?;
+    ensure!(
+        status == 200,
+        "inference while Kafka is down: {status} {body}"
+    );
+    common::check_simple_response(&body, 1)?;
+    let dropped = common::metric_sum(&server.metrics_url(), "nexus_events_dropped_total").await?;
+    ensure!(dropped >= 1.0, "no dropped event counted");
+    let (status, body) = server.get("/health/ready").await?;
+    let events = body["components"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "events"))
+        .cloned()
+        .unwrap_or_default();
+    let why = events["checks"]["bus"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        status == 503
+            && events["status"] == "down"
+            && why.contains("Kafka")
+            && why.contains("nexus_events_dropped_total"),
+        "/health/ready while Kafka is down: {status} {body}"
+    );
+    let (status, _) = server.get("/v2/health/ready").await?;
+    ensure!(
+        status == 200,
+        "inference not ready while Kafka is down: {status}"
+    );
+
+    broker.bring_back()?;
+    poll_until(
+        Duration::from_secs(60),
+        "ready once Kafka is back",
+        || async { Ok((server.get("/health/ready").await?.0 == 200).then_some(())) },
+    )
+    .await?;
+    let reader = broker.reader("nexus.inference");
+    poll_until(
+        Duration::from_secs(30),
+        "inference events on the topic",
+        || async {
+            let (status, body) = server.post("/v2/models/simple/infer", &request).await?;
+            ensure!(status == 200, "{status} {body}");
+            Ok((!reader.read_available().await?.is_empty()).then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -13,6 +13,8 @@ registry database: before the start, and while it runs.
   gets 403 / PERMISSION_DENIED). A revoked key is refused once the key cache's TTL (1 s) has
   passed; an expired key at once.
 - `nexus models push` authenticates with `MLFLOW_TRACKING_TOKEN` from its environment.
+- `nexus registry --auth` (the registry alone) sits behind the same gateway: the mlflow client
+  with `MLFLOW_TRACKING_TOKEN` is admitted by role there too.
 
 The mlflow client reads MLFLOW_TRACKING_TOKEN from the environment on every request (its
 stores are cached per URI): a client sends whichever token is set when it makes a call, so the
@@ -152,9 +154,8 @@ def auth_server(model_repository, tmp_path_factory) -> AuthServer:
 # ------------------------------------------------------------------------------ mlflow
 
 
-@pytest.fixture
-def mlflow_as(auth_server, monkeypatch):
-    """mlflow_as(token) -> an MlflowClient for the server that sends `token` as
+def _mlflow_clients(base: str, monkeypatch):
+    """A factory make(token) -> an MlflowClient for the server at `base` that sends `token` as
     MLFLOW_TRACKING_TOKEN (None: no credentials). The token is set in the environment, which
     the client reads on every request: use the client before asking for the next one."""
     mlflow_support.reset_mlflow_client_state()
@@ -163,17 +164,23 @@ def mlflow_as(auth_server, monkeypatch):
     for var in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     # For the fluent helpers (mlflow.artifacts.*) that resolve models:/ and mlflow-artifacts:/.
-    mlflow.set_tracking_uri(auth_server.base)
-    mlflow.set_registry_uri(auth_server.base)
+    mlflow.set_tracking_uri(base)
+    mlflow.set_registry_uri(base)
 
     def make(token: str | None) -> mlflow.MlflowClient:
         if token is None:
             monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
         else:
             monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
-        return mlflow.MlflowClient(tracking_uri=auth_server.base, registry_uri=auth_server.base)
+        return mlflow.MlflowClient(tracking_uri=base, registry_uri=base)
 
-    yield make
+    return make
+
+
+@pytest.fixture
+def mlflow_as(auth_server, monkeypatch):
+    """mlflow_as(token) -> an MlflowClient for `nexus up --auth` sending `token`."""
+    yield _mlflow_clients(auth_server.base, monkeypatch)
     mlflow_support.reset_mlflow_client_state()
 
 
@@ -285,6 +292,59 @@ def test_mlflow_basic_credentials_carry_the_key(auth_server, mlflow_as, monkeypa
     with pytest.raises(MlflowException) as exc:
         client.get_registered_model(name)
     assert_refused(exc, 401, "UNAUTHENTICATED")
+
+
+@pytest.fixture(scope="module")
+def registry_server(tmp_path_factory) -> AuthServer:
+    """`nexus registry --auth` alone (no inference), with one key per role."""
+    work = tmp_path_factory.mktemp("auth-registry")
+    data_dir = work / "data"
+    data_dir.mkdir()
+    keys = {role: create_key(data_dir, role) for role in ROLES}
+    (port,) = conftest._free_ports(1)
+    cmd = [
+        str(conftest.NEXUS_BIN), "registry", "--auth",
+        "--address", "127.0.0.1",
+        "--port", str(port),
+        "--data-dir", str(data_dir),
+    ]  # fmt: skip
+    log = work / "nexus-registry-auth.log"
+    conftest._server_logs.append(log)
+    with open(log, "wb") as out:
+        out.write(("$ " + " ".join(cmd) + "\n").encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=conftest.REPO, env=_cli_env())
+    base = f"http://127.0.0.1:{port}"
+    with conftest.serving(proc, f"{base}/health", log, "nexus registry --auth"):
+        yield AuthServer(base, "", "", data_dir, work, log, keys)
+
+
+def test_registry_alone_takes_mlflow_tracking_token(registry_server, monkeypatch):
+    """`nexus registry --auth` is behind the same gateway as `nexus up`: the mlflow client
+    with a deployer's MLFLOW_TRACKING_TOKEN writes, a reader's reads but cannot write, no
+    token is 401."""
+    clients = _mlflow_clients(registry_server.base, monkeypatch)
+    try:
+        deployer = clients(registry_server.token("deployer"))
+        name = unique("registry-auth")
+        assert deployer.create_registered_model(name).name == name
+        experiment_id = deployer.create_experiment(unique("registry-auth-exp"))
+        run_id = deployer.create_run(experiment_id).info.run_id
+        deployer.log_metric(run_id, "auc", 0.9)
+
+        reader = clients(registry_server.token("reader"))
+        assert reader.get_run(run_id).data.metrics == {"auc": 0.9}
+        assert reader.get_registered_model(name).name == name
+        with pytest.raises(MlflowException) as exc:
+            reader.create_registered_model(unique("registry-auth-ro"))
+        assert_refused(exc, 403, "PERMISSION_DENIED")
+
+        anonymous = clients(None)
+        with pytest.raises(MlflowException) as exc:
+            anonymous.search_registered_models()
+        assert_refused(exc, 401, "UNAUTHENTICATED")
+    finally:
+        mlflow_support.reset_mlflow_client_state()
 
 
 # ------------------------------------------------------------------------------ tritonclient
