@@ -347,6 +347,8 @@ async fn errors_carry_grpc_codes_and_reasons() -> Result<()> {
     big_batch.id = String::new();
     let mut not_ready = good.clone();
     not_ready.model_name = "broken".into();
+    let mut long_id = good.clone();
+    long_id.id = "i".repeat(257);
 
     let cases: Vec<(&str, ModelInferRequest, Code, &[&str])> = vec![
         (
@@ -409,6 +411,12 @@ async fn errors_carry_grpc_codes_and_reasons() -> Result<()> {
             Code::Unavailable,
             &["broken"],
         ),
+        (
+            "request id over 256 bytes",
+            long_id,
+            Code::InvalidArgument,
+            &["request id", "257", "256"],
+        ),
     ];
     let mut failures = Vec::new();
     for (what, request, code, mentions) in cases {
@@ -454,5 +462,81 @@ async fn errors_carry_grpc_codes_and_reasons() -> Result<()> {
     // The server still serves.
     let response = client.model_infer(good).await?.into_inner();
     assert_eq!(raw_output(&response, "OUTPUT0")?, sum_and_difference(1).0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn messages_beyond_max_inflight_bytes_are_unavailable_and_serving_continues() -> Result<()> {
+    let server =
+        Server::start(Repository::examples()?, &["--max-inflight-bytes", "100000"]).await?;
+    let mut client = connect(&server).await?;
+    // Under --max-request-bytes (64 MiB) but over what the server may hold at once.
+    let mut big = simple_raw_request(1);
+    big.parameters.insert(
+        "padding".into(),
+        triton_client::inference::InferParameter {
+            parameter_choice: Some(
+                triton_client::inference::infer_parameter::ParameterChoice::StringParam(
+                    "p".repeat(200_000),
+                ),
+            ),
+        },
+    );
+    let status = client
+        .model_infer(big)
+        .await
+        .err()
+        .context("a message over --max-inflight-bytes was served")?;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("--max-inflight-bytes"),
+        "{status:?}"
+    );
+    let response = client
+        .model_infer(simple_raw_request(1))
+        .await?
+        .into_inner();
+    let (sum, _) = sum_and_difference(1);
+    assert_eq!(raw_output(&response, "OUTPUT0")?, sum);
+    Ok(())
+}
+
+/// The server's HTTP/2 SETTINGS as sent on a new connection: (identifier, value) pairs.
+async fn http2_settings(address: &str) -> Result<Vec<(u16, u32)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    // The client preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await?;
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).await?;
+    anyhow::ensure!(
+        header[3] == 4,
+        "first frame is type {}, not SETTINGS",
+        header[3]
+    );
+    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload).await?;
+    Ok(payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn grpc_limits_concurrent_streams_per_connection() -> Result<()> {
+    let server = Server::start(Repository::examples()?, &[]).await?;
+    let address = server.grpc_url().trim_start_matches("http://").to_string();
+    let settings = http2_settings(&address).await?;
+    // SETTINGS_MAX_CONCURRENT_STREAMS is 0x3; absent means unlimited.
+    let max_streams = settings.iter().find(|(id, _)| *id == 0x3).map(|(_, v)| *v);
+    assert_eq!(max_streams, Some(200), "settings {settings:?}");
     Ok(())
 }

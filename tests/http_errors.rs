@@ -268,6 +268,49 @@ fn bad_requests() -> Vec<Case> {
             &["INPUT0", "more elements than can be addressed"],
         ),
         Case::json(
+            "request id over 256 bytes",
+            "/v2/models/simple/infer",
+            json!({"id": "i".repeat(257), "inputs": simple_with(a.clone(), b.clone())["inputs"]}),
+            400,
+            &["request id", "257", "256"],
+        ),
+        Case::binary(
+            "request id over 256 bytes in a binary header",
+            json!({"id": "i".repeat(300), "inputs": binary_header(64, 64)["inputs"]}),
+            &sixty_four.repeat(2),
+            &["request id", "300", "256"],
+        ),
+        Case::json(
+            "data of the wrong JSON type",
+            "/v2/models/simple/infer",
+            simple_with(
+                json!({"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": vec![vec![1.5; 16]]}),
+                b.clone(),
+            ),
+            400,
+            &["INPUT0", "element 0 is number 1.5", "INT32"],
+        ),
+        Case::json(
+            "more data than the shape holds",
+            "/v2/models/simple/infer",
+            simple_with(
+                json!({"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": vec![1; 17]}),
+                b.clone(),
+            ),
+            400,
+            &["INPUT0", "more than 16 elements", "[1, 16]"],
+        ),
+        Case::json(
+            "data nested deeper than the shape",
+            "/v2/models/simple/infer",
+            simple_with(
+                json!({"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": vec![vec![vec![1; 16]]]}),
+                b.clone(),
+            ),
+            400,
+            &["INPUT0", "nests arrays 3 deep"],
+        ),
+        Case::json(
             "model that failed to load",
             "/v2/models/broken/infer",
             simple_with(a, b),
@@ -329,6 +372,62 @@ async fn body_over_max_request_bytes_is_refused() -> Result<()> {
     let (status, body) = server
         .post("/v2/models/simple/infer", &common::simple_request(1))
         .await?;
+    assert_eq!(status, 200, "{body}");
+    check_simple_response(&body, 1)
+}
+
+/// A `simple` request of one row, after `padding` bytes of leading JSON whitespace.
+fn padded_simple_request(padding: usize) -> Vec<u8> {
+    let mut body = vec![b' '; padding];
+    body.extend(common::simple_request(1).to_string().into_bytes());
+    body
+}
+
+#[tokio::test]
+async fn requests_beyond_max_inflight_bytes_get_503_and_serving_continues() -> Result<()> {
+    let server =
+        Server::start(Repository::examples()?, &["--max-inflight-bytes", "100000"]).await?;
+    let client = reqwest::Client::new();
+    let url = server.url("/v2/models/simple/infer");
+    let post = |body: Vec<u8>| client.post(&url).body(body).send();
+
+    // One request larger than the whole budget (but under --max-request-bytes).
+    let response = post(padded_simple_request(150_000)).await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("--max-inflight-bytes"), "{text}");
+
+    // A request whose body is still arriving holds its bytes: 80 kB of it leaves no room
+    // for a 30 kB request until it is answered.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    let slow_body = padded_simple_request(80_000);
+    let (first, rest) = slow_body.split_at(80_000);
+    tx.send(Ok(first.to_vec())).await?;
+    let slow = tokio::spawn(
+        client
+            .post(&url)
+            .body(reqwest::Body::wrap_stream(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .send(),
+    );
+    common::poll_until(
+        std::time::Duration::from_secs(20),
+        "a 30 kB request refused while 80 kB are in flight",
+        || async {
+            let response = post(padded_simple_request(30_000)).await?;
+            Ok((response.status() == 503).then_some(()))
+        },
+    )
+    .await?;
+    tx.send(Ok(rest.to_vec())).await?;
+    drop(tx);
+    let (status, body) = common::json_reply(slow.await??).await?;
+    assert_eq!(status, 200, "{body}");
+    check_simple_response(&body, 1)?;
+
+    let (status, body) = common::json_reply(post(padded_simple_request(30_000)).await?).await?;
     assert_eq!(status, 200, "{body}");
     check_simple_response(&body, 1)
 }

@@ -264,3 +264,62 @@ async fn loading_a_model_not_in_the_repository_leaves_no_trace() -> Result<()> {
     assert_eq!(status, 404);
     Ok(())
 }
+
+#[tokio::test]
+async fn configs_past_the_instance_and_thread_limits_are_refused_with_the_reason() -> Result<()> {
+    let repository = Repository::examples()?;
+    let append = |model: &str, text: &str| -> Result<()> {
+        let path = repository.path().join(model).join("config.pbtxt");
+        let config = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, format!("{config}\n{text}\n"))?;
+        Ok(())
+    };
+    repository.copy_model("simple", "many_instances")?;
+    append("many_instances", "instance_group [ { count: 1000 } ]")?;
+    repository.copy_model("simple", "many_threads")?;
+    append(
+        "many_threads",
+        r#"parameters { key: "inter_op_thread_count" value: { string_value: "1000000" } }"#,
+    )?;
+    let server = Server::start(
+        repository,
+        &["--model-control-mode", "explicit", "--load-model", "*"],
+    )
+    .await?;
+
+    // From a repository file: listed as unavailable, with the limit in the reason.
+    for (model, mentions) in [
+        ("many_instances", "1001 instances; the limit is 64"),
+        ("many_threads", "asks for 1000000 threads; the limit is"),
+    ] {
+        let row = server.index_row(model).await?.context("listed")?;
+        assert_eq!(row["state"], "UNAVAILABLE", "{row}");
+        let reason = row["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(mentions), "{model}: {row}");
+        let (status, body) = server
+            .post(&format!("/v2/repository/models/{model}/load"), &json!({}))
+            .await?;
+        assert_eq!(status, 400, "{model}: {body}");
+        assert!(error_of(&body).contains(mentions), "{model}: {body}");
+    }
+
+    // From the load API's config override: refused before anything is loaded, and the
+    // model keeps serving with its config.
+    let (status, mut config) = server.get("/v2/models/simple/config").await?;
+    assert_eq!(status, 200, "{config}");
+    config["instance_group"][0]["count"] = json!(65);
+    let load = json!({"parameters": {"config": config.to_string()}});
+    let (status, body) = server
+        .post("/v2/repository/models/simple/load", &load)
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        error_of(&body).contains("65 instances; the limit is 64"),
+        "{body}"
+    );
+    let (status, body) = server
+        .post("/v2/models/simple/infer", &simple_request(2))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    check_simple_response(&body, 2)
+}
