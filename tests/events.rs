@@ -208,22 +208,53 @@ async fn bandit_moves_traffic_to_the_better_version_through_kafka() -> Result<()
 }
 
 /// Feedback is accepted only for requests this server answered, for the model that
-/// answered them, with a reward or a label; anything else is refused whole.
+/// answered them, with a reward or a label, once per request; anything else is refused
+/// whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_is_checked_against_answered_requests() -> Result<()> {
     let server = Server::start(two_versions()?, &["--route-model", "mlp_classifier"]).await?;
     let path = "/v2/models/mlp_classifier/feedback";
-    let (id, version, label) = infer(&server, Some("2")).await?;
+    let (id, version, _) = infer(&server, Some("2")).await?;
+    let (right, _, label) = infer(&server, Some("2")).await?;
+    let (wrong, _, _) = infer(&server, Some("2")).await?;
 
     let (status, body) = server.post(path, &json!({"id": id, "reward": 0.5})).await?;
     ensure!(status == 200 && body["accepted"] == 1, "{status}: {body}");
     let (status, body) = server
         .post(
             path,
-            &json!([{"id": id, "label": label}, {"id": id, "label": label + 1}]),
+            &json!([{"id": right, "label": label}, {"id": wrong, "label": label + 1}]),
         )
         .await?;
     ensure!(status == 200 && body["accepted"] == 2, "{status}: {body}");
+
+    // One reward per request: replaying an id, alone or in a list, is refused whole.
+    for _ in 0..50 {
+        let (status, reply) = server.post(path, &json!({"id": id, "reward": 1})).await?;
+        let error = reply["error"].as_str().unwrap_or_default();
+        ensure!(
+            status == 409 && error.contains("already has feedback"),
+            "a replayed id answered {status} {reply}"
+        );
+    }
+    let (fresh, _, _) = infer(&server, Some("2")).await?;
+    for (body, says) in [
+        (
+            json!([{"id": fresh, "reward": 1}, {"id": fresh, "reward": 1}]),
+            "appears twice",
+        ),
+        (
+            json!([{"id": fresh, "reward": 1}, {"id": right, "reward": 1}]),
+            "already has feedback",
+        ),
+    ] {
+        let (status, reply) = server.post(path, &body).await?;
+        let error = reply["error"].as_str().unwrap_or_default();
+        ensure!(
+            status == 409 && error.contains(says),
+            "{body} answered {status} {reply}, wanted 409 mentioning {says:?}"
+        );
+    }
 
     // A client-chosen id is echoed and accepted too.
     let (status, body) = server
@@ -240,6 +271,18 @@ async fn feedback_is_checked_against_answered_requests() -> Result<()> {
         .post(path, &json!({"id": "client-7", "reward": 1}))
         .await?;
     ensure!(status == 200);
+    // Answering a rewarded id again does not open it to a second reward.
+    let (status, _) = server
+        .post(
+            "/v2/models/mlp_classifier/versions/1/infer",
+            &mlp_request(Some("client-7")),
+        )
+        .await?;
+    ensure!(status == 200);
+    let (status, reply) = server
+        .post(path, &json!({"id": "client-7", "reward": 1}))
+        .await?;
+    ensure!(status == 409, "a reused, rewarded id answered {status} {reply}");
 
     for (body, want, says) in [
         (
@@ -247,7 +290,7 @@ async fn feedback_is_checked_against_answered_requests() -> Result<()> {
             404,
             "was not answered",
         ),
-        (json!({"id": id}), 400, "give a reward or a label"),
+        (json!({"id": fresh}), 400, "give a reward or a label"),
         (
             json!({"id": id, "reward": 1, "extra": 1}),
             400,
@@ -255,7 +298,7 @@ async fn feedback_is_checked_against_answered_requests() -> Result<()> {
         ),
         (json!([]), 400, "empty"),
         (
-            json!([{"id": id, "reward": 1}, {"id": "nope", "reward": 1}]),
+            json!([{"id": fresh, "reward": 1}, {"id": "nope", "reward": 1}]),
             404,
             "nope",
         ),
@@ -292,14 +335,21 @@ async fn feedback_is_checked_against_answered_requests() -> Result<()> {
         "feedback for another model answered {status} {reply}"
     );
 
-    // Exactly the accepted rewards reach the bandit: 0.5, then a matching and a wrong label.
+    // Exactly the accepted rewards reach the bandit: 0.5, then a matching and a wrong
+    // label; a refused list leaves its valid items open (`fresh` is accepted now).
+    let (status, reply) = server.post(path, &json!({"id": fresh, "reward": 0})).await?;
+    ensure!(status == 200, "{status}: {reply}");
     let arm = poll_until(Duration::from_secs(10), "feedback applied", || async {
         let (_, state) = server.get("/api/v1/optimizer/state").await?;
         let arm = state["models"]["mlp_classifier"]["arms"][&version].clone();
-        Ok((arm["count"].as_u64() == Some(3)).then_some(arm))
+        Ok((arm["count"].as_u64() == Some(4)).then_some(arm))
     })
     .await?;
     ensure!(arm["sum"].as_f64() == Some(1.5), "rewards summed to {arm}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, state) = server.get("/api/v1/optimizer/state").await?;
+    let arm = &state["models"]["mlp_classifier"]["arms"][&version];
+    ensure!(arm["count"] == 4, "replays reached the bandit: {arm}");
     Ok(())
 }
 
