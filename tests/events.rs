@@ -282,7 +282,10 @@ async fn feedback_is_checked_against_answered_requests() -> Result<()> {
     let (status, reply) = server
         .post(path, &json!({"id": "client-7", "reward": 1}))
         .await?;
-    ensure!(status == 409, "a reused, rewarded id answered {status} {reply}");
+    ensure!(
+        status == 409,
+        "a reused, rewarded id answered {status} {reply}"
+    );
 
     for (body, want, says) in [
         (
@@ -337,7 +340,9 @@ async fn feedback_is_checked_against_answered_requests() -> Result<()> {
 
     // Exactly the accepted rewards reach the bandit: 0.5, then a matching and a wrong
     // label; a refused list leaves its valid items open (`fresh` is accepted now).
-    let (status, reply) = server.post(path, &json!({"id": fresh, "reward": 0})).await?;
+    let (status, reply) = server
+        .post(path, &json!({"id": fresh, "reward": 0}))
+        .await?;
     ensure!(status == 200, "{status}: {reply}");
     let arm = poll_until(Duration::from_secs(10), "feedback applied", || async {
         let (_, state) = server.get("/api/v1/optimizer/state").await?;
