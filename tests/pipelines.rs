@@ -859,7 +859,8 @@ async fn a_follow_whose_client_left_stops_at_once() -> Result<()> {
     let spec = "name: slow\nsteps:\n- name: talk\n  command: 'echo started; sleep 120'\n";
     let id = runner.run_id(spec, json!({})).await?;
     let server = runner.server();
-    let streams = || common::metric_sum(&server.metrics_url(), "nexus_pipeline_log_streams");
+    let metrics_url = server.metrics_url();
+    let streams = || common::metric_sum(&metrics_url, "nexus_pipeline_log_streams");
     let mut response = reqwest::get(server.url(&format!(
         "/api/v1/pipelines/runs/{id}/logs?step=talk&follow=true"
     )))
