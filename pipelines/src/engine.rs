@@ -79,8 +79,7 @@ pub struct Engine {
 
 /// Compiles a spec text (Nexus YAML or KFP IR) into a pipeline.
 pub fn compile(text: &str, base_dir: Option<&std::path::Path>) -> Result<Pipeline, SpecError> {
-    let doc: Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| SpecError::new(format!("not valid YAML: {e}")))?;
+    let doc: Value = crate::yaml::from_str(text)?;
     if kfp::is_kfp(&doc) {
         kfp::import(&doc)
     } else if spec::is_nexus(&doc) {

@@ -13,6 +13,7 @@ pub mod kfp;
 pub mod spec;
 pub mod stepdir;
 pub mod store;
+mod yaml;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,8 +47,7 @@ pub fn plan_nexus_spec(bytes: &[u8]) -> Result<graph::Pipeline, SpecError> {
 /// execute, as a submission does, without a database or any file system access. A stable
 /// entry point for fuzzing and offline checks.
 pub fn plan_kfp_ir(bytes: &[u8]) -> Result<graph::Pipeline, SpecError> {
-    let doc: serde_json::Value = serde_yaml_ng::from_str(spec_text(bytes)?)
-        .map_err(|e| SpecError::new(format!("not valid YAML: {e}")))?;
+    let doc: serde_json::Value = yaml::from_str(spec_text(bytes)?)?;
     if !kfp::is_kfp(&doc) {
         return Err(SpecError::new(
             "not a compiled KFP pipeline (no 'pipelineInfo' and 'root')",

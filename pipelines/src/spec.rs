@@ -152,8 +152,7 @@ pub fn is_nexus(doc: &Value) -> bool {
 
 /// Compiles a Nexus spec. `base_dir` anchors relative working directories.
 pub fn compile(text: &str, base_dir: Option<&Path>) -> Result<Pipeline, SpecError> {
-    let spec: SpecFile =
-        serde_yaml_ng::from_str(text).map_err(|e| SpecError::new(e.to_string()))?;
+    let spec: SpecFile = crate::yaml::from_str(text)?;
     if !valid_name(&spec.name) {
         return Err(SpecError::at_field(
             "name",
