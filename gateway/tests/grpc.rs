@@ -112,14 +112,7 @@ async fn grpc_rate_limits() {
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("credential"), "{status:?}");
-    let retry: u64 = status
-        .metadata()
-        .get("retry-after")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&status);
     assert!(retry >= 1);
 
     // Per model, read from the ModelInfer message: different callers share m's budget, and
@@ -181,17 +174,22 @@ async fn grpc_failed_authentication_is_limited_per_address() {
         status.message().contains("failed authentications"),
         "{status:?}"
     );
-    let retry: u64 = status
-        .metadata()
-        .get("retry-after")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&status);
     assert_eq!(retry, 2);
     // Health stays open.
     grpc_call(&mut client, "ServerLive", message("m"), &[])
         .await
         .unwrap();
+}
+
+/// The seconds a RESOURCE_EXHAUSTED status asks the client to wait.
+fn retry_after(status: &tonic::Status) -> u64 {
+    status
+        .metadata()
+        .get("retry-after")
+        .expect("retry-after metadata")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }

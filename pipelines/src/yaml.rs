@@ -46,7 +46,8 @@ fn flow_depth(text: &str) -> usize {
             let blank = matches!(bytes.get(i + spaces), None | Some(b'\n' | b'\r'));
             if let Some(parent) = block_parent {
                 if blank || spaces > parent {
-                    i = skip_line(bytes, i);
+                    // Past this line's newline, still at a line start.
+                    i = skip_line(bytes, i) + 1;
                     continue;
                 }
                 block_parent = None;

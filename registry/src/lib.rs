@@ -10,7 +10,6 @@ pub mod search;
 pub mod store;
 pub mod types;
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -83,23 +82,4 @@ impl Registry {
     pub fn router(self: &Arc<Self>) -> axum::Router {
         api::router(Arc::clone(self))
     }
-}
-
-/// Serves the registry alone on `address:port` until `shutdown` completes.
-pub async fn serve(
-    args: &RegistryArgs,
-    address: IpAddr,
-    port: u16,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let registry = Registry::open(args).await?;
-    let addr = SocketAddr::new(address, port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for the registry on {addr}: {e}"))?;
-    tracing::info!(%addr, "registry serving MLflow REST");
-    axum::serve(listener, registry.router())
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
 }
