@@ -861,11 +861,18 @@ async fn a_follow_whose_client_left_stops_at_once() -> Result<()> {
     let server = runner.server();
     let metrics_url = server.metrics_url();
     let streams = || common::metric_sum(&metrics_url, "nexus_pipeline_log_streams");
-    let mut response = reqwest::get(server.url(&format!(
+    let logs_url = server.url(&format!(
         "/api/v1/pipelines/runs/{id}/logs?step=talk&follow=true"
-    )))
+    ));
+    // The step is known (and its log followable) once the run has scheduled it.
+    let mut response = common::poll_until(Duration::from_secs(30), "the step scheduled", || {
+        let logs_url = logs_url.clone();
+        async move {
+            let response = reqwest::get(logs_url).await?;
+            Ok((response.status() == 200).then_some(response))
+        }
+    })
     .await?;
-    ensure!(response.status() == 200);
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("started") {
         let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
