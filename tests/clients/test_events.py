@@ -535,12 +535,15 @@ def test_unsampled_events_carry_no_tensors(start_events_server, event_repository
 def test_feedback_events(start_events_server, event_repository):
     """Feedback by reward, by label (1/0 against the prediction) and as a list: one event per
     accepted item, keyed by the model, naming the version that answered; an unknown id is a
-    404 and publishes nothing."""
+    404 and a second reward for the same request a 409, and neither publishes anything."""
     events = start_events_server(event_repository, [])
     path = f"/v2/models/{MLP}/feedback"
     r = events.post(f"/v2/models/{MLP}/infer", mlp_body())
     assert r.status_code == 200, r.text
-    first, first_label = r.json()["id"], label_of(r.json())
+    first = r.json()["id"]
+    r = events.post(f"/v2/models/{MLP}/infer", mlp_body())
+    assert r.status_code == 200, r.text
+    second, second_label = r.json()["id"], label_of(r.json())
     own = unique("client")
     r = events.post(f"/v2/models/{MLP}/infer", mlp_body(row=(-2.0, 1.5, 0.0, 3.0), request_id=own))
     assert r.status_code == 200 and r.json()["id"] == own, r.text
@@ -549,8 +552,10 @@ def test_feedback_events(start_events_server, event_repository):
     before = now_ms()
     r = events.post(path, {"id": first, "reward": 0.25})
     assert (r.status_code, r.json()) == (200, {"accepted": 1}), r.text
-    r = events.post(path, [{"id": first, "label": first_label}, {"id": own, "label": own_label + 1}])
+    r = events.post(path, [{"id": second, "label": second_label}, {"id": own, "label": own_label + 1}])
     assert (r.status_code, r.json()) == (200, {"accepted": 2}), r.text
+    r = events.post(path, {"id": first, "reward": 1})
+    assert r.status_code == 409 and "already has feedback" in r.json()["error"], r.text
     r = events.post(path, {"id": unique("never-issued"), "reward": 1})
     assert r.status_code == 404, r.text
     assert isinstance(r.json().get("error"), str) and r.json()["error"], r.text
@@ -561,15 +566,15 @@ def test_feedback_events(start_events_server, event_repository):
     # Feedback is stored before the answer: everything on the topic is read now.
     records = reader.read_all()
     got = [(r.event["id"], r.event["reward"], r.event.get("label", "<none>")) for r in records]
-    assert got == [(first, 0.25, "<none>"), (first, 1.0, first_label), (own, 0.0, own_label + 1)]
+    assert got == [(first, 0.25, "<none>"), (second, 1.0, second_label), (own, 0.0, own_label + 1)]
     for r in records:
         assert (r.event["model"], r.event["version"]) == (MLP, "2"), json.dumps(r.event)
         assert before - 1 <= r.event["timestamp_ms"] <= after + 1, json.dumps(r.event)
     assert_keyed_by_model(records)
 
     # The inference events of the requests the feedback is about.
-    inference = events.reader("inference").wait_ids([first, own])
-    for rid in (first, own):
+    inference = events.reader("inference").wait_ids([first, second, own])
+    for rid in (first, second, own):
         assert inference[rid].event["version"] == "2"
 
 
