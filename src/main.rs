@@ -621,8 +621,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen for the registry on {addr}"))?;
             tracing::info!(%addr, tls = tls.is_some(), auth = gateway.enabled(), "registry serving MLflow REST");
             nexus_gateway::serve_http(
-                registry.router(),
-                &gateway,
+                registry.router().layer(gateway.http_layer()),
                 listener,
                 tls,
                 shutdown_signal(),

@@ -19,17 +19,16 @@ use crate::policy::{classify_http, is_mlflow_path, model_from_path};
 use crate::tls::{ServerTls, TlsConnectInfo, TlsListener};
 use crate::{Denial, Gateway};
 
-/// Serves `app` on `listener` behind `gateway` until `shutdown` completes: over TLS when
-/// `tls` is given, and with the client's address recorded (per-address limits need it).
-/// For a server that is only an axum router, such as `nexus registry`.
+/// Serves `app` on `listener` until `shutdown` completes: over TLS when `tls` is given, and
+/// with the client's address recorded, which the gateway's per-address limits need. Put
+/// the gateway's layer ([`Gateway::http_layer`]) in `app` first, where the caller's stack
+/// wants it. One place for `nexus serve`/`up`'s HTTP port and `nexus registry`.
 pub async fn serve_http(
     app: axum::Router,
-    gateway: &Gateway,
     listener: TcpListener,
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app.layer(gateway.http_layer());
     match tls {
         Some(config) => {
             let app = app.into_make_service_with_connect_info::<TlsConnectInfo>();

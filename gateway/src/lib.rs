@@ -9,7 +9,7 @@
 //! - [`tls`]: rustls server configuration (optionally mutual TLS, from [`TlsConfig`]) and a
 //!   listener serving both axum and tonic.
 //! - [`check_bind`]: refuses to expose an unauthenticated server on the network.
-//! - [`serve_http`]: an axum router behind the gateway, plain or TLS (`nexus registry`).
+//! - [`serve_http`]: serves an axum router, plain or TLS, recording client addresses.
 //! - [`cli`]: `nexus token create|list|revoke`.
 //!
 //! Failed authentications are limited per client address (`--auth-failure-rps`,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use nexus_gateway::tls::{TlsConnectInfo, TlsListener};
+use nexus_gateway::tls::TlsListener;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -332,26 +332,8 @@ pub async fn serve(
         }),
     );
 
-    let http_server: BoxFuture<'static, std::io::Result<()>> = match extensions.tls.clone() {
-        Some(config) => {
-            let listener = TlsListener::new(http, config)
-                .map_err(|e| ServeError::Server(format!("TLS for HTTP: {e}")))?;
-            let app = http_app.into_make_service_with_connect_info::<TlsConnectInfo>();
-            Box::pin(
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.clone())
-                    .into_future(),
-            )
-        }
-        None => {
-            let app = http_app.into_make_service_with_connect_info::<SocketAddr>();
-            Box::pin(
-                axum::serve(http, app)
-                    .with_graceful_shutdown(shutdown.clone())
-                    .into_future(),
-            )
-        }
-    };
+    let http_server =
+        nexus_gateway::serve_http(http_app, http, extensions.tls.clone(), shutdown.clone());
     let metrics_server =
         axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(shutdown.clone());
     let grpc_router = tonic::transport::Server::builder()
