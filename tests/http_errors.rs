@@ -399,28 +399,47 @@ async fn requests_beyond_max_inflight_bytes_get_503_and_serving_continues() -> R
     assert!(text.contains("--max-inflight-bytes"), "{text}");
 
     // A request whose body is still arriving holds its bytes: 80 kB of it leaves no room
-    // for a 30 kB request until it is answered.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    // for a 30 kB request until it is answered. When a 30 kB probe is still in flight as the
+    // 80 kB arrive, the slow request is the one refused: then it is sent again.
     let slow_body = padded_simple_request(80_000);
     let (first, rest) = slow_body.split_at(80_000);
-    tx.send(Ok(first.to_vec())).await?;
-    let slow = tokio::spawn(
-        client
-            .post(&url)
-            .body(reqwest::Body::wrap_stream(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            ))
-            .send(),
-    );
-    common::poll_until(
-        std::time::Duration::from_secs(20),
-        "a 30 kB request refused while 80 kB are in flight",
-        || async {
-            let response = post(padded_simple_request(30_000)).await?;
-            Ok((response.status() == 503).then_some(()))
-        },
-    )
-    .await?;
+    let mut attempts = 0;
+    let (tx, slow) = loop {
+        attempts += 1;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+        tx.send(Ok(first.to_vec())).await?;
+        let slow = tokio::spawn(
+            client
+                .post(&url)
+                .body(reqwest::Body::wrap_stream(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
+                .send(),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let probe_refused = loop {
+            if slow.is_finished() {
+                break false;
+            }
+            if post(padded_simple_request(30_000)).await?.status() == 503 {
+                break true;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "a 30 kB request refused while 80 kB are in flight: not after 20 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        if probe_refused {
+            break (tx, slow);
+        }
+        let status = slow.await??.status();
+        ensure!(status == 503, "the slow request ended early with {status}");
+        ensure!(
+            attempts < 5,
+            "the 80 kB request was refused {attempts} times"
+        );
+    };
     tx.send(Ok(rest.to_vec())).await?;
     drop(tx);
     let (status, body) = common::json_reply(slow.await??).await?;
