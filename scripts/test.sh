@@ -7,6 +7,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 bash scripts/setup.sh
+# The PyTorch backend plugin (.nexus/lib/libnexus_torch.so), for tests/clients/test_torch.py.
+bash scripts/install-torch-backend.sh >/dev/null
 # The Kafka-protocol broker the event tests start (built once into ~/.cache/nexus).
 bash scripts/install-tansu.sh
 

@@ -17,6 +17,7 @@ use nexus_gateway::cli::TokenCommand;
 use nexus_gateway::telemetry::OtlpProtocol;
 use nexus_gateway::tls::ServerTls;
 use nexus_gateway::{AuthConfig, Gateway, KeyStore, TlsConfig, check_bind};
+use nexus_models::Backends;
 use nexus_optimizer::{Optimizer, OptimizerArgs};
 use nexus_pipelines::cli::PipelineCommand;
 use nexus_pipelines::{ArtifactStore, PipelineArgs};
@@ -57,13 +58,20 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum ModelsCommand {
-    /// Upload a model file or folder and register it as a new version.
+    /// Upload a model file or folder and register it as a new version; what no runtime
+    /// here could serve is refused before anything is uploaded.
     Push {
-        /// The model file (e.g. model.onnx) or a folder (model.onnx, config.pbtxt, …).
+        /// A model file (model.onnx, model.pt), a model folder (model.onnx with its
+        /// config.pbtxt, a Hugging Face folder) or a Triton model folder (config.pbtxt and
+        /// numbered version folders: the newest is pushed).
         path: PathBuf,
         /// Registered model name.
         #[arg(long)]
         name: String,
+        /// The runtime, by Triton platform or backend name (onnxruntime_onnx, pytorch_libtorch,
+        /// candle), where the files cannot say.
+        #[arg(long)]
+        platform: Option<String>,
         /// Alias to point at the new version (e.g. champion).
         #[arg(long)]
         alias: Option<String>,
@@ -342,6 +350,17 @@ impl ModelSource for RegistrySource {
     }
 }
 
+/// The runtimes `serve` and `up` open models with, in order of preference when a model's
+/// config names none and its folder could be served by several.
+/// `ort_library` is `--ort-library`. Building the table loads no runtime library.
+fn backends(ort_library: Option<PathBuf>) -> Backends {
+    Backends::new(vec![
+        Arc::new(nexus_backend_onnx::OnnxRuntime::new(ort_library)),
+        Arc::new(nexus_backend_torch::TorchRuntime::default()),
+        Arc::new(nexus_backend_candle::CandleRuntime),
+    ])
+}
+
 fn registry_source(url: &str, token: Option<&str>) -> Arc<dyn ModelSource> {
     Arc::new(RegistrySource(RegistryClient::with_token(url, token)))
 }
@@ -387,10 +406,18 @@ async fn models(client: &RegistryClient, command: ModelsCommand) -> anyhow::Resu
         ModelsCommand::Push {
             path,
             name,
+            platform,
             alias,
             tags,
         } => {
-            let version = client.push(&path, &name, alias.as_deref(), &tags).await?;
+            let runtimes = backends(None);
+            let files: Vec<(String, PathBuf)> =
+                nexus_models::package::package(&path, &runtimes, platform.as_deref())
+                    .map_err(|reason| anyhow::anyhow!("cannot push {}: {reason}", path.display()))?
+                    .into_iter()
+                    .map(|f| (f.name, f.path))
+                    .collect();
+            let version = client.push(&files, &name, alias.as_deref(), &tags).await?;
             match alias {
                 Some(alias) => {
                     println!("{name} version {version} registered; {alias} -> {version}")
@@ -532,6 +559,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 components: tuning.components.clone(),
                 gateway: Some(gateway),
                 tls,
+                backends: backends(serve.ort_library.clone()),
             };
             let served =
                 nexus_serving::serve(model_repository, serve, extensions, shutdown_signal())
@@ -596,6 +624,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect(),
                 gateway: Some(gateway),
                 tls,
+                backends: backends(serve.ort_library.clone()),
             };
             let served =
                 nexus_serving::serve(vec![model_repository], serve, extensions, shutdown_signal())

@@ -1778,3 +1778,92 @@ async fn infer_cached(server: &Server) -> Result<()> {
     ensure!(status == 200, "inference answered {status}: {body}");
     check_simple_response(&body, 2)
 }
+
+/// `nexus models push` of a model folder as Triton users keep them (`config.pbtxt` and
+/// `1/model.onnx`) registers the newest version's model with its config, and `models:/`
+/// serves it under the registered name. A folder no runtime here serves is refused before
+/// anything is registered, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triton_model_folder_is_pushed_and_served() -> Result<()> {
+    let registry = Fixture::start(Database::Sqlite)
+        .await?
+        .context("SQLite needs no server")?;
+    let registry_url = registry.server.url("");
+    let examples = Repository::examples()?;
+    let folder = examples.path().join("simple").display().to_string();
+    let pushed = nexus(&[
+        "models",
+        "push",
+        &folder,
+        "--name",
+        "adder",
+        "--alias",
+        "prod",
+        "--registry-url",
+        &registry_url,
+    ])
+    .await?;
+    ensure!(pushed.contains("adder version 1 registered"), "{pushed}");
+    let server = Server::start(
+        Repository::empty()?,
+        &[
+            "--model",
+            "models:/adder@prod",
+            "--registry-url",
+            &registry_url,
+        ],
+    )
+    .await?;
+    let ready = || async {
+        let (status, _) = server.get("/v2/models/adder/ready").await?;
+        Ok((status == 200).then_some(()))
+    };
+    poll_until(Duration::from_secs(30), "adder ready", ready)
+        .await
+        .with_context(|| server.stderr())?;
+    let (status, config) = server.get("/v2/models/adder/config").await?;
+    ensure!(status == 200, "config: {status} {config}");
+    ensure!(
+        config["name"] == "adder" && config["max_batch_size"] == 8,
+        "not the pushed folder's config under the registered name: {config}"
+    );
+    let (status, body) = server
+        .post("/v2/models/adder/infer", &simple_request(2))
+        .await?;
+    ensure!(status == 200, "inference answered {status}: {body}");
+    check_simple_response(&body, 2)?;
+
+    let unservable = tempfile::tempdir()?;
+    std::fs::create_dir_all(unservable.path().join("1"))?;
+    std::fs::write(unservable.path().join("1/weights.bin"), b"not a model")?;
+    let folder = unservable.path().display().to_string();
+    let refused = nexus(&[
+        "models",
+        "push",
+        &folder,
+        "--name",
+        "unservable",
+        "--registry-url",
+        &registry_url,
+    ])
+    .await
+    .expect_err("a folder without a model is refused");
+    ensure!(
+        format!("{refused:#}").contains("holds no model this server can serve")
+            || format!("{refused:#}").contains("no runtime recognises the model files"),
+        "{refused:#}"
+    );
+    let (status, body) = registry
+        .mlflow()
+        .call(
+            Method::GET,
+            "registered-models/get",
+            &json!({ "name": "unservable" }),
+        )
+        .await?;
+    ensure!(
+        status == 404,
+        "the refused push registered something: {status} {body}"
+    );
+    Ok(())
+}

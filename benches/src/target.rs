@@ -9,8 +9,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
-use nexus_models::backend::{self, LoadOptions};
-use nexus_models::{Backend, DataType, Tensor, TensorData};
+use nexus_models::backend::LoadOptions;
+use nexus_models::{Backend, BackendFactory, DataType, Tensor, TensorData};
 use nexus_serving::pb;
 use nexus_serving::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 
@@ -319,13 +319,13 @@ impl OrtWorkers {
         workers: usize,
         threads: usize,
     ) -> anyhow::Result<(Self, Vec<InputSpec>)> {
-        nexus_models::onnx::init(None)?;
+        let runtime = nexus_backend_onnx::OnnxRuntime::default();
         let options = LoadOptions {
             intra_op_threads: threads,
             ..Default::default()
         };
         let sessions = (0..workers.max(1))
-            .map(|_| backend::load(nexus_models::config::ONNX_PLATFORM, model_file, &options))
+            .map(|_| runtime.load(model_file, &options))
             .collect::<Result<Vec<_>, _>>()?;
         let specs = sessions[0]
             .inputs()

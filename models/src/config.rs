@@ -21,11 +21,6 @@ pub mod pb {
 
 pub use pb::ModelConfig;
 
-/// The platform string Triton uses for ONNX models.
-pub const ONNX_PLATFORM: &str = "onnxruntime_onnx";
-/// The backend name Triton uses for ONNX models.
-pub const ONNX_BACKEND: &str = "onnxruntime";
-
 static DESCRIPTOR: LazyLock<MessageDescriptor> = LazyLock::new(|| {
     let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/model_config.bin"));
     // The descriptor set is produced by build.rs from the same proto file the types come
@@ -50,8 +45,14 @@ pub enum ConfigError {
 /// instance is a loaded copy of the model with its own thread.
 pub const MAX_INSTANCES: i64 = 64;
 
-/// The `parameters` Nexus reads as thread counts (ONNX Runtime's per-instance pools).
-pub const THREAD_PARAMETERS: [&str; 2] = ["intra_op_thread_count", "inter_op_thread_count"];
+/// The `parameters` Nexus reads as thread counts: ONNX Runtime's names, and the upper-case
+/// ones Triton's PyTorch backend reads (`INTRA_OP_THREAD_COUNT`), in that order.
+pub const THREAD_PARAMETERS: [&str; 4] = [
+    "intra_op_thread_count",
+    "INTRA_OP_THREAD_COUNT",
+    "inter_op_thread_count",
+    "INTER_OP_THREAD_COUNT",
+];
 
 /// Most threads a thread parameter may ask for: four per core this machine has.
 pub fn max_threads() -> usize {
@@ -243,7 +244,6 @@ pub fn complete(
             config.name
         ));
     }
-    check_platform(config)?;
     if config.max_batch_size < 0 {
         return invalid(format!(
             "max_batch_size {} is negative",
@@ -270,15 +270,26 @@ pub fn complete(
         }
     };
 
+    // A rank-0 tensor (a sample rate, an axis) is declared as Triton does: dims [1] with
+    // `reshape { shape: [] }`, since a config's dims may not be empty.
+    let declared = |shape: &[i64]| match strip(shape) {
+        dims if dims.is_empty() => (vec![1], Some(pb::ModelTensorReshape { shape: vec![] })),
+        dims => (dims, None),
+    };
     if config.input.is_empty() {
         config.input = signature
             .inputs
             .iter()
-            .map(|t| pb::ModelInput {
-                name: t.name.clone(),
-                data_type: t.datatype.to_config() as i32,
-                dims: strip(&t.shape),
-                ..Default::default()
+            .map(|t| {
+                let (dims, reshape) = declared(&t.shape);
+                pb::ModelInput {
+                    name: t.name.clone(),
+                    data_type: t.datatype.to_config() as i32,
+                    dims,
+                    reshape,
+                    optional: t.optional,
+                    ..Default::default()
+                }
             })
             .collect();
     }
@@ -286,11 +297,15 @@ pub fn complete(
         config.output = signature
             .outputs
             .iter()
-            .map(|t| pb::ModelOutput {
-                name: t.name.clone(),
-                data_type: t.datatype.to_config() as i32,
-                dims: strip(&t.shape),
-                ..Default::default()
+            .map(|t| {
+                let (dims, reshape) = declared(&t.shape);
+                pb::ModelOutput {
+                    name: t.name.clone(),
+                    data_type: t.datatype.to_config() as i32,
+                    dims,
+                    reshape,
+                    ..Default::default()
+                }
             })
             .collect();
     }
@@ -323,7 +338,7 @@ pub fn complete(
     }
     for model_input in signature.inputs {
         let listed = config.input.iter().any(|i| i.name == model_input.name);
-        if !listed {
+        if !listed && !model_input.optional {
             return invalid(format!(
                 "the model's input '{}' is missing from the config",
                 model_input.name
@@ -351,20 +366,6 @@ pub fn complete(
             )),
         });
     }
-    Ok(())
-}
-
-fn check_platform(config: &mut ModelConfig) -> Result<(), ConfigError> {
-    let platform_ok = config.platform.is_empty() || config.platform == ONNX_PLATFORM;
-    let backend_ok = config.backend.is_empty() || config.backend == ONNX_BACKEND;
-    if !platform_ok || !backend_ok {
-        return Err(ConfigError::Invalid(format!(
-            "platform '{}' / backend '{}' is not served by this build; supported: platform '{ONNX_PLATFORM}', backend '{ONNX_BACKEND}'",
-            config.platform, config.backend
-        )));
-    }
-    config.platform = ONNX_PLATFORM.to_string();
-    config.backend = ONNX_BACKEND.to_string();
     Ok(())
 }
 
@@ -493,6 +494,7 @@ mod tests {
             name: name.into(),
             datatype,
             shape: shape.to_vec(),
+            optional: false,
         }
     }
 
@@ -576,7 +578,6 @@ mod tests {
         let mut c = ModelConfig::default();
         complete(&mut c, "dyn", &sig, 4).unwrap();
         assert_eq!(c.name, "dyn");
-        assert_eq!(c.platform, ONNX_PLATFORM);
         assert_eq!(c.max_batch_size, 4);
         assert_eq!(c.input[0].dims, vec![-1]);
         assert_eq!(c.output[0].data_type, pb::DataType::TypeFp32 as i32);
@@ -592,6 +593,50 @@ mod tests {
         complete(&mut c, "mul", &sig, 4).unwrap();
         assert_eq!(c.max_batch_size, 0);
         assert_eq!(c.input[0].dims, vec![3, 2]);
+    }
+
+    #[test]
+    fn scalar_tensors_are_declared_as_one_element_reshaped_to_rank_0() {
+        let inputs = [
+            spec("x", DataType::F32, &[-1, 512]),
+            spec("sr", DataType::I64, &[]),
+        ];
+        let outputs = [
+            spec("prob", DataType::F32, &[-1, 1]),
+            spec("n", DataType::I64, &[]),
+        ];
+        let sig = ModelSignature {
+            inputs: &inputs,
+            outputs: &outputs,
+        };
+        let mut c = ModelConfig::default();
+        complete(&mut c, "vad", &sig, 4).unwrap();
+        assert_eq!(c.max_batch_size, 0, "a rank-0 input has no batch dimension");
+        assert_eq!(c.input[1].dims, vec![1]);
+        assert_eq!(
+            c.input[1].reshape.as_ref().unwrap().shape,
+            Vec::<i64>::new()
+        );
+        assert_eq!(c.output[1].dims, vec![1]);
+        assert!(c.output[1].reshape.is_some());
+        assert!(c.input[0].reshape.is_none());
+        // The completed config survives its own text form and is accepted again as written.
+        let mut again = parse_text(&to_text(&c)).unwrap();
+        complete(&mut again, "vad", &sig, 4).unwrap();
+
+        let batched_inputs = [spec("step", DataType::I64, &[-1])];
+        let sig = ModelSignature {
+            inputs: &batched_inputs,
+            outputs: &batched_inputs,
+        };
+        let mut c = ModelConfig::default();
+        complete(&mut c, "steps", &sig, 8).unwrap();
+        assert_eq!(c.max_batch_size, 8);
+        assert_eq!(c.input[0].dims, vec![1]);
+        assert_eq!(
+            c.input[0].reshape.as_ref().unwrap().shape,
+            Vec::<i64>::new()
+        );
     }
 
     #[test]
@@ -641,10 +686,6 @@ mod tests {
                 .contains("'INPUT9' is not among the model's inputs"),
             "{err}"
         );
-
-        let mut tf =
-            parse_text(&SIMPLE.replace("onnxruntime_onnx", "tensorflow_savedmodel")).unwrap();
-        assert!(complete(&mut tf, "simple", &sig, 4).is_err());
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! Models: V2 tensors, the [`Backend`] seam with its ONNX Runtime implementation, Triton's
-//! model configuration, and the on-disk model repository.
+//! Models: V2 tensors, the [`Backend`] seam and the table of runtimes that implement it
+//! ([`Backends`]; the runtimes are the crates under `backends/`), Triton's model
+//! configuration, and the on-disk model repository.
 
 pub mod backend;
 pub mod config;
-pub mod onnx;
+pub mod package;
 pub mod repository;
 pub mod tensor;
 
 pub use backend::{
-    Backend, BackendError, ComputeTimings, Device, Inferred, LoadOptions, TensorSpec,
+    Backend, BackendError, BackendFactory, Backends, ComputeTimings, Device, Inferred, LoadOptions,
+    TensorSpec,
 };
 pub use config::{ModelConfig, pb};
 pub use repository::{ModelRepository, ModelSource, RepositoryError};

@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! <root>/<model>/config.pbtxt          optional
-//! <root>/<model>/<version>/model.onnx  one folder per numeric version
+//! <root>/<model>/<version>/            one folder per numeric version, holding the model
 //! ```
+//!
+//! Which file in a version folder is the model (`model.onnx`, `model.pt`, or the folder
+//! itself) is the runtime's business: see [`crate::backend::BackendFactory`].
 //!
 //! Like Triton, a repository may span several roots; a model name is looked up in the
 //! roots in order.
@@ -16,8 +19,6 @@ use crate::config::{self, ConfigError, ModelConfig};
 
 /// File name of a model's configuration.
 pub const CONFIG_FILE: &str = "config.pbtxt";
-/// Model file name when the config names none.
-pub const DEFAULT_MODEL_FILE: &str = "model.onnx";
 
 /// Why a model could not be read from the repository.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ pub struct ModelSource {
     pub name: String,
     /// The parsed `config.pbtxt`, or an empty config to be completed from the model.
     pub config: ModelConfig,
-    /// Version number and model file path for every numeric version folder.
+    /// Version number and folder for every numeric version folder.
     pub versions: Vec<(u64, PathBuf)>,
 }
 
@@ -101,17 +102,12 @@ impl ModelRepository {
                 });
             }
         };
-        let file = if config.default_model_filename.is_empty() {
-            DEFAULT_MODEL_FILE
-        } else {
-            config.default_model_filename.as_str()
-        };
         let mut versions: Vec<(u64, PathBuf)> = read_dir(&dir)?
             .into_iter()
             .filter(|p| p.is_dir())
             .filter_map(|p| {
                 let version = p.file_name()?.to_str()?.parse::<u64>().ok()?;
-                Some((version, p.join(file)))
+                Some((version, p))
             })
             .collect();
         versions.sort_by_key(|(v, _)| *v);
@@ -189,13 +185,11 @@ mod tests {
         assert_eq!(repo.model_names().unwrap(), vec!["bare", "simple"]);
         let simple = repo.read("simple").unwrap();
         assert_eq!(simple.config.name, "simple");
-        assert_eq!(
-            simple.versions,
-            vec![(1, m.join("1/net.onnx")), (3, m.join("3/net.onnx"))]
-        );
+        assert_eq!(simple.versions, vec![(1, m.join("1")), (3, m.join("3"))]);
+        assert_eq!(simple.config.default_model_filename, "net.onnx");
         let bare = repo.read("bare").unwrap();
         assert_eq!(bare.config, ModelConfig::default());
-        assert_eq!(bare.versions[0].1.file_name().unwrap(), DEFAULT_MODEL_FILE);
+        assert_eq!(bare.versions[0].1, root.path().join("bare/2"));
         assert!(matches!(
             repo.read("missing"),
             Err(RepositoryError::NotFound(_))

@@ -265,18 +265,23 @@ impl RegistryClient {
         Ok(())
     }
 
-    /// Pushes a model file or folder: uploads it as a logged model of the Default
-    /// experiment, registers a new version of `name` from it, tags it and points `alias`
-    /// at it. Returns the new version.
+    /// Pushes the files of one model version (each by its name in the version and its
+    /// path here): uploads them as a logged model of the Default experiment, registers a
+    /// new version of `name` from it, tags it and points `alias` at it. Returns the new
+    /// version.
     pub async fn push(
         &self,
-        path: &Path,
+        files: &[(String, PathBuf)],
         name: &str,
         alias: Option<&str>,
         tags: &[(String, String)],
     ) -> Result<String> {
-        let files = local_files(path)?;
-        let total: u64 = files.iter().map(|(_, size, _)| size).sum();
+        let mut total = 0;
+        for (_, path) in files {
+            let meta = std::fs::metadata(path)
+                .map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
+            total += meta.len();
+        }
         self.ensure_registered_model(name).await?;
         let created = self
             .call(
@@ -293,7 +298,7 @@ impl RegistryClient {
             .unwrap_or_default()
             .to_string();
         let progress = bar(total, &format!("pushing {name}"));
-        for (relative, _, absolute) in &files {
+        for (relative, absolute) in files {
             self.upload(&format!("{root}/{relative}"), absolute, &progress)
                 .await?;
         }
@@ -512,40 +517,6 @@ async fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| ClientError::Io(format!("cannot sync {}: {e}", dir.display())))
 }
 
-/// The files to push: (path relative to the pushed folder, size, absolute path).
-fn local_files(path: &Path) -> Result<Vec<(String, u64, PathBuf)>> {
-    let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if meta.is_file() {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("model.onnx")
-            .to_string();
-        return Ok(vec![(name, meta.len(), path.to_path_buf())]);
-    }
-    let mut files = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let relative = p
-                    .strip_prefix(path)
-                    .unwrap_or(&p)
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                files.push((relative, entry.metadata().map_err(io)?.len(), p));
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,6 +565,40 @@ mod tests {
 
     fn file(name: &str) -> Value {
         json!({ "path": name, "is_dir": false, "file_size": 7 })
+    }
+
+    /// Every file under `path`: (path relative to it, size, absolute path).
+    fn local_files(path: &Path) -> Result<Vec<(String, u64, PathBuf)>> {
+        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.is_file() {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("model.onnx")
+                .to_string();
+            return Ok(vec![(name, meta.len(), path.to_path_buf())]);
+        }
+        let mut files = Vec::new();
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                let p = entry.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let relative = p
+                        .strip_prefix(path)
+                        .unwrap_or(&p)
+                        .to_string_lossy()
+                        .replace('\\', "/");
+                    files.push((relative, entry.metadata().map_err(io)?.len(), p));
+                }
+            }
+        }
+        files.sort();
+        Ok(files)
     }
 
     /// Every file under `dir`, relative, sorted.

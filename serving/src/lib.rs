@@ -106,7 +106,7 @@ pub struct ServeArgs {
     /// Decoded tensors take up to a few times their request's size on top of this.
     #[arg(long, default_value_t = limits::DEFAULT_MAX_INFLIGHT_BYTES)]
     pub max_inflight_bytes: usize,
-    /// ONNX Runtime intra-op threads per instance when the model config sets none (0: ONNX Runtime's default).
+    /// Intra-op threads per instance when the model config sets none (0: the runtime's default).
     #[arg(long, default_value_t = 0)]
     pub ort_intra_threads: usize,
     /// Path of libonnxruntime.so (default: $ORT_DYLIB_PATH, then .nexus/lib/ found from here).
@@ -183,6 +183,8 @@ pub struct Extensions {
     pub gateway: Option<nexus_gateway::Gateway>,
     /// TLS (and mTLS) for the HTTP and gRPC listeners.
     pub tls: Option<nexus_gateway::tls::ServerTls>,
+    /// The runtimes models can be served with (the binary lists the `backends/` crates).
+    pub backends: nexus_models::Backends,
 }
 
 /// Runs the inference server on the model repositories `roots` (searched in order) and
@@ -193,7 +195,6 @@ pub async fn serve(
     extensions: Extensions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    nexus_models::onnx::init(args.ort_library.as_deref())?;
     let specs = args
         .models
         .iter()
@@ -249,6 +250,7 @@ pub async fn serve(
             instances: args.instances,
             queue_capacity: args.max_queue_size,
             intra_op_threads: args.ort_intra_threads,
+            backends: extensions.backends.clone(),
         },
     );
     if let Some(hooks) = &extensions.hooks {

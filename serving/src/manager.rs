@@ -5,7 +5,7 @@
 //! UNAVAILABLE with its reason; the others keep serving.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use tracing::Instrument;
 
-use nexus_models::backend::{self, LoadOptions};
+use nexus_models::backend::{Backends, LoadOptions};
 use nexus_models::config::{self, ModelSignature};
 use nexus_models::pb::model_instance_group::Kind;
 use nexus_models::{Backend, Device, ModelConfig, ModelRepository};
@@ -47,8 +47,10 @@ pub struct ManagerOptions {
     pub instances: Option<usize>,
     /// Requests that may wait for a free instance, per model version.
     pub queue_capacity: usize,
-    /// ONNX Runtime intra-op threads when the config sets no `intra_op_thread_count`.
+    /// Intra-op threads per instance when the config sets no `intra_op_thread_count`.
     pub intra_op_threads: usize,
+    /// The runtimes models are opened with, chosen by each config's platform/backend.
+    pub backends: Backends,
 }
 
 /// A loaded, ready model version.
@@ -107,6 +109,11 @@ impl ModelManager {
             hooks: OnceLock::new(),
             ids: RequestIds::new(),
         })
+    }
+
+    /// The runtimes models are opened with.
+    pub fn backends(&self) -> &Backends {
+        &self.options.backends
     }
 
     /// Installs the hooks that route and record inferences (once; later calls are ignored).
@@ -374,19 +381,24 @@ impl ModelManager {
             .into_iter()
             .filter(|(v, _)| chosen.contains(v))
             .collect();
-        let platform = if config.platform.is_empty() {
-            config::ONNX_PLATFORM.to_string()
-        } else {
-            config.platform.clone()
-        };
+        let newest = selected.last().map(|(_, dir)| dir.as_path());
+        let runtime = self
+            .options
+            .backends
+            .resolve(&config.platform, &config.backend, newest)?;
+        config.platform = runtime.platform().to_string();
+        config.backend = runtime.backend().to_string();
+        let model_file = config.default_model_filename.clone();
+        let model_path = |dir: &Path| runtime.model_path(dir, &model_file);
         let plan = self.instance_plan(&config).map_err(|e| e.to_string())?;
 
         // Open the first instance of each version, newest first; the first model that opens
         // completes the config, and every version is then checked against it.
         let mut opened: Vec<(u64, PathBuf, Box<dyn Backend>)> = Vec::new();
         let mut states = BTreeMap::new();
-        for (version, path) in selected.into_iter().rev() {
-            match backend::load(&platform, &path, &plan[0]) {
+        for (version, dir) in selected.into_iter().rev() {
+            let path = model_path(&dir);
+            match runtime.load(&path, &plan[0]) {
                 Ok(b) => opened.push((version, path, b)),
                 Err(e) => {
                     states.insert(version, VersionState::Unavailable(e.to_string()));
@@ -417,7 +429,7 @@ impl ModelManager {
                     let started = plan[1..]
                         .iter()
                         .try_for_each(|options| {
-                            instances.push(backend::load(&platform, &path, options)?);
+                            instances.push(runtime.load(&path, options)?);
                             Ok::<_, ServingError>(())
                         })
                         .and_then(|()| self.start_version(name, version, instances, &config));
@@ -454,13 +466,18 @@ impl ModelManager {
 
     /// Load options for each instance the config's instance groups ask for.
     fn instance_plan(&self, config: &ModelConfig) -> Result<Vec<LoadOptions>, config::ConfigError> {
-        let intra = config::parameter::<usize>(config, "intra_op_thread_count")?
+        let threads = |lower: &str, upper: &str| -> Result<Option<usize>, config::ConfigError> {
+            Ok(config::parameter::<usize>(config, lower)?.or(config::parameter(config, upper)?))
+        };
+        let intra = threads("intra_op_thread_count", "INTRA_OP_THREAD_COUNT")?
             .unwrap_or(self.options.intra_op_threads);
-        let inter = config::parameter::<usize>(config, "inter_op_thread_count")?.unwrap_or(0);
+        let inter = threads("inter_op_thread_count", "INTER_OP_THREAD_COUNT")?.unwrap_or(0);
+        let given = Arc::new(config.clone());
         let options = |device| LoadOptions {
             device,
             intra_op_threads: intra,
             inter_op_threads: inter,
+            config: Arc::clone(&given),
         };
         let device_of =
             |group: &nexus_models::pb::ModelInstanceGroup| match Kind::try_from(group.kind) {

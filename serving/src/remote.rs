@@ -13,8 +13,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nexus_models::Backends;
 use nexus_models::config::{self, pb};
-use nexus_models::repository::{CONFIG_FILE, DEFAULT_MODEL_FILE};
+use nexus_models::repository::CONFIG_FILE;
 use tokio::io::AsyncWriteExt;
 
 use crate::manager::ModelManager;
@@ -196,7 +197,8 @@ impl Watcher {
         }
         for &number in &wanted {
             let version_dir = model_dir.join(number.to_string());
-            if cache_trusted && version_dir.join(DEFAULT_MODEL_FILE).exists() {
+            let backends = self.manager.backends();
+            if cache_trusted && backends.detect(&version_dir).is_some() {
                 continue;
             }
             let staging = model_dir.join(format!(".fetch-{number}"));
@@ -204,7 +206,7 @@ impl Watcher {
             self.source
                 .fetch(&registered, &number.to_string(), &staging)
                 .await?;
-            arrange(&staging, &name).await?;
+            arrange(&staging, &name, backends).await?;
             let fetched = staging.join(CONFIG_FILE);
             if fetched.exists() {
                 tokio::fs::rename(&fetched, &config_path)
@@ -249,18 +251,40 @@ impl Watcher {
     }
 }
 
-/// Lays out fetched files as `<staging>/model/model.onnx`, the new folder fsynced so the
-/// file's new name survives a crash once the folder is renamed into the cache.
-async fn arrange(staging: &Path, name: &str) -> Result<(), String> {
-    let onnx = find_onnx(staging)
-        .ok_or_else(|| format!("the registry version of {name} holds no .onnx file"))?;
+/// Lays out fetched files as the version folder `<staging>/model/` that their runtime
+/// expects: every file but the config, the model renamed to its runtime's name
+/// (`model.onnx`) when it has another. The folder is fsynced so the names survive a crash
+/// once it is renamed into the cache; the fetched `config.pbtxt` stays in `staging`.
+async fn arrange(staging: &Path, name: &str, backends: &Backends) -> Result<(), String> {
+    let (runtime, found) = backends.detect(staging).ok_or_else(|| {
+        format!(
+            "the registry version of {name} holds no model this server can serve (looked for {})",
+            backends.expected_files()
+        )
+    })?;
     let model = staging.join("model");
+    let io = |what: &Path, e: std::io::Error| format!("cannot arrange {}: {e}", what.display());
     tokio::fs::create_dir_all(&model)
         .await
-        .map_err(|e| format!("cannot create {}: {e}", model.display()))?;
-    tokio::fs::rename(&onnx, model.join(DEFAULT_MODEL_FILE))
+        .map_err(|e| io(&model, e))?;
+    let mut entries = tokio::fs::read_dir(staging)
         .await
-        .map_err(|e| format!("cannot move {}: {e}", onnx.display()))?;
+        .map_err(|e| io(staging, e))?;
+    while let Some(entry) = entries.next_entry().await.map_err(|e| io(staging, e))? {
+        let path = entry.path();
+        let file = entry.file_name();
+        if file == CONFIG_FILE || path == model {
+            continue;
+        }
+        let target = if path == found {
+            model.join(runtime.model_filename())
+        } else {
+            model.join(file)
+        };
+        tokio::fs::rename(&path, &target)
+            .await
+            .map_err(|e| io(&path, e))?;
+    }
     sync_dir(&model).await
 }
 
@@ -332,21 +356,6 @@ async fn select_versions(
     Ok(config::to_text(&parsed))
 }
 
-/// The model file among fetched files: `model.onnx` when present, else the only `.onnx`
-/// (MLflow's ONNX flavour stores `model.onnx` next to `MLmodel`).
-fn find_onnx(dir: &Path) -> Option<PathBuf> {
-    let preferred = dir.join(DEFAULT_MODEL_FILE);
-    if preferred.is_file() {
-        return Some(preferred);
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
-        .collect();
-    (found.len() == 1).then(|| found.remove(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,7 +390,8 @@ mod tests {
             "name: \"other\" max_batch_size: 4",
         )
         .unwrap();
-        arrange(dir.path(), "fraud").await.unwrap();
+        let backends = Backends::new(vec![Arc::new(nexus_backend_onnx::OnnxRuntime::default())]);
+        arrange(dir.path(), "fraud", &backends).await.unwrap();
         let versions = BTreeSet::from([7, 9]);
         let text = select_versions(&dir.path().join(CONFIG_FILE), "fraud", &versions, None)
             .await

@@ -82,7 +82,7 @@ fn fp32_body(row: usize) -> (Bytes, usize) {
 fn a_64_mib_json_body_costs_about_its_tensor_size() {
     for row in [0, 1000] {
         let (body, count) = fp32_body(row);
-        let (decoded, peak) = peak_during(|| codec::decode(&body, None).map(|(r, _)| r));
+        let (decoded, peak) = peak_during(|| codec::decode(&body, None, "m", "").map(|(r, _)| r));
         let request = decoded.unwrap();
         let TensorData::F32(values) = &request.inputs[0].data else {
             panic!("not FP32: {:?}", request.inputs[0].datatype());

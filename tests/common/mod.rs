@@ -392,7 +392,8 @@ impl Server {
         std::mem::replace(&mut self.repository, placeholder)
     }
 
-    async fn wait_ready(&mut self) -> Result<()> {
+    /// Waits until `/v2/health/ready` answers 200 (or the process exits).
+    pub async fn wait_ready(&mut self) -> Result<()> {
         let url = self.url("/v2/health/ready");
         wait_for_ok(&mut self.child, &self.client, &url, "nexus").await
     }

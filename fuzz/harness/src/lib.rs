@@ -55,7 +55,7 @@ pub const TARGETS: &[Target] = &[
 
 /// A KServe V2 inference request body in plain JSON, as `POST /v2/models/m/infer` gets it.
 pub fn v2_json(data: &[u8]) {
-    let _ = nexus_serving::http::codec::decode(&Bytes::copy_from_slice(data), None);
+    let _ = nexus_serving::http::codec::decode(&Bytes::copy_from_slice(data), None, "m", "");
 }
 
 /// A body using Triton's binary tensor extension: the input's first two bytes (u16, little
@@ -67,7 +67,12 @@ pub fn v2_binary(data: &[u8]) {
         return;
     };
     let header_length = usize::from(u16::from_le_bytes(*length));
-    let _ = nexus_serving::http::codec::decode(&Bytes::copy_from_slice(body), Some(header_length));
+    let _ = nexus_serving::http::codec::decode(
+        &Bytes::copy_from_slice(body),
+        Some(header_length),
+        "m",
+        "",
+    );
 }
 
 /// An `inference.ModelInferRequest` protobuf message as the gRPC service receives it:

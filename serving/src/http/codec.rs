@@ -29,6 +29,11 @@ type Parameters<'a> = HashMap<String, &'a RawValue>;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestJson<'a> {
+    /// KServe's Python client names the model in the body too; it must match the path.
+    #[serde(default)]
+    model_name: Option<String>,
+    #[serde(default)]
+    model_version: Option<String>,
     #[serde(default)]
     id: Option<String>,
     #[serde(default, borrow)]
@@ -127,11 +132,13 @@ fn param<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-/// Decodes a request body; `header_length` is the `Inference-Header-Content-Length`
-/// value when the body uses the binary extension.
+/// Decodes a request body for `model` at `version` (empty: any), the path's; `header_length`
+/// is the `Inference-Header-Content-Length` value when the body uses the binary extension.
 pub fn decode(
     body: &Bytes,
     header_length: Option<usize>,
+    model: &str,
+    version: &str,
 ) -> Result<(InferRequest, OutputFormat), ServingError> {
     let json_len = header_length.unwrap_or(body.len());
     if json_len > body.len() {
@@ -145,6 +152,20 @@ pub fn decode(
             "request body is not valid V2 inference request JSON: {e}"
         ))
     })?;
+    if let Some(named) = parsed.model_name.as_deref().filter(|n| *n != model) {
+        return Err(invalid(format!(
+            "the body's model_name '{named}' is not the model '{model}' of the path"
+        )));
+    }
+    if let Some(named) = parsed.model_version.as_deref()
+        && !named.is_empty()
+        && !version.is_empty()
+        && named != version
+    {
+        return Err(invalid(format!(
+            "the body's model_version '{named}' is not the version '{version}' of the path"
+        )));
+    }
     let id = parsed.id.unwrap_or_default();
     limits::check_request_id(&id)?;
     let mut binary = body.slice(json_len..);
@@ -296,7 +317,7 @@ mod tests {
         let mut raw = TensorData::I32(vec![7, -7]).to_raw();
         raw.extend(TensorData::Bytes(vec![Bytes::from_static(b"hi")]).to_raw());
         let (body, len) = binary_body(header, &raw);
-        let (req, format) = decode(&body, Some(len)).unwrap();
+        let (req, format) = decode(&body, Some(len), "m", "").unwrap();
         assert_eq!(req.id, "r1");
         assert_eq!(req.inputs[0].data, TensorData::I32(vec![7, -7]));
         assert_eq!(req.inputs[1].data, TensorData::F32(vec![1.5, 2.5]));
@@ -315,7 +336,7 @@ mod tests {
             {"name": "a", "shape": [4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}
         ]});
         let (body, len) = binary_body(header.clone(), &[0; 8]);
-        let err = decode(&body, Some(len)).unwrap_err();
+        let err = decode(&body, Some(len), "m", "").unwrap_err();
         assert!(
             err.to_string()
                 .contains("binary_data_size is 16 but only 8 bytes"),
@@ -323,14 +344,14 @@ mod tests {
         );
 
         let (body, len) = binary_body(header, &[0; 20]);
-        let err = decode(&body, Some(len)).unwrap_err();
+        let err = decode(&body, Some(len), "m", "").unwrap_err();
         assert!(
             err.to_string()
                 .contains("4 bytes of binary data are not claimed"),
             "{err}"
         );
 
-        let err = decode(&Bytes::from_static(b"{}"), Some(10)).unwrap_err();
+        let err = decode(&Bytes::from_static(b"{}"), Some(10), "m", "").unwrap_err();
         assert!(
             err.to_string()
                 .contains("Inference-Header-Content-Length is 10"),
@@ -377,7 +398,7 @@ mod tests {
             ),
         ];
         for (body, expected) in cases {
-            let err = decode(&Bytes::from_static(body), None).unwrap_err();
+            let err = decode(&Bytes::from_static(body), None, "m", "").unwrap_err();
             assert!(matches!(err, ServingError::InvalidArgument(_)));
             assert!(
                 err.to_string().contains(expected),
@@ -387,13 +408,34 @@ mod tests {
     }
 
     #[test]
+    fn the_model_named_in_the_body_must_be_the_paths() {
+        let body = Bytes::from_static(
+            br#"{"model_name": "m", "model_version": "2", "inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [1]}]}"#,
+        );
+        assert!(decode(&body, None, "m", "").is_ok());
+        assert!(decode(&body, None, "m", "2").is_ok());
+        let err = decode(&body, None, "other", "").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("model_name 'm' is not the model 'other'"),
+            "{err}"
+        );
+        let err = decode(&body, None, "m", "3").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("model_version '2' is not the version '3'"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn decodes_data_whatever_the_field_order() {
         let body = br#"{"inputs": [
             {"data": [[1, 2], [3, 4]], "datatype": "FP16", "shape": [2, 2], "name": "h"},
             {"name": "f", "data": [1, 2, 3, 4], "shape": [2, 2], "datatype": "FP64"},
             {"name": "s", "shape": [1], "data": ["\u00e9"], "datatype": "BYTES", "parameters": {"x": [{"y": 1}]}}
         ], "id": "order"}"#;
-        let (req, _) = decode(&Bytes::from_static(body), None).unwrap();
+        let (req, _) = decode(&Bytes::from_static(body), None, "m", "").unwrap();
         assert_eq!(req.id, "order");
         assert_eq!(
             req.inputs[0].data,
@@ -418,9 +460,9 @@ mod tests {
             binary_body(header, &[0; 4])
         };
         let (body, len) = request(&"i".repeat(256));
-        assert!(decode(&body, Some(len)).is_ok());
+        assert!(decode(&body, Some(len), "m", "").is_ok());
         let (body, len) = request(&"i".repeat(257));
-        let err = decode(&body, Some(len)).unwrap_err();
+        let err = decode(&body, Some(len), "m", "").unwrap_err();
         assert!(matches!(err, ServingError::InvalidArgument(_)));
         assert!(
             err.to_string().contains("request id is 257 bytes long"),

@@ -102,16 +102,20 @@ async fn server_metadata() -> axum::Json<Value> {
     }))
 }
 
-async fn live() -> StatusCode {
-    StatusCode::OK
+/// `{"live": true}`: KServe's client reads the body, tritonclient only the status.
+async fn live() -> axum::Json<Value> {
+    axum::Json(json!({ "live": true }))
 }
 
-async fn ready(State(state): AppState) -> StatusCode {
-    if state.manager.is_started() {
+/// `{"ready": …}` with 200 or 503, as KServe's server answers.
+async fn ready(State(state): AppState) -> (StatusCode, axum::Json<Value>) {
+    let ready = state.manager.is_started();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    }
+    };
+    (status, axum::Json(json!({ "ready": ready })))
 }
 
 async fn model_metadata(
@@ -132,25 +136,30 @@ async fn version_metadata(
     Ok(axum::Json(loaded.metadata(&[loaded.version])))
 }
 
-fn readiness(state: &HttpState, model: &str, version: &str) -> Result<StatusCode, ServingError> {
-    match state.manager.get(model, version) {
-        Ok(_) => Ok(StatusCode::OK),
-        Err(ServingError::Unavailable(_)) => Ok(StatusCode::SERVICE_UNAVAILABLE),
-        Err(e) => Err(e),
-    }
+/// 200 or 503 with `{"name": …, "ready": …}`, the body KServe's server gives.
+type Readiness = (StatusCode, axum::Json<Value>);
+
+fn readiness(state: &HttpState, model: &str, version: &str) -> Result<Readiness, ServingError> {
+    let (status, ready) = match state.manager.get(model, version) {
+        Ok(_) => (StatusCode::OK, true),
+        Err(ServingError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, false),
+        Err(e) => return Err(e),
+    };
+    let body = json!({ "name": model, "ready": ready });
+    Ok((status, axum::Json(body)))
 }
 
 async fn model_ready(
     State(state): AppState,
     Path(model): Path<String>,
-) -> Result<StatusCode, ServingError> {
+) -> Result<Readiness, ServingError> {
     readiness(&state, &model, "")
 }
 
 async fn version_ready(
     State(state): AppState,
     Path((model, version)): Path<(String, String)>,
-) -> Result<StatusCode, ServingError> {
+) -> Result<Readiness, ServingError> {
     readiness(&state, &model, &version)
 }
 
@@ -284,7 +293,7 @@ async fn infer(
     // Held until the response is built: the body and the tensors decoded from it live
     // as long as the request.
     let (body, _reservation) = read_body(state, body).await?;
-    let (mut request, format) = codec::decode(&body, header_length)?;
+    let (mut request, format) = codec::decode(&body, header_length, model, version)?;
     request.traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())

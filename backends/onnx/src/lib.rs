@@ -1,8 +1,11 @@
-//! ONNX Runtime backend through `ort`, with the runtime library loaded at run time.
+//! ONNX Runtime backend through `ort`, with the runtime library loaded at run time, when
+//! the first ONNX model loads: a server with no ONNX model never opens it, and one without
+//! the library still serves the models of its other runtimes.
 //!
 //! The library is never downloaded: it comes from the `onnxruntime` wheel on PyPI,
 //! unpacked by `scripts/install-onnxruntime.sh` into `.nexus/lib/`, or from
-//! `ORT_DYLIB_PATH`. A missing or incompatible library is a [`BackendError::Runtime`].
+//! `ORT_DYLIB_PATH`. A missing or incompatible library is a [`BackendError::Runtime`]
+//! (the model is UNAVAILABLE with that reason).
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -14,10 +17,17 @@ use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
-use crate::backend::{
-    Backend, BackendError, ComputeTimings, Device, Inferred, LoadOptions, TensorSpec,
+use nexus_models::{
+    Backend, BackendError, BackendFactory, ComputeTimings, DataType, Device, Inferred, LoadOptions,
+    Tensor, TensorData, TensorSpec,
 };
-use crate::tensor::{DataType, Tensor, TensorData};
+
+/// The platform string Triton uses for ONNX models.
+pub const PLATFORM: &str = "onnxruntime_onnx";
+/// The backend name Triton uses for ONNX models.
+pub const BACKEND: &str = "onnxruntime";
+/// The model file of a version folder when the config names none.
+pub const MODEL_FILE: &str = "model.onnx";
 
 /// Environment variable naming the ONNX Runtime shared library.
 pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
@@ -26,12 +36,50 @@ pub const LOCAL_DYLIB: &str = ".nexus/lib/libonnxruntime.so";
 
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 
-/// Loads the ONNX Runtime library and creates the process-wide environment.
-///
-/// Call once at start-up to fail fast; `library` overrides the search. Later calls
-/// return the first outcome, since a process can load the library only once.
+/// Loads the ONNX Runtime library and creates the process-wide environment; `library`
+/// overrides the search. Later calls return the first outcome, since a process can load
+/// the library only once.
 pub fn init(library: Option<&Path>) -> Result<(), BackendError> {
     environment(library).map(|_| ())
+}
+
+/// The ONNX Runtime entry of the backend table.
+#[derive(Debug, Default)]
+pub struct OnnxRuntime {
+    /// `--ort-library`: the library to load instead of searching for one.
+    library: Option<PathBuf>,
+}
+
+impl OnnxRuntime {
+    /// A factory that loads `library` (or searches, when `None`) with the first model.
+    pub fn new(library: Option<PathBuf>) -> Self {
+        OnnxRuntime { library }
+    }
+}
+
+impl BackendFactory for OnnxRuntime {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn platform(&self) -> &'static str {
+        PLATFORM
+    }
+
+    fn model_filename(&self) -> &'static str {
+        MODEL_FILE
+    }
+
+    /// `model.onnx` when present, else the only `.onnx` file (MLflow's ONNX flavour
+    /// stores `model.onnx` beside `MLmodel`; exports often have other names).
+    fn find_model(&self, dir: &Path) -> Option<PathBuf> {
+        nexus_models::backend::find_model_file(dir, MODEL_FILE)
+    }
+
+    fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn Backend>, BackendError> {
+        environment(self.library.as_deref())?;
+        Ok(Box::new(OnnxBackend::load(path, options)?))
+    }
 }
 
 fn environment(library: Option<&Path>) -> Result<&'static Environment, BackendError> {
@@ -60,22 +108,7 @@ fn locate(library: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(path) = library {
         return Ok(path.to_path_buf());
     }
-    if let Some(path) = std::env::var_os(DYLIB_ENV).filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(path));
-    }
-    let starts = [
-        std::env::current_dir().ok(),
-        std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf)),
-    ];
-    let found = starts
-        .iter()
-        .flatten()
-        .flat_map(|start| start.ancestors())
-        .map(|dir| dir.join(LOCAL_DYLIB))
-        .find(|candidate| candidate.exists());
-    found.ok_or_else(|| {
+    nexus_models::backend::locate_library(DYLIB_ENV, LOCAL_DYLIB).ok_or_else(|| {
         format!(
             "ONNX Runtime library not found: set {DYLIB_ENV} to the path of libonnxruntime.so, or run scripts/install-onnxruntime.sh to install it into {LOCAL_DYLIB}"
         )
@@ -165,6 +198,7 @@ fn spec(name: &str, dtype: &ValueType) -> Option<TensorSpec> {
         name: name.to_string(),
         datatype: datatype(*ty)?,
         shape: shape.iter().map(|d| if *d < 0 { -1 } else { *d }).collect(),
+        optional: false,
     })
 }
 
