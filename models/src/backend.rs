@@ -109,6 +109,11 @@ pub trait BackendFactory: Send + Sync {
     /// a file, or `dir` itself for a runtime whose model is a folder; `None` when none of
     /// them is this runtime's.
     fn find_model(&self, dir: &Path) -> Option<PathBuf>;
+    /// Whether a model needs a config that lists its inputs and outputs, because its files
+    /// do not record them (TorchScript).
+    fn needs_config(&self) -> bool {
+        false
+    }
     /// Opens one instance of the model at `path` (from [`BackendFactory::model_path`]).
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn Backend>, BackendError>;
 

@@ -42,6 +42,9 @@ pub fn package(
                 runtime.backend()
             ));
         }
+        if runtime.needs_config() {
+            return Err(needs_config(runtime.as_ref()));
+        }
         return Ok(vec![file(runtime.model_filename(), path)]);
     }
     let config_path = path.join(CONFIG_FILE);
@@ -59,6 +62,13 @@ pub fn package(
         (None, Some(c)) => backends.resolve(&c.platform, &c.backend, Some(version_dir))?,
         (None, None) => backends.resolve("", "", Some(version_dir))?,
     };
+    if parsed
+        .as_ref()
+        .is_none_or(|c| c.input.is_empty() || c.output.is_empty())
+        && runtime.needs_config()
+    {
+        return Err(needs_config(runtime.as_ref()));
+    }
     let filename = parsed
         .as_ref()
         .map_or("", |c| c.default_model_filename.as_str());
@@ -95,6 +105,14 @@ pub fn package(
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(files)
+}
+
+fn needs_config(runtime: &dyn BackendFactory) -> String {
+    format!(
+        "a {} model needs a config.pbtxt that lists its inputs and outputs (its file does not record them): push a folder with config.pbtxt and the model ({}), as Triton keeps it",
+        runtime.backend(),
+        runtime.model_filename()
+    )
 }
 
 fn file(name: &str, path: &Path) -> PackagedFile {
@@ -193,8 +211,10 @@ mod tests {
         std::fs::write(&odd, b"x").unwrap();
         let err = package(&odd, &table(), None).unwrap_err();
         assert!(err.contains("name one with --platform"), "{err}");
-        let files = package(&odd, &table(), Some("pytorch")).unwrap();
-        assert_eq!(names(&files), ["model.pt"]);
+        let files = package(&odd, &table(), Some("onnxruntime")).unwrap();
+        assert_eq!(names(&files), ["model.onnx"]);
+        let err = package(&odd, &table(), Some("pytorch")).unwrap_err();
+        assert!(err.contains("needs a config.pbtxt"), "{err}");
         let err = package(&odd, &table(), Some("candle")).unwrap_err();
         assert!(err.contains("is a folder, not a single file"), "{err}");
     }
@@ -220,6 +240,24 @@ mod tests {
             ["config.pbtxt", "model.onnx", "net.onnx.data"]
         );
         assert_eq!(files[1].path, root.join("3/net.onnx"));
+
+        std::fs::write(root.join("3/model.pt"), b"torchscript").unwrap();
+        std::fs::write(root.join(CONFIG_FILE), "platform: \"pytorch_libtorch\"").unwrap();
+        let err = package(root, &table(), None).unwrap_err();
+        assert!(
+            err.contains("needs a config.pbtxt that lists its inputs"),
+            "{err}"
+        );
+        std::fs::write(
+            root.join(CONFIG_FILE),
+            "backend: \"pytorch\" input [ { name: \"INPUT__0\" } ] output [ { name: \"OUTPUT__0\" } ]",
+        )
+        .unwrap();
+        let files = package(root, &table(), None).unwrap();
+        assert_eq!(
+            names(&files),
+            ["config.pbtxt", "model.pt", "net.onnx", "net.onnx.data"]
+        );
 
         std::fs::write(root.join(CONFIG_FILE), "max_batch_size: {").unwrap();
         let err = package(root, &table(), None).unwrap_err();

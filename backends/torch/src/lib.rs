@@ -70,6 +70,10 @@ impl BackendFactory for TorchRuntime {
         nexus_models::backend::find_model_file(dir, MODEL_FILE)
     }
 
+    fn needs_config(&self) -> bool {
+        true
+    }
+
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn Backend>, BackendError> {
         let config = &options.config;
         if config.input.is_empty() || config.output.is_empty() {
