@@ -284,6 +284,9 @@ pub(crate) mod test_support {
                 }
             })
         }
+        fn needs_config(&self) -> bool {
+            self.0 == "pytorch"
+        }
         fn load(&self, path: &Path, _: &LoadOptions) -> Result<Box<dyn Backend>, BackendError> {
             Err(BackendError::Runtime(format!(
                 "{} cannot open {}",
