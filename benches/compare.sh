@@ -31,75 +31,11 @@ NEXUS_HTTP=18000 NEXUS_GRPC=18001 NEXUS_METRICS=18002
 KSERVE_HTTP=18100 KSERVE_GRPC=18101
 MLSERVER_HTTP=18200 MLSERVER_GRPC=18201   # also in benches/runtimes/mlserver/settings.json (metrics 18202)
 
-log() { printf '\n==> %s\n' "$*"; }
 ver() { "$repo/.venv-bench/$1/bin/python" -c "import importlib.metadata as m; print(m.version('$2'))"; }  # ver VENV PACKAGE
 
-# --- servers: one at a time, always stopped on exit ------------------------------------------
-# Servers run in this script's session, like the load generator. (Started with setsid, a server
-# gets its own CFS autogroup and the scheduler splits the 2 cores between "server" and "client"
-# groups: that cost Nexus's gRPC 15-25 % here and KServe nothing; see results/NOTES.md.)
-server_pid=""
-stop_server() {
-    if [[ -n "$server_pid" ]]; then
-        local children
-        children="$(pgrep -P "$server_pid" || true)"
-        kill -TERM "$server_pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$server_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        # shellcheck disable=SC2086  # a list of pids
-        kill -KILL "$server_pid" $children 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-        server_pid=""
-    fi
-}
-trap stop_server EXIT
-trap 'exit 130' INT TERM
-
-port_free() {
-    "$python" - "$1" <<'PY'
-import socket, sys
-s = socket.socket()
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-PY
-}
-
-# start_server NAME LOGFILE WORKDIR PORT... -- COMMAND...
-start_server() {
-    local name="$1" logfile="$2" dir="$3"
-    shift 3
-    while [[ "$1" != "--" ]]; do
-        port_free "$1" || { echo "error: port $1 (for $name) is in use; stop what holds it" >&2; exit 1; }
-        shift
-    done
-    shift
-    mkdir -p "$dir"
-    (cd "$dir" && exec "$@") >"$logfile" 2>&1 &
-    server_pid=$!
-}
-
-# wait_ready NAME URL LOGFILE: polls the V2 model-ready endpoint for up to 120 s.
-wait_ready() {
-    local name="$1" url="$2" logfile="$3"
-    for _ in $(seq 600); do
-        if ! kill -0 "$server_pid" 2>/dev/null; then
-            echo "error: $name exited while starting; the end of $logfile:" >&2
-            tail -n 30 "$logfile" >&2
-            exit 1
-        fi
-        if [[ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" == 200 ]]; then
-            return 0
-        fi
-        sleep 0.2
-    done
-    echo "error: $name was not ready at $url after 120 s; the end of $logfile:" >&2
-    tail -n 30 "$logfile" >&2
-    exit 1
-}
+# log, die, start_server, wait_ready, stop_server, machine_busy, children_cpu
+# shellcheck source=benches/servers.sh
+source "$repo/benches/servers.sh"
 
 # run DIR LABEL ARGS...: one `nexus bench run` into DIR.
 run() {
@@ -153,13 +89,6 @@ for _ in $(seq "${QUIET_WAIT:-0}"); do
     awk '{ exit !($1 < 0.5) }' /proc/loadavg && break
     sleep 1
 done
-# CPU seconds the whole machine was busy, and CPU seconds of this script's finished children
-# (servers, load generator): the difference over the run is what other processes took.
-machine_busy() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { print ($2 + $3 + $4 + $7 + $8 + $9) / hz }' /proc/stat; }
-children_cpu() {  # `times` must run in this shell (not a $(...) subshell) to see its children
-    times >"$work/times"
-    awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$work/times"
-}
 busy0="$(machine_busy)"
 children_cpu >"$work/cpu0"
 read -r load_before _ </proc/loadavg
@@ -179,7 +108,7 @@ nexus_cmd=("$bench" serve --model-repository "$models" --http-port "$NEXUS_HTTP"
     --metrics-port "$NEXUS_METRICS")
 log "Nexus: $nexus_sha"
 start_server nexus "$work/nexus.log" "$work/nexus" "$NEXUS_HTTP" "$NEXUS_GRPC" "$NEXUS_METRICS" -- "${nexus_cmd[@]}"
-wait_ready Nexus "http://127.0.0.1:$NEXUS_HTTP/v2/models/small_mlp/ready" "$work/nexus.log"
+wait_ready Nexus "$work/nexus.log" "http://127.0.0.1:$NEXUS_HTTP/v2/models/small_mlp/ready"
 nexus_at=(--http-url "http://127.0.0.1:$NEXUS_HTTP" --grpc-addr "127.0.0.1:$NEXUS_GRPC")
 for protocol in http-binary grpc http-json; do
     run "$small" "nexus-$protocol" --protocol "$protocol" --model small_mlp "${nexus_at[@]}" "${small_input[@]}" --concurrency 1,16
@@ -225,7 +154,7 @@ log "KServe: kserve $(ver kserve kserve)"
 start_server kserve "$work/kserve.log" "$work/kserve" "$KSERVE_HTTP" "$KSERVE_GRPC" -- \
     "$repo/.venv-bench/kserve/bin/python" "$repo/benches/runtimes/kserve_onnx.py" --name small_mlp \
     --model-file "$models/small_mlp/1/model.onnx" --http-port "$KSERVE_HTTP" --grpc-port "$KSERVE_GRPC" --intra-op-threads 1
-wait_ready KServe "http://127.0.0.1:$KSERVE_HTTP/v2/models/small_mlp/ready" "$work/kserve.log"
+wait_ready KServe "$work/kserve.log" "http://127.0.0.1:$KSERVE_HTTP/v2/models/small_mlp/ready"
 for protocol in http-binary grpc; do
     run "$small" "kserve-$protocol" --protocol "$protocol" --model small_mlp --http-url "http://127.0.0.1:$KSERVE_HTTP" \
         --grpc-addr "127.0.0.1:$KSERVE_GRPC" "${small_input[@]}" --concurrency 1,16
@@ -236,7 +165,7 @@ stop_server
 log "MLServer: mlserver $(ver mlserver mlserver)"
 start_server mlserver "$work/mlserver.log" "$work/mlserver" "$MLSERVER_HTTP" "$MLSERVER_GRPC" 18202 -- \
     env PYTHONPATH="$repo/benches/runtimes" "$repo/.venv-bench/mlserver/bin/mlserver" start "$repo/benches/runtimes/mlserver"
-wait_ready MLServer "http://127.0.0.1:$MLSERVER_HTTP/v2/models/small_mlp/ready" "$work/mlserver.log"
+wait_ready MLServer "$work/mlserver.log" "http://127.0.0.1:$MLSERVER_HTTP/v2/models/small_mlp/ready"
 for protocol in http-json grpc; do
     run "$small" "mlserver-$protocol" --protocol "$protocol" --model small_mlp --http-url "http://127.0.0.1:$MLSERVER_HTTP" \
         --grpc-addr "127.0.0.1:$MLSERVER_GRPC" "${small_input[@]}" --concurrency 1,16
