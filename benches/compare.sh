@@ -85,18 +85,7 @@ mkdir -p "$results/small_mlp" "$results/wide_mlp"
 # The load generator and the servers share this machine's cores: anything else running skews
 # the figures. QUIET_WAIT=SECONDS waits (up to that long) for the 1-minute load average to fall
 # below 0.5 first; the load before and after is written into RESULTS.md either way.
-for _ in $(seq "${QUIET_WAIT:-0}"); do
-    awk '{ exit !($1 < 0.5) }' /proc/loadavg && break
-    sleep 1
-done
-busy0="$(machine_busy)"
-children_cpu >"$work/cpu0"
-read -r load_before _ </proc/loadavg
-if ! awk '{ exit !($1 < 1.0) }' /proc/loadavg; then
-    echo "warning: load average $load_before before measuring: other work is running, figures will be noisy" >&2
-fi
-started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-t0=$SECONDS
+start_measuring
 
 # --- 2. small_mlp: every server, batch 1, c=1 and c=16 -----------------------------------
 small="$results/small_mlp"

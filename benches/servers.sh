@@ -92,3 +92,21 @@ children_cpu() {  # `times` must run in this shell (not a $(...) subshell) to se
     times >"$work/times"
     awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$work/times"
 }
+
+# start_measuring: waits up to $QUIET_WAIT seconds for the 1-minute load average to fall below
+# 0.5, then notes the machine's busy CPU, this script's children's CPU, the load average and the
+# time, as busy0, $work/cpu0, load_before, started and t0.
+start_measuring() {
+    for _ in $(seq "${QUIET_WAIT:-0}"); do
+        awk '{ exit !($1 < 0.5) }' /proc/loadavg && break
+        sleep 1
+    done
+    busy0="$(machine_busy)"
+    children_cpu >"$work/cpu0"
+    read -r load_before _ </proc/loadavg
+    if ! awk '{ exit !($1 < 1.0) }' /proc/loadavg; then
+        echo "warning: load average $load_before before measuring: other work is running, figures will be noisy" >&2
+    fi
+    started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    t0=$SECONDS
+}

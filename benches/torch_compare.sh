@@ -203,18 +203,7 @@ mkdir -p "$results/raw"
 # The load generators and the servers share this machine's cores: anything else running skews
 # the figures (see compare.sh). QUIET_WAIT=SECONDS waits for the 1-minute load average to fall
 # below 0.5 first; the load before and after, and the CPU other processes took, are recorded.
-for _ in $(seq "${QUIET_WAIT:-0}"); do
-    awk '{ exit !($1 < 0.5) }' /proc/loadavg && break
-    sleep 1
-done
-busy0="$(machine_busy)"
-children_cpu >"$work/cpu0"
-read -r load_before _ </proc/loadavg
-if ! awk '{ exit !($1 < 1.0) }' /proc/loadavg; then
-    echo "warning: load average $load_before before measuring: other work is running, figures will be noisy" >&2
-fi
-started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-t0=$SECONDS
+start_measuring
 
 # --- 3. libtorch in-process, the floor -------------------------------------------------------
 log "libtorch in-process (Python torch, 1 thread), c=1"
