@@ -270,7 +270,7 @@ impl Backend for TorchBackend {
         unsafe { (self.plugin.infer)(self.handle, request.as_ptr(), request.len(), &mut answer) };
         let ran = Instant::now();
         let answer = self.plugin.take(answer);
-        let (header, tensors) = wire::decode(&answer).map_err(BackendError::Infer)?;
+        let (header, tensors) = wire::decode(answer.into()).map_err(BackendError::Infer)?;
         if let Some(error) = header.error {
             return Err(if header.input_error {
                 BackendError::Input(error)

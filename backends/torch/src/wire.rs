@@ -48,24 +48,47 @@ pub struct Header {
     pub input_error: bool,
 }
 
-/// `header` (tensors' entries filled from `tensors`) then the tensors' bytes.
+/// `tensors` (with the `outputs` wanted, in a request) as a message.
 pub fn encode(tensors: &[Tensor], outputs: &[String]) -> Vec<u8> {
     let raws: Vec<Vec<u8>> = tensors.iter().map(|t| t.data.to_raw()).collect();
+    let parts: Vec<Part<'_>> = tensors
+        .iter()
+        .zip(&raws)
+        .map(|(t, raw)| Part {
+            name: &t.name,
+            datatype: t.datatype(),
+            shape: &t.shape,
+            bytes: raw,
+        })
+        .collect();
+    encode_parts(&parts, outputs)
+}
+
+/// One tensor of a message as its raw bytes, for a side that holds them already (the
+/// plugin's outputs come out of libtorch as bytes): no `Tensor` is built on the way.
+pub struct Part<'a> {
+    pub name: &'a str,
+    pub datatype: DataType,
+    pub shape: &'a [i64],
+    pub bytes: &'a [u8],
+}
+
+/// `parts` (with the `outputs` wanted, in a request) as a message.
+pub fn encode_parts(parts: &[Part<'_>], outputs: &[String]) -> Vec<u8> {
     let header = Header {
-        tensors: tensors
+        tensors: parts
             .iter()
-            .zip(&raws)
-            .map(|(t, raw)| TensorHeader {
-                name: t.name.clone(),
-                datatype: t.datatype().as_str().to_string(),
-                shape: t.shape.clone(),
-                bytes: raw.len(),
+            .map(|p| TensorHeader {
+                name: p.name.to_string(),
+                datatype: p.datatype.as_str().to_string(),
+                shape: p.shape.to_vec(),
+                bytes: p.bytes.len(),
             })
             .collect(),
         outputs: outputs.to_vec(),
         ..Header::default()
     };
-    frame(&header, &raws)
+    frame(&header, parts.iter().map(|p| p.bytes))
 }
 
 /// An answer that carries only an error.
@@ -75,12 +98,13 @@ pub fn encode_error(message: String, input_error: bool) -> Vec<u8> {
         input_error,
         ..Header::default()
     };
-    frame(&header, &[])
+    frame(&header, std::iter::empty())
 }
 
-fn frame(header: &Header, raws: &[Vec<u8>]) -> Vec<u8> {
+fn frame<'a>(header: &Header, raws: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
     let json = serde_json::to_vec(header).unwrap_or_default();
-    let mut out = Vec::with_capacity(8 + json.len() + raws.iter().map(Vec::len).sum::<usize>());
+    let data: usize = raws.clone().map(<[u8]>::len).sum();
+    let mut out = Vec::with_capacity(8 + json.len() + data);
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(&json);
     for raw in raws {
@@ -89,8 +113,8 @@ fn frame(header: &Header, raws: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// The header and tensors of a message.
-pub fn decode(message: &[u8]) -> Result<(Header, Vec<Tensor>), String> {
+/// The header of a message and each tensor's bytes, slices of `message` (no copy).
+pub fn decode_parts(message: Bytes) -> Result<(Header, Vec<Bytes>), String> {
     let len_bytes: [u8; 8] = message
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -100,11 +124,9 @@ pub fn decode(message: &[u8]) -> Result<(Header, Vec<Tensor>), String> {
         .get(8..8usize.saturating_add(json_len))
         .ok_or("message shorter than its header")?;
     let header: Header = serde_json::from_slice(json).map_err(|e| format!("bad header: {e}"))?;
-    let mut rest = Bytes::copy_from_slice(&message[8 + json_len..]);
-    let mut tensors = Vec::with_capacity(header.tensors.len());
+    let mut rest = message.slice(8 + json_len..);
+    let mut raws = Vec::with_capacity(header.tensors.len());
     for t in &header.tensors {
-        let datatype = DataType::parse(&t.datatype)
-            .ok_or_else(|| format!("tensor '{}': unknown datatype {}", t.name, t.datatype))?;
         if t.bytes > rest.len() {
             return Err(format!(
                 "tensor '{}': {} bytes announced, {} left",
@@ -113,12 +135,31 @@ pub fn decode(message: &[u8]) -> Result<(Header, Vec<Tensor>), String> {
                 rest.len()
             ));
         }
-        let raw = rest.split_to(t.bytes);
-        let data = TensorData::from_raw(&t.name, datatype, &raw).map_err(|e| e.to_string())?;
-        tensors
-            .push(Tensor::new(t.name.clone(), t.shape.clone(), data).map_err(|e| e.to_string())?);
+        raws.push(rest.split_to(t.bytes));
     }
+    Ok((header, raws))
+}
+
+/// The header and tensors of a message.
+pub fn decode(message: Bytes) -> Result<(Header, Vec<Tensor>), String> {
+    let (header, raws) = decode_parts(message)?;
+    let tensors = header
+        .tensors
+        .iter()
+        .zip(&raws)
+        .map(|(t, raw)| {
+            let datatype = parse_datatype(t)?;
+            let data = TensorData::from_raw(&t.name, datatype, raw).map_err(|e| e.to_string())?;
+            Tensor::new(t.name.clone(), t.shape.clone(), data).map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     Ok((header, tensors))
+}
+
+/// A tensor header's datatype.
+pub fn parse_datatype(t: &TensorHeader) -> Result<DataType, String> {
+    DataType::parse(&t.datatype)
+        .ok_or_else(|| format!("tensor '{}': unknown datatype {}", t.name, t.datatype))
 }
 
 #[cfg(test)]
@@ -132,16 +173,16 @@ mod tests {
             Tensor::new("b", vec![3], TensorData::Bool(vec![true, false, true])).unwrap(),
             Tensor::new("c", vec![1], TensorData::I64(vec![-7])).unwrap(),
         ];
-        let message = encode(&tensors, &["OUTPUT__0".to_string()]);
-        let (header, back) = decode(&message).unwrap();
+        let message = Bytes::from(encode(&tensors, &["OUTPUT__0".to_string()]));
+        let (header, back) = decode(message.clone()).unwrap();
         assert_eq!(back, tensors);
         assert_eq!(header.outputs, vec!["OUTPUT__0"]);
-        let (header, none) = decode(&encode_error("bad".into(), true)).unwrap();
+        let (header, none) = decode(encode_error("bad".into(), true).into()).unwrap();
         assert!(none.is_empty() && header.input_error && header.error.as_deref() == Some("bad"));
         assert!(
-            decode(&message[..message.len() - 1]).is_err(),
+            decode(message.slice(..message.len() - 1)).is_err(),
             "a cut message is an error"
         );
-        assert!(decode(&[1, 2, 3]).is_err());
+        assert!(decode(Bytes::from_static(&[1, 2, 3])).is_err());
     }
 }

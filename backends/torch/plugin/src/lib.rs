@@ -7,8 +7,9 @@ use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 
-use nexus_backend_torch::wire::{self, ABI_VERSION, LoadRequest};
-use nexus_models::{DataType, Tensor, TensorData};
+use nexus_backend_torch::wire::{self, ABI_VERSION, LoadRequest, TensorHeader};
+use nexus_models::DataType;
+use nexus_models::tensor::element_count;
 use tch::{CModule, Device, IValue, Kind};
 
 /// A buffer handed to nexus, which gives it back to `nexus_torch_free`.
@@ -251,18 +252,24 @@ unsafe extern "C" {
 
 /// Runs one request; an error carries whether the request was at fault.
 fn infer(model: &Model, request: &[u8]) -> Result<Vec<u8>, (String, bool)> {
-    let (header, tensors) = wire::decode(request).map_err(|e| (e, false))?;
+    // The request's one copy: libtorch then copies each tensor's bytes out of it.
+    let (header, raws) =
+        wire::decode_parts(bytes::Bytes::copy_from_slice(request)).map_err(|e| (e, false))?;
     let mut arguments: Vec<Option<IValue>> = (0..model.inputs.len()).map(|_| None).collect();
     for (name, position) in &model.inputs {
-        let tensor = tensors.iter().find(|t| &t.name == name).ok_or_else(|| {
-            (
-                format!("input '{name}' is missing: a PyTorch model takes every input"),
-                true,
-            )
-        })?;
-        arguments[*position] = Some(IValue::Tensor(
-            to_torch(tensor, model.device).map_err(|e| (e, true))?,
-        ));
+        let index = header
+            .tensors
+            .iter()
+            .position(|t| &t.name == name)
+            .ok_or_else(|| {
+                (
+                    format!("input '{name}' is missing: a PyTorch model takes every input"),
+                    true,
+                )
+            })?;
+        let tensor =
+            to_torch(&header.tensors[index], &raws[index], model.device).map_err(|e| (e, true))?;
+        arguments[*position] = Some(IValue::Tensor(tensor));
     }
     let arguments: Vec<IValue> = arguments.into_iter().flatten().collect();
     // SAFETY: enter and exit pair up on this thread around the forward call.
@@ -294,8 +301,19 @@ fn infer(model: &Model, request: &[u8]) -> Result<Vec<u8>, (String, bool)> {
                 pick(&result, name, position, model.outputs.len()).map_err(|e| (e, false))?;
             from_torch(name, value).map_err(|e| (e, false))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(wire::encode(&outputs, &[]))
+        .collect::<Result<Vec<Output>, _>>()?;
+    let parts: Vec<wire::Part<'_>> = header
+        .outputs
+        .iter()
+        .zip(&outputs)
+        .map(|(name, o)| wire::Part {
+            name,
+            datatype: o.datatype,
+            shape: &o.shape,
+            bytes: &o.bytes,
+        })
+        .collect();
+    Ok(wire::encode_parts(&parts, &[]))
 }
 
 /// The tensor for output `name` (at `position` among `count` config outputs) in what
@@ -379,15 +397,34 @@ fn datatype_of(kind: Kind) -> Option<DataType> {
     })
 }
 
-fn to_torch(t: &Tensor, device: Device) -> Result<tch::Tensor, String> {
-    let kind = kind_of(t.datatype()).ok_or_else(|| {
+/// An input's bytes as a libtorch tensor, after checking they hold exactly the elements
+/// its shape says (libtorch copies as many bytes as the shape needs, unchecked).
+fn to_torch(t: &TensorHeader, raw: &[u8], device: Device) -> Result<tch::Tensor, String> {
+    let datatype = wire::parse_datatype(t)?;
+    let kind = kind_of(datatype).ok_or_else(|| {
         format!(
             "input '{}': {} tensors have no PyTorch type here",
             t.name,
-            t.datatype().as_str()
+            datatype.as_str()
         )
     })?;
-    let tensor = tch::Tensor::f_from_data_size(&t.data.to_raw(), &t.shape, kind)
+    let expected = element_count(&t.shape)
+        .and_then(|n| n.checked_mul(datatype.size().unwrap_or(1)))
+        .ok_or_else(|| {
+            format!(
+                "input '{}': shape {:?} is not a tensor shape",
+                t.name, t.shape
+            )
+        })?;
+    if raw.len() != expected {
+        return Err(format!(
+            "input '{}': {} bytes for shape {:?}, which needs {expected}",
+            t.name,
+            raw.len(),
+            t.shape
+        ));
+    }
+    let tensor = tch::Tensor::f_from_data_size(raw, &t.shape, kind)
         .map_err(|e| format!("input '{}': {e}", t.name))?;
     if device == Device::Cpu {
         return Ok(tensor);
@@ -397,7 +434,14 @@ fn to_torch(t: &Tensor, device: Device) -> Result<tch::Tensor, String> {
         .map_err(|e| format!("input '{}': {e}", t.name))
 }
 
-fn from_torch(name: &str, t: &tch::Tensor) -> Result<Tensor, String> {
+/// An output as the bytes, type and shape that go on the wire.
+struct Output {
+    datatype: DataType,
+    shape: Vec<i64>,
+    bytes: Vec<u8>,
+}
+
+fn from_torch(name: &str, t: &tch::Tensor) -> Result<Output, String> {
     let t = t
         .f_to_device(Device::Cpu)
         .and_then(|t| t.f_contiguous())
@@ -409,11 +453,12 @@ fn from_torch(name: &str, t: &tch::Tensor) -> Result<Tensor, String> {
         )
     })?;
     let numel = t.numel();
-    let size = datatype.size().unwrap_or(1);
-    let mut raw = vec![0u8; numel * size];
-    t.f_copy_data_u8(&mut raw, numel)
+    let mut bytes = vec![0u8; numel * datatype.size().unwrap_or(1)];
+    t.f_copy_data_u8(&mut bytes, numel)
         .map_err(|e| format!("output '{name}': {e}"))?;
-    let data = TensorData::from_raw(name, datatype, &bytes::Bytes::from(raw))
-        .map_err(|e| e.to_string())?;
-    Tensor::new(name, t.size(), data).map_err(|e| e.to_string())
+    Ok(Output {
+        datatype,
+        shape: t.size(),
+        bytes,
+    })
 }
