@@ -200,8 +200,7 @@ impl Backends {
         version_dir: Option<&Path>,
     ) -> Result<&Arc<dyn BackendFactory>, String> {
         if platform.is_empty() && backend.is_empty() {
-            let found = version_dir
-                .and_then(|dir| self.factories.iter().find(|f| f.find_model(dir).is_some()));
+            let found = version_dir.and_then(|dir| self.detect(dir)).map(|(f, _)| f);
             return found.ok_or_else(|| {
                 format!(
                     "the config names no platform or backend and no runtime recognises the model files; expected {}",
