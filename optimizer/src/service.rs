@@ -64,8 +64,8 @@ struct ModelArms {
 /// several servers sharing a broker each accepted feedback on one client-chosen id.
 const COUNTED_IDS: usize = 100_000;
 
-/// The last [`COUNTED_IDS`] rewarded requests, as 64-bit keyed hashes of (model, id): 16
-/// bytes each plus the tables' slack, at most ~6 MB.
+/// The last [`COUNTED_IDS`] rewarded requests, as 64-bit keyed hashes of (model, id): a
+/// set sized for twice as many (2^18 slots of 9 bytes) and a queue, ~3.2 MB.
 struct Counted {
     hasher: std::collections::hash_map::RandomState,
     seen: HashSet<u64>,
@@ -85,6 +85,12 @@ impl Counted {
 
     /// True the first time (model, id) is seen within the last `capacity` ids.
     fn first(&mut self, model: &str, id: &str) -> bool {
+        if self.seen.capacity() == 0 {
+            // Twice the ids it holds, so forgotten ids' tombstones never make it double
+            // (see `recent`'s module docs).
+            self.seen.reserve(2 * self.capacity);
+            self.order.reserve_exact(self.capacity + 1);
+        }
         let key = self.hasher.hash_one((model, id));
         if !self.seen.insert(key) {
             return false;
