@@ -13,20 +13,22 @@ set -euo pipefail
 TORCH_VERSION="2.13.0"
 SENTENCE_TRANSFORMERS_VERSION="6.3.0"
 TRANSFORMERS_VERSION="5.25.0"
+# torch.onnx.export needs onnx (benches/embed_compare.sh exports an encoder with it).
+ONNX_VERSION="1.23.2"
 
 cache="${NEXUS_CACHE:-$HOME/.cache/nexus}"
 venv="$cache/torch-venv-$TORCH_VERSION"
 marker="$venv/.nexus-installed"
-want="torch==$TORCH_VERSION sentence-transformers==$SENTENCE_TRANSFORMERS_VERSION transformers==$TRANSFORMERS_VERSION"
+want="torch==$TORCH_VERSION sentence-transformers==$SENTENCE_TRANSFORMERS_VERSION transformers==$TRANSFORMERS_VERSION onnx==$ONNX_VERSION"
 
 if [[ -f "$marker" && "$(cat "$marker")" == "$want" ]]; then
     echo "$venv/bin/python"
     exit 0
 fi
 echo "install-torch-python: installing $want into $venv (~5 GB, a few minutes the first time)" >&2
-rm -rf "$venv"
 mkdir -p "$cache"
-"${PYTHON:-python3}" -m venv "$venv"
+# A venv from an earlier package list only gains what is new.
+[[ -x "$venv/bin/python" ]] || "${PYTHON:-python3}" -m venv "$venv"
 # shellcheck disable=SC2086 # $want is a list of requirements
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $want >&2
 "$venv/bin/python" -c "import torch, sentence_transformers, transformers" >&2

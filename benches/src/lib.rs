@@ -1,5 +1,5 @@
 //! `nexus bench`: a closed-loop load generator for any KServe V2 server, over HTTP
-//! (JSON or binary tensors) or gRPC, plus ONNX Runtime in-process as the floor. Each run
+//! (JSON or binary tensors) or gRPC, plus the model's runtime in-process as the floor. Each run
 //! is a concurrency sweep saved as JSON; `report` merges runs into a markdown table and
 //! a throughput/latency plot, so several servers can be compared side by side.
 
@@ -14,27 +14,33 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use nexus_models::DataType;
+use nexus_models::{Backends, DataType};
 
 use crate::load::{Level, Schedule};
-use crate::target::{InputSpec, OrtWorkers, Protocol, Request};
+use crate::target::{InProcess, InputSpec, Protocol, Request};
 
 /// `nexus bench` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
-    /// Drive a server (or ONNX Runtime in-process) through a concurrency sweep and save the results.
+    /// Drive a server (or the model's runtime in-process) through a concurrency sweep and save the results.
+    #[command(
+        after_help = "Examples:\n  nexus bench run --model simple --protocol http-json --http-url http://127.0.0.1:8000 --concurrency 1,4,16\n  nexus bench run --model minilm --protocol in-process --model-file examples/models/minilm/1 --input text:BYTES:1,1"
+    )]
     Run(Box<RunArgs>),
     /// Merge saved results into a markdown table and a throughput/latency plot.
+    #[command(
+        after_help = "Example:\n  nexus bench report --dir bench-results --title \"simple, 2 cores\""
+    )]
     Report(ReportArgs),
 }
 
 /// Options of `nexus bench run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Model name on the server (for --protocol ort: a label).
+    /// Model name on the server (for --protocol in-process: a label).
     #[arg(long)]
     pub model: String,
-    /// http-json, http-binary, grpc, or ort (in-process, needs --model-file).
+    /// http-json, http-binary, grpc, or in-process (needs --model-file; `ort` is an alias).
     #[arg(long, value_enum, default_value_t = Protocol::HttpBinary)]
     pub protocol: Protocol,
     /// Base URL of the V2 HTTP endpoint.
@@ -43,10 +49,10 @@ pub struct RunArgs {
     /// host:port of the V2 gRPC endpoint.
     #[arg(long, default_value = "127.0.0.1:8001")]
     pub grpc_addr: String,
-    /// ONNX file for --protocol ort.
+    /// Model for --protocol in-process: an .onnx or .pt file, or a Hugging Face folder.
     #[arg(long, value_name = "PATH")]
     pub model_file: Option<PathBuf>,
-    /// Intra-op threads per ONNX Runtime session for --protocol ort.
+    /// Intra-op threads per instance for --protocol in-process (ONNX Runtime, libtorch).
     #[arg(long, default_value_t = 1)]
     pub ort_threads: usize,
     /// Rows per request: fills a dynamic first dimension.
@@ -150,7 +156,8 @@ fn machine() -> String {
 }
 
 /// Runs a sweep, saves it as `<output>/<label>.json` and rewrites the folder's report.
-pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
+/// `backends` are the runtimes `--protocol in-process` may load the model with.
+pub async fn run(args: RunArgs, backends: &Backends) -> anyhow::Result<RunResult> {
     if args.concurrency.is_empty() || args.concurrency.contains(&0) {
         bail!("--concurrency needs positive levels, e.g. 1,4,16");
     }
@@ -166,22 +173,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
     let workers = args.concurrency.iter().copied().max().unwrap_or(1);
     let mut levels = Vec::new();
     let target;
-    if args.protocol == Protocol::Ort {
+    if args.protocol == Protocol::InProcess {
         let file = args
             .model_file
             .as_ref()
-            .context("--protocol ort needs --model-file")?;
+            .context("--protocol in-process needs --model-file")?;
         target = file.display().to_string();
-        let (mut ort, discovered) = OrtWorkers::open(file, workers, args.ort_threads)?;
+        let (mut local, discovered) = InProcess::open(backends, file, workers, args.ort_threads)?;
         let mut specs = if args.inputs.is_empty() {
             discovered
         } else {
             args.inputs.clone()
         };
         target::fill_shapes(&mut specs, args.batch, &args.shapes);
-        ort.inputs = tensors(&args, &specs)?;
+        local.inputs = tensors(&args, &specs)?;
         for &c in &args.concurrency {
-            let level = load::run_ort(&mut ort, c, args.batch as u64, schedule, &label);
+            let level = load::run_in_process(&mut local, c, args.batch as u64, schedule, &label);
             print_level(&label, &level);
             levels.push(level);
         }

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::target::{OrtWorkers, Request};
+use crate::target::{InProcess, Request};
 
 /// How long each concurrency level runs.
 #[derive(Debug, Clone, Copy)]
@@ -216,8 +216,8 @@ pub async fn run_server(
 }
 
 /// Runs one level in-process: one OS thread and one session per worker.
-pub fn run_ort(
-    workers: &mut OrtWorkers,
+pub fn run_in_process(
+    workers: &mut InProcess,
     concurrency: usize,
     rows: u64,
     schedule: Schedule,

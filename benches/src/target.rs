@@ -1,8 +1,9 @@
 //! What a benchmark drives: any KServe V2 server over HTTP (JSON or binary tensors) or
-//! gRPC, or ONNX Runtime in-process as the floor. Only standard V2 endpoints are used,
+//! gRPC, or a model runtime in-process (ONNX Runtime, libtorch, candle) as the floor. Only standard V2 endpoints are used,
 //! so the same load runs against Nexus, Triton, KServe or MLServer.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
 use nexus_models::backend::LoadOptions;
-use nexus_models::{Backend, BackendFactory, DataType, Tensor, TensorData};
+use nexus_models::{Backend, BackendFactory, Backends, DataType, Tensor, TensorData};
 use nexus_serving::pb;
 use nexus_serving::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 
@@ -26,8 +27,11 @@ pub enum Protocol {
     HttpBinary,
     /// V2 gRPC with raw_input_contents.
     Grpc,
-    /// ONNX Runtime in-process, no server: the floor.
-    Ort,
+    /// The model's runtime in-process, no server: the floor. The runtime is the one that
+    /// serves `--model-file` (an `.onnx` or `.pt` file, or a Hugging Face folder).
+    #[value(name = "in-process", alias = "ort")]
+    #[serde(rename = "in-process", alias = "ort")]
+    InProcess,
 }
 
 /// One model input to send.
@@ -262,7 +266,7 @@ impl Request {
                 };
                 Ok(Request::Grpc { clients, request })
             }
-            Protocol::Ort => bail!("the ort protocol runs in-process; use OrtWorkers"),
+            Protocol::InProcess => bail!("the in-process protocol has no server; use InProcess"),
         }
     }
 
@@ -305,27 +309,29 @@ impl Request {
     }
 }
 
-/// In-process ONNX Runtime sessions, one per worker thread, for the baseline.
-pub struct OrtWorkers {
+/// Loaded instances of a model, one per worker thread, for the in-process baseline.
+pub struct InProcess {
     pub sessions: Vec<Box<dyn Backend>>,
     pub inputs: Vec<Tensor>,
     pub outputs: Vec<String>,
 }
 
-impl OrtWorkers {
-    /// Opens `workers` sessions of `model_file` with `threads` intra-op threads each.
+impl InProcess {
+    /// Loads `workers` instances of `model` (a model file or folder) with the runtime of
+    /// `backends` that serves it, `threads` intra-op threads each.
     pub fn open(
-        model_file: &Path,
+        backends: &Backends,
+        model: &Path,
         workers: usize,
         threads: usize,
     ) -> anyhow::Result<(Self, Vec<InputSpec>)> {
-        let runtime = nexus_backend_onnx::OnnxRuntime::default();
+        let runtime = runtime_for(backends, model)?;
         let options = LoadOptions {
             intra_op_threads: threads,
             ..Default::default()
         };
         let sessions = (0..workers.max(1))
-            .map(|_| runtime.load(model_file, &options))
+            .map(|_| runtime.load(model, &options))
             .collect::<Result<Vec<_>, _>>()?;
         let specs = sessions[0]
             .inputs()
@@ -342,7 +348,7 @@ impl OrtWorkers {
             .map(|s| s.name.clone())
             .collect();
         Ok((
-            OrtWorkers {
+            InProcess {
                 sessions,
                 inputs: Vec::new(),
                 outputs,
@@ -350,4 +356,23 @@ impl OrtWorkers {
             specs,
         ))
     }
+}
+
+/// The runtime that serves `model`: a folder's by its files, a file's by its extension.
+fn runtime_for(backends: &Backends, model: &Path) -> anyhow::Result<Arc<dyn BackendFactory>> {
+    let found = if model.is_dir() {
+        backends.detect(model).map(|(runtime, _)| runtime)
+    } else {
+        let extension = model.extension();
+        backends
+            .all()
+            .find(|f| extension.is_some() && Path::new(f.model_filename()).extension() == extension)
+    };
+    found.map(Arc::clone).with_context(|| {
+        format!(
+            "no runtime of this build serves {}; expected {}",
+            model.display(),
+            backends.expected_files()
+        )
+    })
 }
