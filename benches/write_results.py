@@ -15,7 +15,7 @@ import json
 import platform
 from pathlib import Path
 
-# Targets (see benches/README of the project: README.md, "Benchmark").
+# Targets (see docs/benchmarks.md and the issues they come from).
 SPEEDUP_TARGET = 10.0  # Nexus infer/s over KServe and over MLServer, small_mlp, c=16
 P50_BUDGET_US = 100  # Nexus p50 minus in-process ORT p50, small_mlp, c=1
 BATCHING_TARGET = 2.0  # wide_mlp rows/s with dynamic batching over without, c=32

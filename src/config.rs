@@ -207,7 +207,7 @@ fn mask(long: &str, value: &str) -> String {
         return format!("{k}=****");
     }
     if value.contains("://") {
-        return nexus_registry::store::redact(value);
+        return nexus_database::redact(value);
     }
     value.to_string()
 }

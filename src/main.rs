@@ -1,5 +1,8 @@
-//! `nexus`: the command line. It parses arguments and wires the crates together; the
-//! work happens in `nexus-serving`, `nexus-models` and `nexus-bench`.
+//! `nexus`: the command line. It parses arguments and wires the crates together (the table
+//! of runtimes, the registry as serving's model source, the event bus and the optimiser, the
+//! gateway); each command's work happens in a library crate: serving, the registry and its
+//! `nexus models` client, the pipelines, the gateway's `nexus token`, the benchmarks
+//! (docs/architecture.md has the map).
 
 use std::path::PathBuf;
 
@@ -14,7 +17,6 @@ use std::sync::Arc;
 use nexus_bench::BenchCommand;
 use nexus_events::{EventBus, KafkaArgs};
 use nexus_gateway::cli::TokenCommand;
-use nexus_gateway::telemetry::OtlpProtocol;
 use nexus_gateway::tls::ServerTls;
 use nexus_gateway::{AuthConfig, Gateway, KeyStore, TlsConfig, check_bind};
 use nexus_models::Backends;
@@ -22,9 +24,11 @@ use nexus_optimizer::{Optimizer, OptimizerArgs};
 use nexus_pipelines::cli::PipelineCommand;
 use nexus_pipelines::{ArtifactStore, PipelineArgs};
 use nexus_registry::RegistryArgs;
+use nexus_registry::cli::ModelsCommand;
 use nexus_registry::client::{Reference, RegistryClient};
 use nexus_serving::remote::BoxFuture;
 use nexus_serving::{Component, Extensions, InferenceHooks, ModelSource, ServeArgs, check_fn};
+use nexus_telemetry::OtlpProtocol;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 /// Nexus: ML inference (KServe V2 / Triton protocol over HTTP and gRPC) in one binary.
@@ -54,48 +58,6 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Subcommand)]
-enum ModelsCommand {
-    /// Upload a model file or folder and register it as a new version; what no runtime
-    /// here could serve is refused before anything is uploaded.
-    Push {
-        /// A model file (model.onnx, model.pt), a model folder (model.onnx with its
-        /// config.pbtxt, a Hugging Face folder) or a Triton model folder (config.pbtxt and
-        /// numbered version folders: the newest is pushed).
-        path: PathBuf,
-        /// Registered model name.
-        #[arg(long)]
-        name: String,
-        /// The runtime, by Triton platform or backend name (onnxruntime_onnx, pytorch_libtorch,
-        /// candle), where the files cannot say.
-        #[arg(long)]
-        platform: Option<String>,
-        /// Alias to point at the new version (e.g. champion).
-        #[arg(long)]
-        alias: Option<String>,
-        /// Version tag KEY=VALUE (repeatable).
-        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
-        tags: Vec<(String, String)>,
-    },
-    /// List registered models with their latest versions and aliases.
-    List,
-    /// Manage aliases.
-    Alias {
-        #[command(subcommand)]
-        command: AliasCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum AliasCommand {
-    /// Point ALIAS of model NAME at VERSION.
-    Set {
-        name: String,
-        alias: String,
-        version: String,
-    },
 }
 
 /// The event bus and the optimiser that feeds on it (`serve` and `up`).
@@ -194,15 +156,11 @@ fn registry_components(registry: &Arc<nexus_registry::Registry>, url: &str) -> V
     ]
 }
 
-fn parse_tag(text: &str) -> Result<(String, String), String> {
-    let (k, v) = text.split_once('=').ok_or("expected KEY=VALUE")?;
-    Ok((k.to_string(), v.to_string()))
-}
-
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Print the effective configuration of `nexus up` (file, NEXUS_* environment, then the
     /// flags given here), secrets masked, as a config file `--config` accepts.
+    #[command(after_help = "Example:\n  nexus config show --config nexus.toml --http-port 9000")]
     Show {
         /// `nexus up` flags, e.g. --config nexus.toml --http-port 9000.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -213,6 +171,9 @@ enum ConfigCommand {
 #[derive(Subcommand)]
 enum Command {
     /// Serve Triton-layout model repositories and registry models over KServe V2 HTTP and gRPC.
+    #[command(
+        after_help = "Examples:\n  nexus serve --model-repository /models\n  nexus serve --model models:/fraud@champion --registry-url http://registry:8000 --auth"
+    )]
     Serve {
         /// Model repository: <repo>/<model>/[config.pbtxt] and <repo>/<model>/<version>/model.onnx
         /// (repeatable; searched in order).
@@ -227,6 +188,9 @@ enum Command {
     },
     /// Everything on one machine with embedded defaults: serves the example models, with
     /// the MLflow-compatible registry on the same HTTP port.
+    #[command(
+        after_help = "Examples:\n  nexus up\n  nexus up --model-repository /models --database-url postgres://nexus@db/nexus --kafka-brokers kafka:9092"
+    )]
     Up {
         /// Model repository to serve (default: the examples made by scripts/setup.sh).
         #[arg(long, value_name = "PATH", default_value = "examples/models")]
@@ -243,6 +207,7 @@ enum Command {
         front: Box<FrontArgs>,
     },
     /// Create, list and revoke API keys (stored hashed in the registry's database).
+    #[command(after_help = "Example:\n  nexus token create --role admin --data-dir .nexus/data")]
     Token {
         #[command(flatten)]
         registry: RegistryArgs,
@@ -250,6 +215,9 @@ enum Command {
         command: TokenCommand,
     },
     /// The model registry and experiment tracking alone, speaking MLflow's REST API.
+    #[command(
+        after_help = "Example:\n  nexus registry --port 5000 --database-url postgres://nexus@db/nexus --artifacts-destination s3://ml/artifacts"
+    )]
     Registry {
         /// Address to bind.
         #[arg(long, default_value = "127.0.0.1")]
@@ -263,6 +231,7 @@ enum Command {
         front: Box<FrontArgs>,
     },
     /// Push, list and alias models in a registry (Nexus's or MLflow's).
+    #[command(after_help = "Example:\n  nexus models --registry-url http://nexus:8000 list")]
     Models {
         /// The registry's URL.
         #[arg(
@@ -276,6 +245,9 @@ enum Command {
         command: ModelsCommand,
     },
     /// Submit and follow pipeline runs (Nexus YAML or compiled KFP) on a Nexus server.
+    #[command(
+        after_help = "Example:\n  nexus pipeline --url http://nexus:8000 submit pipeline.yaml --wait"
+    )]
     Pipeline {
         /// The Nexus server's URL.
         #[arg(
@@ -289,11 +261,15 @@ enum Command {
         command: PipelineCommand,
     },
     /// Show configuration.
+    #[command(after_help = "Example:\n  nexus config show --config nexus.toml")]
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Benchmark any KServe V2 server (HTTP JSON/binary, gRPC) or ONNX Runtime in-process.
+    /// Benchmark any KServe V2 server (HTTP JSON/binary, gRPC) or a model runtime in-process.
+    #[command(
+        after_help = "Example:\n  nexus bench run --model simple --protocol grpc --concurrency 1,16"
+    )]
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
@@ -401,78 +377,6 @@ impl FrontArgs {
     }
 }
 
-async fn models(client: &RegistryClient, command: ModelsCommand) -> anyhow::Result<()> {
-    match command {
-        ModelsCommand::Push {
-            path,
-            name,
-            platform,
-            alias,
-            tags,
-        } => {
-            let runtimes = backends(None);
-            let files: Vec<(String, PathBuf)> =
-                nexus_models::package::package(&path, &runtimes, platform.as_deref())
-                    .map_err(|reason| anyhow::anyhow!("cannot push {}: {reason}", path.display()))?
-                    .into_iter()
-                    .map(|f| (f.name, f.path))
-                    .collect();
-            let version = client.push(&files, &name, alias.as_deref(), &tags).await?;
-            match alias {
-                Some(alias) => {
-                    println!("{name} version {version} registered; {alias} -> {version}")
-                }
-                None => println!("{name} version {version} registered"),
-            }
-        }
-        ModelsCommand::List => {
-            println!("{:<32} {:>8}  ALIASES", "NAME", "LATEST");
-            for model in client.list_models().await? {
-                let latest = model["latest_versions"]
-                    .as_array()
-                    .and_then(|v| {
-                        v.iter()
-                            .filter_map(|m| m["version"].as_str()?.parse::<u64>().ok())
-                            .max()
-                    })
-                    .map_or_else(|| "-".to_string(), |v| v.to_string());
-                let aliases: Vec<String> = model["aliases"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|x| {
-                                format!(
-                                    "{}->{}",
-                                    x["alias"].as_str().unwrap_or(""),
-                                    x["version"].as_str().unwrap_or("")
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                println!(
-                    "{:<32} {:>8}  {}",
-                    model["name"].as_str().unwrap_or(""),
-                    latest,
-                    aliases.join(" ")
-                );
-            }
-        }
-        ModelsCommand::Alias {
-            command:
-                AliasCommand::Set {
-                    name,
-                    alias,
-                    version,
-                },
-        } => {
-            client.set_alias(&name, &alias, &version).await?;
-            println!("{name}: {alias} -> {version}");
-        }
-    }
-    Ok(())
-}
-
 /// Logs to stderr (text or JSON) and, with an OTLP endpoint, spans to the collector; the
 /// returned provider flushes the last spans at exit.
 fn init_logging(cli: &Cli) -> anyhow::Result<Option<SdkTracerProvider>> {
@@ -485,7 +389,7 @@ fn init_logging(cli: &Cli) -> anyhow::Result<Option<SdkTracerProvider>> {
     let provider = cli
         .otlp_endpoint
         .as_deref()
-        .map(|endpoint| nexus_gateway::telemetry::otlp_provider(endpoint, cli.otlp_protocol))
+        .map(|endpoint| nexus_telemetry::otlp_provider(endpoint, cli.otlp_protocol))
         .transpose()?;
     let otel = provider
         .as_ref()
@@ -663,7 +567,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command,
         } => {
             let client = RegistryClient::with_token(&registry_url, tracking_token().as_deref());
-            models(&client, command).await
+            let runtimes = backends(None);
+            let package = |path: &std::path::Path, platform: Option<&str>| {
+                let files = nexus_models::package::package(path, &runtimes, platform)?;
+                Ok(files.into_iter().map(|f| (f.name, f.path)).collect())
+            };
+            nexus_registry::cli::run(&client, command, &package).await
         }
         Command::Token { registry, command } => {
             // Keys may be made before the first `nexus up` created the data folder.
@@ -688,11 +597,61 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { command } => match command {
-            BenchCommand::Run(args) => nexus_bench::run(*args).await.map(|_| ()),
+            BenchCommand::Run(args) => nexus_bench::run(*args, &backends(None)).await.map(|_| ()),
             BenchCommand::Report(args) => {
                 print!("{}", nexus_bench::report::write(&args.dir, &args.title)?);
                 Ok(())
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every command and subcommand ends its `--help` with an example.
+    #[test]
+    fn every_command_shows_an_example() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                let example = sub
+                    .get_after_help()
+                    .is_some_and(|h| h.to_string().starts_with("Example"));
+                if !example {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "nexus", &mut missing);
+        assert!(missing.is_empty(), "no example in --help of: {missing:?}");
+    }
+
+    /// The options of a command group are accepted before and after its subcommand.
+    #[test]
+    fn group_options_go_before_or_after_the_subcommand() {
+        for (group, option, sub) in [
+            ("token", ["--data-dir", "d"], ["create", "--role", "admin"]),
+            ("token", ["--database-url", "sqlite://x"], ["list", "", ""]),
+            ("models", ["--registry-url", "http://r"], ["list", "", ""]),
+            ("pipeline", ["--url", "http://p"], ["list", "", ""]),
+        ] {
+            let sub: Vec<&str> = sub.into_iter().filter(|a| !a.is_empty()).collect();
+            let before = [&["nexus", group][..], &option, &sub].concat();
+            let after = [&["nexus", group][..], &sub, &option].concat();
+            for args in [before, after] {
+                if let Err(e) = Cli::try_parse_from(&args) {
+                    panic!("{args:?}: {e}");
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The versioned JSON schemas of Nexus's events (documented in the README). Every event
+//! The versioned JSON schemas of Nexus's events (documented in docs/events-and-optimiser.md). Every event
 //! carries `schema` so consumers can tell versions apart; fields are only ever added.
 
 use std::collections::BTreeMap;

@@ -5,13 +5,16 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use sqlx::AnyPool;
 
-use crate::keys::now_ms;
 use crate::{GatewayError, KeyStore, Role};
+use nexus_database::now_ms;
 
 /// API key management.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum TokenCommand {
     /// Creates an API key and prints its token once (on stdout; details on stderr).
+    #[command(
+        after_help = "Example:\n  nexus token create --role deployer --name ci --expires 30d --data-dir .nexus/data"
+    )]
     Create {
         /// What the key may do.
         #[arg(long, value_enum)]
@@ -24,8 +27,10 @@ pub enum TokenCommand {
         expires: Option<Duration>,
     },
     /// Lists every key (never their tokens).
+    #[command(after_help = "Example:\n  nexus token list --database-url postgres://nexus@db/nexus")]
     List,
     /// Revokes a key; servers refuse it within a second or two.
+    #[command(after_help = "Example:\n  nexus token revoke 3f2a9c1e")]
     Revoke {
         /// The key's id, as `nexus token list` shows it.
         id: String,

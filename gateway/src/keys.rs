@@ -8,16 +8,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
-use futures::future::BoxFuture;
+use nexus_database::{Migrations, now_ms};
 use parking_lot::RwLock;
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::{AnyPool, Row, SqlStr};
+use sqlx::{AnyPool, Row};
 
 use crate::{GatewayError, Principal, Role};
 
@@ -28,29 +27,18 @@ pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 /// The prefix of every API key, so keys are told from JWTs (and found by secret scanners).
 pub(crate) const KEY_PREFIX: &str = "nexus_";
 
-/// The migration version range the gateway owns in the database shared with the registry
-/// (1..) and the pipelines (1001..).
-const MIGRATION_BASE: i64 = 2000;
+/// The `api_keys` table: migration 2001 of the database shared with the registry (1..) and
+/// the pipelines (1001..); see `nexus_database`.
+fn migrations() -> Migrations {
+    Migrations::new(
+        2001,
+        "api keys",
+        include_str!("../migrations/0001_api_keys.sql"),
+    )
+}
 
 /// Entries past which the cache is swept, so a flood of made-up keys cannot grow it.
 const CACHE_CAPACITY: usize = 10_000;
-
-#[derive(Debug)]
-struct Embedded;
-
-impl MigrationSource<'static> for Embedded {
-    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
-        Box::pin(async {
-            Ok(vec![Migration::new(
-                MIGRATION_BASE + 1,
-                "api keys".into(),
-                MigrationType::Simple,
-                SqlStr::from_static(include_str!("../migrations/0001_api_keys.sql")),
-                false,
-            )])
-        })
-    }
-}
 
 /// An API key as listed (never its token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,7 +69,7 @@ struct Cached {
 #[derive(Clone)]
 pub struct KeyStore {
     pool: AnyPool,
-    migrated: Arc<tokio::sync::OnceCell<()>>,
+    migrations: Migrations,
     cache: Arc<RwLock<HashMap<[u8; 32], Cached>>>,
 }
 
@@ -91,7 +79,7 @@ impl KeyStore {
     pub fn new(pool: AnyPool) -> Self {
         KeyStore {
             pool,
-            migrated: Arc::new(tokio::sync::OnceCell::new()),
+            migrations: migrations(),
             cache: Arc::new(RwLock::new(HashMap::new())),
         }
     }
@@ -99,16 +87,7 @@ impl KeyStore {
     /// Creates the `api_keys` table if it is not there (migration 2001); until that succeeds
     /// every use tries again.
     pub async fn migrate(&self) -> Result<(), GatewayError> {
-        self.migrated
-            .get_or_try_init(|| async {
-                let mut migrator = Migrator::new(Embedded).await?;
-                // The registry's and the pipelines' migrations share the table.
-                migrator.set_ignore_missing(true);
-                migrator.run(&self.pool).await?;
-                Ok::<(), GatewayError>(())
-            })
-            .await
-            .map(|_| ())
+        Ok(self.migrations.apply(&self.pool).await?)
     }
 
     /// Creates a key and returns its id and its token. The token is not stored: show it to
@@ -276,14 +255,6 @@ fn hash(token: &str) -> [u8; 32] {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Milliseconds since the epoch.
-pub(crate) fn now_ms() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -67,7 +67,6 @@ mod jwt;
 mod keys;
 mod limits;
 pub mod policy;
-pub mod telemetry;
 pub mod tls;
 
 pub use config::{AuthConfig, TlsConfig, check_bind};

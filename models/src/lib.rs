@@ -13,5 +13,5 @@ pub use backend::{
     TensorSpec,
 };
 pub use config::{ModelConfig, pb};
-pub use repository::{ModelRepository, ModelSource, RepositoryError};
+pub use repository::{ModelRepository, RepositoryError, RepositoryModel};
 pub use tensor::{DataType, Tensor, TensorData, TensorError};

@@ -38,7 +38,7 @@ pub enum RepositoryError {
 
 /// One model as found on disk, before loading.
 #[derive(Debug, Clone)]
-pub struct ModelSource {
+pub struct RepositoryModel {
     pub name: String,
     /// The parsed `config.pbtxt`, or an empty config to be completed from the model.
     pub config: ModelConfig,
@@ -89,7 +89,7 @@ impl ModelRepository {
     }
 
     /// Reads a model's config and version folders. A config that does not parse is an error.
-    pub fn read(&self, name: &str) -> Result<ModelSource, RepositoryError> {
+    pub fn read(&self, name: &str) -> Result<RepositoryModel, RepositoryError> {
         let dir = self.model_dir(name)?;
         let config_path = dir.join(CONFIG_FILE);
         let config = match std::fs::read_to_string(&config_path) {
@@ -111,7 +111,7 @@ impl ModelRepository {
             })
             .collect();
         versions.sort_by_key(|(v, _)| *v);
-        Ok(ModelSource {
+        Ok(RepositoryModel {
             name: name.to_string(),
             config,
             versions,

@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug, clap::Subcommand)]
 pub enum PipelineCommand {
     /// Submit a Nexus pipeline spec or a compiled KFP pipeline (IR YAML).
+    #[command(after_help = "Example:\n  nexus pipeline submit train.yaml --param epochs=3 --wait")]
     Submit {
         file: PathBuf,
         /// A run parameter (repeatable): --param epochs=5
@@ -25,6 +26,7 @@ pub enum PipelineCommand {
         wait: bool,
     },
     /// List runs, newest first.
+    #[command(after_help = "Example:\n  nexus pipeline list --url http://nexus:8000")]
     List {
         #[arg(long)]
         status: Option<String>,
@@ -32,6 +34,7 @@ pub enum PipelineCommand {
         limit: u32,
     },
     /// A run's state and its steps.
+    #[command(after_help = "Example:\n  nexus pipeline status 0c6f3a9e2b7d4e1f")]
     Status {
         run: String,
         /// Print the run as JSON.
@@ -39,6 +42,7 @@ pub enum PipelineCommand {
         json: bool,
     },
     /// A run's logs (every step, or one).
+    #[command(after_help = "Example:\n  nexus pipeline logs 0c6f3a9e2b7d4e1f train --follow")]
     Logs {
         run: String,
         step: Option<String>,
@@ -47,6 +51,7 @@ pub enum PipelineCommand {
         follow: bool,
     },
     /// Stop a run.
+    #[command(after_help = "Example:\n  nexus pipeline cancel 0c6f3a9e2b7d4e1f")]
     Cancel { run: String },
 }
 

@@ -846,7 +846,7 @@ impl Run {
             process_env.insert("NEXUS_STEP".into(), path.to_string());
             process_env.insert("NEXUS_STEP_DIR".into(), step_dir.display().to_string());
             process_env.insert("NEXUS_URL".into(), config.server_url.clone());
-            if let Some(traceparent) = nexus_gateway::telemetry::current_traceparent() {
+            if let Some(traceparent) = nexus_telemetry::current_traceparent() {
                 process_env.insert("TRACEPARENT".into(), traceparent);
             }
             process_env

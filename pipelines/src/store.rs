@@ -5,47 +5,29 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use futures::future::BoxFuture;
+use nexus_database::{Database, Migrations};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::any::AnyRow;
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::{AnyPool, AssertSqlSafe, Connection, Row, SqlStr};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::error::PipelineError;
 use crate::graph::Pipeline;
 
 type Result<T> = std::result::Result<T, PipelineError>;
 
-/// The migration version range the pipelines own in a database shared with the registry.
-const MIGRATION_BASE: i64 = 1000;
+pub use nexus_database::now_ms;
 
-#[derive(Debug)]
-struct Embedded;
-
-impl MigrationSource<'static> for Embedded {
-    fn resolve(
-        self,
-    ) -> BoxFuture<'static, std::result::Result<Vec<Migration>, sqlx::error::BoxDynError>> {
-        Box::pin(async {
-            Ok(vec![Migration::new(
-                MIGRATION_BASE + 1,
-                "pipelines".into(),
-                MigrationType::Simple,
-                SqlStr::from_static(include_str!("../migrations/0001_pipelines.sql")),
-                false,
-            )])
-        })
-    }
-}
-
-pub fn now_ms() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+/// The pipelines' tables: migration 1001 of the database shared with the registry (the
+/// pipelines own versions 1001..; see `nexus_database`).
+fn migrations() -> Migrations {
+    Migrations::new(
+        1001,
+        "pipelines",
+        include_str!("../migrations/0001_pipelines.sql"),
+    )
 }
 
 /// Run and task states, as the API shows them.
@@ -177,7 +159,7 @@ pub struct Store {
     /// SQLite takes one writer at a time; queueing writers here, not in SQLite's busy
     /// handler (which sleeps in whole milliseconds), keeps a wide fan-out from stalling.
     writer: Arc<tokio::sync::Mutex<()>>,
-    migrated: Arc<tokio::sync::OnceCell<()>>,
+    migrations: Migrations,
 }
 
 impl Store {
@@ -186,55 +168,36 @@ impl Store {
     /// serves models) while the database is down, and pipeline requests answer 503 with the
     /// cause until it is back.
     pub fn new(pool: AnyPool) -> Self {
-        let sqlite = pool.connect_options().database_url.scheme() == "sqlite";
+        let sqlite = Database::of_pool(&pool) == Database::Sqlite;
         Store {
             pool,
             sqlite,
             writer: Arc::new(tokio::sync::Mutex::new(())),
-            migrated: Arc::new(tokio::sync::OnceCell::new()),
+            migrations: migrations(),
         }
     }
 
     /// Connects and migrates once; until that works every call tries again.
     async fn ready(&self) -> Result<()> {
-        match self.migrate().await {
+        let migrated = self
+            .migrations
+            .apply(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(inner) => PipelineError::from(inner),
+                other => {
+                    PipelineError::Internal(format!("cannot migrate the pipeline tables: {other}"))
+                }
+            });
+        match migrated {
             Err(PipelineError::Unavailable(why)) => {
-                // "The pool timed out" hides the reason: one direct connection tells it.
-                let options = self.pool.connect_options();
-                let direct = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    sqlx::AnyConnection::connect_with(&options),
-                )
-                .await;
-                let cause = match direct {
-                    Ok(Err(cause)) => cause.to_string(),
-                    Ok(Ok(_)) | Err(_) => why,
-                };
+                let cause = nexus_database::unreachable_cause(&self.pool, why).await;
                 Err(PipelineError::Unavailable(format!(
                     "pipeline database unavailable: {cause}"
                 )))
             }
             other => other,
         }
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        self.migrated
-            .get_or_try_init(|| async {
-                let mut migrator = Migrator::new(Embedded)
-                    .await
-                    .map_err(|e| PipelineError::Internal(format!("migrations: {e}")))?;
-                // The registry's migrations share the table; each side ignores the other's.
-                migrator.set_ignore_missing(true);
-                migrator.run(&self.pool).await.map_err(|e| match e {
-                    sqlx::migrate::MigrateError::Execute(inner) => PipelineError::from(inner),
-                    other => PipelineError::Internal(format!(
-                        "cannot migrate the pipeline tables: {other}"
-                    )),
-                })
-            })
-            .await
-            .map(|_| ())
     }
 
     /// Waits for this process's turn to write (SQLite only).

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod artifacts;
+pub mod cli;
 pub mod client;
 pub mod error;
 pub mod search;
@@ -21,15 +22,20 @@ pub use store::Store;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryArgs {
     /// Folder for the embedded defaults: the SQLite database and the local artifact store.
-    #[arg(long, default_value = ".nexus/data", env = "NEXUS_DATA_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = ".nexus/data",
+        env = "NEXUS_DATA_DIR"
+    )]
     pub data_dir: PathBuf,
     /// Metadata database: sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in --data-dir).
-    #[arg(long, env = "NEXUS_DATABASE_URL")]
+    #[arg(long, global = true, env = "NEXUS_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Where artifacts go: a folder, file://…, s3://bucket/prefix, gs://bucket/prefix or
     /// az://container/prefix (default: <data-dir>/artifacts). Cloud credentials come from
     /// the usual environment variables.
-    #[arg(long, env = "NEXUS_ARTIFACTS_DESTINATION")]
+    #[arg(long, global = true, env = "NEXUS_ARTIFACTS_DESTINATION")]
     pub artifacts_destination: Option<String>,
 }
 
@@ -71,7 +77,7 @@ impl Registry {
         let store = Store::open(&url).await?;
         let artifacts = Artifacts::open(&args.artifacts_destination())?;
         tracing::info!(
-            database = %store::redact(&url),
+            database = %nexus_database::redact(&url),
             artifacts = %artifacts.destination(),
             "registry ready"
         );

@@ -20,9 +20,8 @@ use nexus_models::pb::model_queue_policy::TimeoutAction;
 use nexus_models::{ModelConfig, Tensor, TensorData};
 
 use crate::error::ServingError;
-use crate::instance::{Executed, Execution, InstancePool};
+use crate::instance::{Done, Executed, Execution, InstancePool, Work};
 use crate::metrics::VersionStats;
-use crate::scheduler::{Done, Work};
 
 /// The batching settings of one model version, from its `dynamic_batching` block.
 #[derive(Debug, Clone, PartialEq)]

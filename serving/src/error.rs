@@ -1,4 +1,7 @@
 //! One error type for every protocol; each front end maps it to its status codes in one place.
+//! Beside it, the error of the server as a whole, which every listener's `run` returns.
+
+use std::net::SocketAddr;
 
 use nexus_models::{BackendError, RepositoryError, TensorError};
 
@@ -49,4 +52,21 @@ impl From<RepositoryError> for ServingError {
             }
         }
     }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Runtime(#[from] BackendError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Server(String),
 }

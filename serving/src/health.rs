@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::manager::ModelManager;
+use crate::metadata::SERVER_VERSION;
 use crate::remote::BoxFuture;
 
 /// How long one readiness check may take before it counts as failed.
@@ -133,7 +134,7 @@ async fn examine(component: &Component) -> (Value, bool) {
     let entry = json!({
         "name": component.name,
         "status": if up { "up" } else { "down" },
-        "version": crate::SERVER_VERSION,
+        "version": SERVER_VERSION,
         "address": component.address,
         "checks": checks,
     });

@@ -1,8 +1,10 @@
-//! The seam where the optimiser plugs into serving: it picks the version of requests that
-//! do not pin one, and hears about every inference. Serving calls these on the request
-//! path, so an implementation must answer at once and never wait on I/O.
+//! What the optimiser's hooks see of each inference: the protocol it came on, its record,
+//! its request id and trace id.
+//!
+//! The hooks themselves (`InferenceHooks`) and the handle they get (`ServingHandle`) are in
+//! `manager.rs`: the manager holds the hooks and hands itself to them, so the three are
+//! declared together, and this module, which the manager uses, stays below it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,8 +12,6 @@ use nexus_models::Tensor;
 
 use crate::error::ServingError;
 use crate::infer::InferResponse;
-use crate::manager::ModelManager;
-use crate::remote::{ModelSource, RemoteSpec};
 
 /// The protocol a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct InferenceRecord<'a> {
     pub model: &'a str,
     /// The version that ran it; empty when the request failed before one was chosen.
     pub version: &'a str,
-    /// True when [`InferenceHooks::route`] chose the version.
+    /// True when the hooks' `route` chose the version.
     pub routed: bool,
     pub protocol: Protocol,
     pub result: Result<&'a InferResponse, &'a ServingError>,
@@ -46,31 +46,8 @@ pub struct InferenceRecord<'a> {
     /// The `traceparent` to hand on with the event: this inference's span when traces are
     /// exported, else the caller's.
     pub traceparent: Option<&'a str>,
-    /// The request's inputs, when [`InferenceHooks::sample`] asked for them.
+    /// The request's inputs, when the hooks' `sample` asked for them.
     pub inputs: Option<Vec<Tensor>>,
-}
-
-/// What serving offers to hooks once it runs.
-#[derive(Clone)]
-pub struct ServingHandle {
-    pub manager: Arc<ModelManager>,
-    /// The registry `--model` references resolve against, if any.
-    pub source: Option<Arc<dyn ModelSource>>,
-    /// The registry models being served, and the names they are served as.
-    pub remote: Vec<RemoteSpec>,
-}
-
-/// Traffic routing and inference records.
-pub trait InferenceHooks: Send + Sync {
-    /// Called once when serving starts, with what the hooks may control.
-    fn started(self: Arc<Self>, serving: ServingHandle);
-    /// The version an unpinned request of `model` goes to; `None` (or a version that is
-    /// not ready) keeps Triton's default, the newest.
-    fn route(&self, model: &str) -> Option<u64>;
-    /// Whether this request's inputs and outputs should be kept in its record.
-    fn sample(&self) -> bool;
-    /// Called once per request after it finished or failed.
-    fn record(&self, record: InferenceRecord<'_>);
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent>-<flags>`).

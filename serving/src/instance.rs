@@ -7,7 +7,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::OwnedSemaphorePermit;
@@ -16,6 +16,27 @@ use nexus_models::{Backend, ComputeTimings, Tensor};
 
 use crate::error::ServingError;
 use crate::metrics::VersionStats;
+
+/// A validated request: inputs in the config's order with the batch dimension, the
+/// outputs to return, and how many rows it holds. What a version's scheduler takes, straight
+/// to the pool or through the batcher; declared here, below both, so that neither depends on
+/// the other.
+#[derive(Debug)]
+pub struct Work {
+    pub inputs: Vec<Tensor>,
+    pub outputs: Vec<String>,
+    pub rows: u64,
+}
+
+/// A request's outputs with the time it waited and the compute time of its execution.
+#[derive(Debug)]
+pub struct Done {
+    pub outputs: Vec<Tensor>,
+    pub queue: Duration,
+    pub compute: ComputeTimings,
+    /// Rows of the execution the request ran in.
+    pub batch_rows: u64,
+}
 
 /// The outputs of one execution, with when it started and how long each phase took.
 #[derive(Debug)]

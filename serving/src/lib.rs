@@ -1,5 +1,8 @@
 //! Serving: KServe V2 inference over HTTP and gRPC with Triton's extensions, the model
 //! manager with its instance pools, and Prometheus metrics.
+//!
+//! Each listener is built next to its server (`http::server::run`, `grpc::server::run`,
+//! `metrics::run`); [`serve`] binds their ports, starts the manager and joins them.
 
 pub mod batcher;
 pub mod error;
@@ -11,9 +14,13 @@ pub mod infer;
 pub mod instance;
 pub mod limits;
 pub mod manager;
+pub mod metadata;
 pub mod metrics;
 pub mod remote;
 pub mod scheduler;
+mod trace;
+pub mod version;
+pub mod watcher;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -22,21 +29,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use nexus_gateway::tls::TlsListener;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use nexus_models::{BackendError, ModelRepository, RepositoryError};
+use nexus_models::ModelRepository;
 
-pub use error::ServingError;
+pub use error::{ServeError, ServingError};
+pub use grpc::server::GRPC_MAX_CONCURRENT_STREAMS;
 pub use health::{Component, HealthCheck, check_fn};
-pub use hooks::{InferenceHooks, InferenceRecord, Protocol, ServingHandle};
-pub use manager::{ControlMode, ManagerOptions, ModelManager};
-use remote::BoxFuture;
-pub use remote::{ModelSource, RemoteSpec, Watcher};
+pub use hooks::{InferenceRecord, Protocol};
+pub use manager::{ControlMode, InferenceHooks, ManagerOptions, ModelManager, ServingHandle};
+pub use metadata::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+pub use remote::{ModelSource, RemoteSpec};
+pub use watcher::Watcher;
 
 /// Messages and service of `inference.GRPCInferenceService` (grpc_service.proto).
 pub mod pb {
@@ -47,22 +51,6 @@ pub mod pb {
     )]
     tonic::include_proto!("inference");
 }
-
-/// Name reported by server metadata.
-pub const SERVER_NAME: &str = "nexus";
-/// Version reported by server metadata.
-pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Protocol extensions this server implements, as listed in server metadata.
-pub const SERVER_EXTENSIONS: &[&str] = &[
-    "binary_tensor_data",
-    "model_configuration",
-    "model_repository",
-    "statistics",
-];
-
-/// Concurrent gRPC calls per connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`),
-/// hyper's own default.
-pub const GRPC_MAX_CONCURRENT_STREAMS: u32 = 200;
 
 /// Options of the inference server (`nexus serve`, `nexus up`).
 #[derive(Debug, Clone, clap::Args)]
@@ -127,45 +115,10 @@ pub struct ServeArgs {
     pub model_cache: PathBuf,
 }
 
-/// Why the server could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error(transparent)]
-    Runtime(#[from] BackendError),
-    #[error(transparent)]
-    Repository(#[from] RepositoryError),
-    #[error("cannot listen for {what} on {addr}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Server(String),
-}
-
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { what, addr, source })
-}
-
-/// The span of one HTTP or gRPC request, carrying its `x-request-id` (the client's, or
-/// one issued here and returned in the response) so every log line of it can be found.
-fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        uri = %request.uri(),
-        request_id = %id,
-    );
-    nexus_gateway::telemetry::set_parent(&span, request.headers());
-    span
 }
 
 /// What other components add to the server.
@@ -297,13 +250,7 @@ pub async fn serve(
         );
     }
     let inflight = limits::InflightBytes::new(args.max_inflight_bytes);
-    let http_app = http::server::router(Arc::new(http::server::HttpState {
-        manager: Arc::clone(&manager),
-        max_request_bytes: args.max_request_bytes,
-        inflight: Arc::clone(&inflight),
-    }))
-    .merge(extensions.routes)
-    .merge(health::router(
+    let health = health::router(
         Arc::clone(&manager),
         format!(
             "http://{}, grpc://{}, http://{}/metrics",
@@ -312,93 +259,39 @@ pub async fn serve(
             local(&metrics_listener)
         ),
         extensions.components,
-    ));
+    );
     let gateway = match extensions.gateway {
         Some(gateway) => gateway,
         None => nexus_gateway::Gateway::new(&nexus_gateway::AuthConfig::default(), None)
             .await
             .map_err(|e| ServeError::Server(e.to_string()))?,
     };
-    let http_app = http_app.layer(gateway.http_layer()).layer(
-        tower::ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(TraceLayer::new_for_http().make_span_with(request_span))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(tower_http::decompression::RequestDecompressionLayer::new()),
-    );
-    let metrics_app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let prometheus = prometheus.clone();
-            async move { prometheus.render() }
+
+    let http_server = http::server::run(
+        http,
+        Arc::new(http::server::HttpState {
+            manager: Arc::clone(&manager),
+            max_request_bytes: args.max_request_bytes,
+            inflight: Arc::clone(&inflight),
         }),
+        extensions.routes,
+        health,
+        &gateway,
+        extensions.tls.clone(),
+        shutdown.clone(),
+    );
+    let metrics_server = metrics::run(metrics_listener, prometheus, shutdown.clone());
+    let grpc_server = grpc::server::run(
+        grpc,
+        Arc::clone(&manager),
+        args.max_request_bytes,
+        inflight,
+        &gateway,
+        extensions.tls,
+        shutdown.clone(),
     );
 
-    let http_server =
-        nexus_gateway::serve_http(http_app, http, extensions.tls.clone(), shutdown.clone());
-    let metrics_server =
-        axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(shutdown.clone());
-    let grpc_router = tonic::transport::Server::builder()
-        // tonic passes `None` for these, which lifts hyper's limits (200 streams per
-        // connection, 1024 locally reset streams): restore them, so one connection can
-        // neither open unbounded concurrent calls nor reset streams forever.
-        .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS)
-        .http2_max_local_error_reset_streams(Some(1024))
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_grpc()
-                        .make_span_with(request_span)
-                        // Refused calls (bad credentials, bad input) are the client's doing:
-                        // at ERROR anyone could flood the log.
-                        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-                )
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(gateway.grpc_layer()),
-        )
-        .add_service(grpc::server::service(
-            Arc::clone(&manager),
-            args.max_request_bytes,
-            inflight,
-        ));
-    let grpc_server: BoxFuture<'static, Result<(), tonic::transport::Error>> = match extensions.tls
-    {
-        Some(config) => {
-            let listener = TlsListener::new(grpc, config)
-                .map_err(|e| ServeError::Server(format!("TLS for gRPC: {e}")))?;
-            Box::pin(
-                grpc_router
-                    .serve_with_incoming_shutdown(listener.into_incoming(), shutdown.clone()),
-            )
-        }
-        None => Box::pin(
-            grpc_router.serve_with_incoming_shutdown(
-                // Small replies must not wait for Nagle's algorithm (a 40 ms stall per response).
-                TcpListenerStream::new(grpc)
-                    .map(|stream| stream.and_then(|s| s.set_nodelay(true).map(|()| s))),
-                shutdown.clone(),
-            ),
-        ),
-    };
-
-    let result = tokio::try_join!(
-        async {
-            http_server
-                .await
-                .map_err(|e| ServeError::Server(format!("HTTP server: {e}")))
-        },
-        async {
-            metrics_server
-                .await
-                .map_err(|e| ServeError::Server(format!("metrics server: {e}")))
-        },
-        async {
-            grpc_server
-                .await
-                .map_err(|e| ServeError::Server(format!("gRPC server: {e}")))
-        },
-    );
+    let result = tokio::try_join!(http_server, metrics_server, grpc_server);
     startup.abort();
     result.map(|_| ())
 }

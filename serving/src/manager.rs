@@ -1,5 +1,6 @@
 //! The model manager: which models and versions are loaded, loading and unloading
-//! them, and Triton's model control modes (none, explicit, poll).
+//! them, Triton's model control modes (none, explicit, poll), and the optimiser's hooks
+//! that route and record its requests.
 //!
 //! A model that fails to load (corrupt file, bad config, missing runtime) is recorded as
 //! UNAVAILABLE with its reason; the others keep serving.
@@ -19,12 +20,14 @@ use nexus_models::pb::model_instance_group::Kind;
 use nexus_models::{Backend, Device, ModelConfig, ModelRepository};
 
 use crate::error::ServingError;
-use crate::hooks::{InferenceHooks, InferenceRecord, Protocol, RequestIds};
+use crate::hooks::{InferenceRecord, Protocol, RequestIds};
 use crate::infer::{InferRequest, InferResponse};
 use crate::instance::InstancePool;
 use crate::metrics::VersionStats;
 use crate::pb::repository_index_response::ModelIndex;
+use crate::remote::{ModelSource, RemoteSpec};
 use crate::scheduler::Scheduler;
+use crate::version::LoadedVersion;
 
 /// How models get loaded, as Triton's `--model-control-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -53,13 +56,32 @@ pub struct ManagerOptions {
     pub backends: Backends,
 }
 
-/// A loaded, ready model version.
-pub struct LoadedVersion {
-    pub name: String,
-    pub version: u64,
-    pub config: Arc<ModelConfig>,
-    pub stats: Arc<VersionStats>,
-    pub(crate) scheduler: Scheduler,
+/// The seam where the optimiser plugs into serving: it picks the version of requests that
+/// do not pin one, and hears about every inference. The manager calls these on the request
+/// path, so an implementation must answer at once and never wait on I/O.
+///
+/// Declared beside the manager because each names the other: the manager holds the hooks,
+/// and the hooks get the manager in [`ServingHandle`].
+pub trait InferenceHooks: Send + Sync {
+    /// Called once when serving starts, with what the hooks may control.
+    fn started(self: Arc<Self>, serving: ServingHandle);
+    /// The version an unpinned request of `model` goes to; `None` (or a version that is
+    /// not ready) keeps Triton's default, the newest.
+    fn route(&self, model: &str) -> Option<u64>;
+    /// Whether this request's inputs and outputs should be kept in its record.
+    fn sample(&self) -> bool;
+    /// Called once per request after it finished or failed.
+    fn record(&self, record: InferenceRecord<'_>);
+}
+
+/// What serving offers to hooks once it runs.
+#[derive(Clone)]
+pub struct ServingHandle {
+    pub manager: Arc<ModelManager>,
+    /// The registry `--model` references resolve against, if any.
+    pub source: Option<Arc<dyn ModelSource>>,
+    /// The registry models being served, and the names they are served as.
+    pub remote: Vec<RemoteSpec>,
 }
 
 enum VersionState {
@@ -157,7 +179,7 @@ impl ModelManager {
         }
         let id = request.id.clone();
         let traceparent =
-            nexus_gateway::telemetry::current_traceparent().or_else(|| request.traceparent.clone());
+            nexus_telemetry::current_traceparent().or_else(|| request.traceparent.clone());
         let trace_id = traceparent.as_deref().and_then(crate::hooks::trace_id);
         let inputs = hooks.sample().then(|| request.inputs.clone());
         // A routed version unloaded since the weights were set falls back to the default.

@@ -1,20 +1,21 @@
 //! Per-version inference statistics, kept twice on purpose: as atomics for Triton's
 //! statistics extension (`/stats`, gRPC `ModelStatistics`), and as Prometheus counters
-//! with Triton's metric names for `:8002/metrics`.
+//! with Triton's metric names for `:8002/metrics`, served by [`run`].
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
+use tokio::net::TcpListener;
 
 use nexus_models::ComputeTimings;
 
-use crate::manager::LoadedVersion;
-use crate::pb;
+use crate::error::ServeError;
 
 /// Buckets of the `nexus_batch_size` histogram (rows per execution).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
@@ -65,6 +66,26 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
             Ok(handle)
         })
         .clone()
+}
+
+/// Serves `/metrics`, everything `prometheus` recorded in Prometheus' text format, on
+/// `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    prometheus: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let prometheus = prometheus.clone();
+            async move { prometheus.render() }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ServeError::Server(format!("metrics server: {e}")))
 }
 
 /// A count and a total duration, as Triton's `StatisticDuration`.
@@ -246,58 +267,6 @@ impl VersionStats {
             Ordering::Relaxed,
         );
     }
-}
-
-/// Triton's statistics message for `versions` (HTTP `/stats` serialises the same message).
-pub fn statistics(versions: &[Arc<LoadedVersion>]) -> pb::ModelStatisticsResponse {
-    let duration = |d: &Duration64| {
-        let (count, ns) = d.get();
-        Some(pb::StatisticDuration { count, ns })
-    };
-    let model_stats = versions
-        .iter()
-        .map(|v| {
-            let s = &v.stats;
-            let batch_stats = s
-                .batch_totals()
-                .into_iter()
-                .map(|(batch_size, t)| pb::InferBatchStatistics {
-                    batch_size,
-                    compute_input: Some(pb::StatisticDuration {
-                        count: t.count,
-                        ns: t.input_ns,
-                    }),
-                    compute_infer: Some(pb::StatisticDuration {
-                        count: t.count,
-                        ns: t.infer_ns,
-                    }),
-                    compute_output: Some(pb::StatisticDuration {
-                        count: t.count,
-                        ns: t.output_ns,
-                    }),
-                })
-                .collect();
-            pb::ModelStatistics {
-                name: v.name.clone(),
-                version: v.version.to_string(),
-                last_inference: s.last_inference_ms.load(Ordering::Relaxed),
-                inference_count: s.inference_count.load(Ordering::Relaxed),
-                execution_count: s.execution_count.load(Ordering::Relaxed),
-                inference_stats: Some(pb::InferStatistics {
-                    success: duration(&s.success),
-                    fail: duration(&s.fail),
-                    queue: duration(&s.queue),
-                    compute_input: duration(&s.compute_input),
-                    compute_infer: duration(&s.compute_infer),
-                    compute_output: duration(&s.compute_output),
-                    cache_hit: Some(pb::StatisticDuration::default()),
-                    cache_miss: Some(pb::StatisticDuration::default()),
-                }),
-                batch_stats,
-            }
-        })
-        .collect();
-    pb::ModelStatisticsResponse { model_stats }
 }
 
 #[cfg(test)]

@@ -1,35 +1,16 @@
 //! Routes a validated request to the instances of its model version: straight to the
 //! instance pool, or through the dynamic batcher when the config has `dynamic_batching`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use nexus_models::{ComputeTimings, ModelConfig, Tensor};
+use nexus_models::ModelConfig;
 
 use crate::batcher::{BatchPolicy, Batcher};
 use crate::error::ServingError;
-use crate::instance::{Execution, InstancePool};
+use crate::instance::{Done, Execution, InstancePool, Work};
 use crate::metrics::VersionStats;
-
-/// A validated request: inputs in the config's order with the batch dimension, the
-/// outputs to return, and how many rows it holds.
-#[derive(Debug)]
-pub struct Work {
-    pub inputs: Vec<Tensor>,
-    pub outputs: Vec<String>,
-    pub rows: u64,
-}
-
-/// A request's outputs with the time it waited and the compute time of its execution.
-#[derive(Debug)]
-pub struct Done {
-    pub outputs: Vec<Tensor>,
-    pub queue: Duration,
-    pub compute: ComputeTimings,
-    /// Rows of the execution the request ran in.
-    pub batch_rows: u64,
-}
 
 /// How one model version's requests reach its instances.
 pub enum Scheduler {

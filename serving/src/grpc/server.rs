@@ -1,28 +1,41 @@
 //! KServe V2 over gRPC (`inference.GRPCInferenceService`, tonic) with Triton's
-//! extensions: model configuration, statistics and model repository.
+//! extensions: model configuration, statistics and model repository; and [`run`], the gRPC
+//! listener with its layers.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
+use nexus_gateway::Gateway;
+use nexus_gateway::tls::{ServerTls, TlsListener};
 use prost::Message;
+use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use nexus_models::{DataType, Tensor, TensorData, config};
 
-use crate::error::ServingError;
+use crate::error::{ServeError, ServingError};
 use crate::hooks::{self, Protocol};
 use crate::infer::{InferRequest, InferResponse};
 use crate::limits::{self, InflightBytes};
 use crate::manager::ModelManager;
+use crate::metadata::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::pb::model_infer_request::InferInputTensor;
 use crate::pb::model_infer_response::InferOutputTensor;
 use crate::pb::{self, InferTensorContents};
-use crate::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION, metrics};
+use crate::trace::request_span;
+use crate::version::statistics;
+
+/// Concurrent gRPC calls per connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`),
+/// hyper's own default.
+pub const GRPC_MAX_CONCURRENT_STREAMS: u32 = 200;
 
 impl From<ServingError> for Status {
     fn from(e: ServingError) -> Self {
@@ -51,6 +64,60 @@ pub fn service(
     GrpcInferenceServiceServer::new(GrpcService { manager, inflight })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(usize::MAX)
+}
+
+/// Serves the gRPC service for `manager` on `listener`, plain or over `tls`, until
+/// `shutdown` completes. Its layers, outermost first: `x-request-id`, the request's span,
+/// the id copied into the response, then the gateway.
+pub async fn run(
+    listener: TcpListener,
+    manager: Arc<ModelManager>,
+    max_message_bytes: usize,
+    inflight: Arc<InflightBytes>,
+    gateway: &Gateway,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let router = tonic::transport::Server::builder()
+        // tonic passes `None` for these, which lifts hyper's limits (200 streams per
+        // connection, 1024 locally reset streams): restore them, so one connection can
+        // neither open unbounded concurrent calls nor reset streams forever.
+        .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS)
+        .http2_max_local_error_reset_streams(Some(1024))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_grpc()
+                        .make_span_with(request_span)
+                        // Refused calls (bad credentials, bad input) are the client's doing:
+                        // at ERROR anyone could flood the log.
+                        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(gateway.grpc_layer()),
+        )
+        .add_service(service(manager, max_message_bytes, inflight));
+    let served = match tls {
+        Some(config) => {
+            let listener = TlsListener::new(listener, config)
+                .map_err(|e| ServeError::Server(format!("TLS for gRPC: {e}")))?;
+            router
+                .serve_with_incoming_shutdown(listener.into_incoming(), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    // Small replies must not wait for Nagle's algorithm (a 40 ms stall per response).
+                    TcpListenerStream::new(listener)
+                        .map(|stream| stream.and_then(|s| s.set_nodelay(true).map(|()| s))),
+                    shutdown,
+                )
+                .await
+        }
+    };
+    served.map_err(|e| ServeError::Server(format!("gRPC server: {e}")))
 }
 
 fn invalid(message: String) -> ServingError {
@@ -353,7 +420,7 @@ impl GrpcInferenceService for GrpcService {
         } else {
             self.manager.versions_of(&r.name, &r.version)?
         };
-        Ok(Response::new(metrics::statistics(&versions)))
+        Ok(Response::new(statistics(&versions)))
     }
 
     async fn repository_index(

@@ -1,6 +1,8 @@
 //! KServe V2 over HTTP (axum) with Triton's extensions: model configuration,
-//! statistics, model repository and binary tensor data.
+//! statistics, model repository and binary tensor data; and [`run`], the HTTP listener
+//! with its layers.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -10,20 +12,27 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
+use nexus_gateway::Gateway;
+use nexus_gateway::tls::ServerTls;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 use nexus_models::config;
 
-use crate::error::ServingError;
+use crate::error::{ServeError, ServingError};
 use crate::hooks::{self, Protocol};
 use crate::http::codec;
 use crate::limits::{InflightBytes, Reservation};
 use crate::manager::ModelManager;
-use crate::metrics;
+use crate::metadata::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::pb;
 use crate::pb::repository_index_response::ModelIndex;
-use crate::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+use crate::trace::{ClassifyHttp, LogFailure, request_span};
+use crate::version::statistics;
 
 /// Shared state of the HTTP handlers.
 pub struct HttpState {
@@ -46,6 +55,45 @@ impl IntoResponse for ServingError {
         };
         (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
     }
+}
+
+/// Serves the V2 routes, with `routes` (other components') and `health` merged in, on
+/// `listener`, plain or over `tls`, until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    routes: Router,
+    health: Router,
+    gateway: &Gateway,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let app = app(state, routes, health, gateway);
+    nexus_gateway::serve_http(app, listener, tls, shutdown)
+        .await
+        .map_err(|e| ServeError::Server(format!("HTTP server: {e}")))
+}
+
+/// Every route of the HTTP port behind its layers, outermost first: `x-request-id` (the
+/// client's, or a new UUID), the request's span and log lines, the id copied into the
+/// response, gzip/deflate bodies decompressed, then the gateway (authentication,
+/// authorisation, rate limits), so its refusals are logged with their request id.
+fn app(state: Arc<HttpState>, routes: Router, health: Router, gateway: &Gateway) -> Router {
+    router(state)
+        .merge(routes)
+        .merge(health)
+        .layer(gateway.http_layer())
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new(ClassifyHttp)
+                        .make_span_with(request_span)
+                        .on_failure(LogFailure),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(RequestDecompressionLayer::new()),
+        )
 }
 
 /// The V2 routes.
@@ -182,14 +230,14 @@ async fn version_config(
 type StatsJson = axum::Json<pb::ModelStatisticsResponse>;
 
 async fn all_stats(State(state): AppState) -> StatsJson {
-    axum::Json(metrics::statistics(&state.manager.loaded()))
+    axum::Json(statistics(&state.manager.loaded()))
 }
 
 async fn model_stats(
     State(state): AppState,
     Path(model): Path<String>,
 ) -> Result<StatsJson, ServingError> {
-    Ok(axum::Json(metrics::statistics(
+    Ok(axum::Json(statistics(
         &state.manager.versions_of(&model, "")?,
     )))
 }
@@ -198,7 +246,7 @@ async fn version_stats(
     State(state): AppState,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<StatsJson, ServingError> {
-    Ok(axum::Json(metrics::statistics(
+    Ok(axum::Json(statistics(
         &state.manager.versions_of(&model, &version)?,
     )))
 }
@@ -387,4 +435,72 @@ async fn repository_unload(
     control_request(&state, body).await?;
     state.manager.unload(&model).await?;
     Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+    use tower::ServiceExt;
+    use tracing::Level;
+
+    use nexus_models::{Backends, ModelRepository};
+
+    use super::*;
+    use crate::manager::{ControlMode, ManagerOptions};
+    use crate::trace::capture;
+
+    /// The same 503 is logged at DEBUG when a probe gets it and at ERROR when an inference
+    /// does: probes poll while models load, and an unavailable model they wait for is no fault.
+    #[tokio::test]
+    async fn probes_failing_are_logged_at_debug_and_other_failures_at_error() {
+        let repository = tempfile::tempdir().unwrap();
+        // A model no runtime opens is UNAVAILABLE: its readiness and its inferences are 503.
+        std::fs::create_dir_all(repository.path().join("broken/1")).unwrap();
+        let manager = ModelManager::new(
+            ModelRepository::open(repository.path()).unwrap(),
+            ManagerOptions {
+                control_mode: ControlMode::Explicit,
+                default_max_batch_size: 4,
+                instances: None,
+                queue_capacity: 1,
+                intra_op_threads: 0,
+                backends: Backends::default(),
+            },
+        );
+        assert!(manager.load("broken", None).await.is_err());
+        // The manager never started, so the server is not ready either.
+        let health = crate::health::router(Arc::clone(&manager), String::new(), Vec::new());
+        let state = Arc::new(HttpState {
+            manager,
+            max_request_bytes: 1 << 20,
+            inflight: InflightBytes::new(1 << 20),
+        });
+        let gateway = Gateway::new(&nexus_gateway::AuthConfig::default(), None)
+            .await
+            .unwrap();
+        let app = app(state, Router::new(), health, &gateway);
+
+        let (events, _recording) = capture::install();
+        for (method, path, level) in [
+            ("GET", "/v2/health/ready", Level::DEBUG),
+            ("GET", "/health/ready", Level::DEBUG),
+            ("GET", "/v2/models/broken/ready", Level::DEBUG),
+            ("POST", "/v2/models/broken/infer", Level::ERROR),
+        ] {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            let failures: Vec<Level> = events
+                .take()
+                .into_iter()
+                .filter(|(_, fields)| fields.contains("response failed"))
+                .map(|(level, _)| level)
+                .collect();
+            assert_eq!(failures, [level], "{method} {path}");
+        }
+    }
 }

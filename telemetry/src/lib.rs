@@ -1,5 +1,7 @@
 //! OpenTelemetry traces: the OTLP exporter, and W3C `traceparent` taken from incoming HTTP
-//! headers and gRPC metadata so Nexus's spans join the caller's trace.
+//! headers and gRPC metadata so Nexus's spans join the caller's trace, and handed on to
+//! what Nexus starts (pipeline steps). A crate of its own so that the pipeline runner and
+//! serving share it without depending on the gateway (its auth, TLS and database).
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -8,7 +10,13 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::GatewayError;
+/// The exporter could not be built from the endpoint given.
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP exporter for {endpoint}: {reason}")]
+pub struct TelemetryError {
+    pub endpoint: String,
+    pub reason: String,
+}
 
 /// How spans travel to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,7 +32,7 @@ pub enum OtlpProtocol {
 pub fn otlp_provider(
     endpoint: &str,
     protocol: OtlpProtocol,
-) -> Result<SdkTracerProvider, GatewayError> {
+) -> Result<SdkTracerProvider, TelemetryError> {
     let trimmed = endpoint.trim_end_matches('/');
     let has_path = trimmed
         .split_once("://")
@@ -41,7 +49,10 @@ pub fn otlp_provider(
             OtlpProtocol::HttpJson => Protocol::HttpJson,
         })
         .build()
-        .map_err(|e| GatewayError::Config(format!("OTLP exporter for {endpoint}: {e}")))?;
+        .map_err(|e| TelemetryError {
+            endpoint: endpoint.to_string(),
+            reason: e.to_string(),
+        })?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
