@@ -47,10 +47,17 @@ pub(crate) fn is_probe(method: &Method, path: &str) -> bool {
     let Some(rest) = path.strip_prefix("/v2/models/") else {
         return false;
     };
-    let segments: Vec<&str> = rest.split('/').collect();
+    // Every inference request passes here: match the segments without collecting them.
+    let mut segments = rest.split('/').skip(1);
+    let shape = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    );
     read && matches!(
-        segments.as_slice(),
-        [_, "ready"] | [_, "versions", _, "ready"]
+        shape,
+        (Some("ready"), None, None, None) | (Some("versions"), Some(_), Some("ready"), None)
     )
 }
 
