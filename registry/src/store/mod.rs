@@ -11,7 +11,7 @@ pub mod models;
 use std::collections::HashMap;
 
 use futures::future::try_join_all;
-use nexus_database::{DatabaseError, Migrations, redact};
+use nexus_database::{Migrations, redact};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
@@ -84,10 +84,8 @@ impl Store {
     /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and applies the
     /// migrations.
     pub async fn open(url: &str) -> Result<Self> {
-        let (pool, database) = nexus_database::open(url).map_err(|e| match e {
-            DatabaseError::Unsupported(_) => RegistryError::Invalid(e.to_string()),
-            DatabaseError::Invalid { .. } => RegistryError::Invalid(e.to_string()),
-        })?;
+        let (pool, database) =
+            nexus_database::open(url).map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let store = Store {
             pool,
             database,
@@ -106,21 +104,16 @@ impl Store {
     /// Connects and applies the migrations once; until that succeeds every call retries,
     /// so a database that was down at start-up is picked up when it comes back.
     pub async fn ready(&self) -> Result<()> {
-        let migrated = self
-            .migrations
-            .apply(&self.pool)
-            .await
-            .map_err(|e| match e {
+        let migrated = self.migrations.apply(&self.pool).await.map_err(|e| {
+            let cause = match e {
                 sqlx::migrate::MigrateError::Execute(inner) => match RegistryError::from(inner) {
-                    RegistryError::Unavailable(why) => RegistryError::Unavailable(why),
-                    other => RegistryError::Internal(format!(
-                        "cannot migrate the registry database: {other}"
-                    )),
+                    unavailable @ RegistryError::Unavailable(_) => return unavailable,
+                    other => other.to_string(),
                 },
-                other => RegistryError::Internal(format!(
-                    "cannot migrate the registry database: {other}"
-                )),
-            });
+                other => other.to_string(),
+            };
+            RegistryError::Internal(format!("cannot migrate the registry database: {cause}"))
+        });
         match migrated {
             Ok(()) => Ok(()),
             Err(e) => Err(self.explain(e).await),
