@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use common::{Repository, Server, nexus, poll_until};
-use nexus_events::testing::TestBroker;
+use nexus_testing::TestBroker;
 
 /// The true reward rate of each version in the simulations.
 const RATES: [(&str, f64); 2] = [("1", 0.2), ("2", 0.7)];

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use common::{Repository, Server, UpDirs, poll_until};
-use nexus_events::testing::TestBroker;
+use nexus_testing::TestBroker;
 
 /// Runs `nexus config show` with `args` and `env`; returns (success, stdout, stderr).
 fn config_show(args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String, String)> {

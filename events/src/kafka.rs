@@ -28,7 +28,7 @@
 //! - Dropping the bus discards events still queued (counted as `undelivered`): call
 //!   [`EventBus::flush`] before shutting down.
 //! - Against tansu (the test broker), set `batch.num.messages=1`
-//!   (see `testing::TANSU_CLIENT_OPTIONS`): tansu 0.6 skips the rest of a multi-record
+//!   (see `nexus_testing::TANSU_CLIENT_OPTIONS`): tansu 0.6 skips the rest of a multi-record
 //!   batch when a consumer resumes inside it.
 
 use std::collections::HashMap;
@@ -853,7 +853,7 @@ impl EventBus for KafkaBus {
 /// Reads `name` (labelled `topic`) outside any group, up to the high watermarks at the
 /// start: each partition from its offset in `from`, or from its beginning. Events in
 /// offset order per partition; an unknown topic reads empty.
-pub(crate) async fn read_topic(
+pub async fn read_topic(
     args: &KafkaArgs,
     topic: Topic,
     name: &str,

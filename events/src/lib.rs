@@ -13,8 +13,6 @@
 pub mod kafka;
 pub mod memory;
 pub mod schema;
-#[doc(hidden)]
-pub mod testing;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use nexus_events::testing::TestBroker;
 use nexus_events::{EventBus, EventError, KafkaArgs, KafkaBus, Topic};
+use nexus_testing::TestBroker;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -113,11 +113,7 @@ async fn open_with_brokers_is_kafka() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_fails_when_no_broker_answers() {
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = nexus_testing::free_port().unwrap();
     let args = KafkaArgs {
         brokers: Some(format!("127.0.0.1:{port}")),
         ..KafkaArgs::default()

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
-use nexus_events::testing::{TestBroker, unique_name};
 use nexus_events::{EventBus, KafkaArgs, KafkaBus, Topic};
+use nexus_testing::{TestBroker, unique_name};
 use parking_lot::Mutex;
 
 /// Counters since the start (a snapshot resets the recorder's counters).

@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use nexus_gateway::{GatewayError, KeyStore, Role};
+use nexus_testing::PostgresDatabase;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::{AnyPool, AssertSqlSafe, Connection, Row, SqlStr};
-
-/// The server tests create their databases on; `NEXUS_TEST_POSTGRES_URL` overrides it.
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use sqlx::{AnyPool, Row, SqlStr};
 
 /// Creates, verifies, lists and revokes keys, and checks the migration's version.
 async fn exercise(pool: AnyPool) {
@@ -73,41 +71,13 @@ async fn exercise(pool: AnyPool) {
 #[tokio::test]
 async fn keys_on_postgres() {
     sqlx::any::install_default_drivers();
-    let configured = std::env::var("NEXUS_TEST_POSTGRES_URL").ok();
-    let admin_url = configured
-        .clone()
-        .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_string());
-    let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
-        Ok(connection) => connection,
-        Err(e) if configured.is_none() => {
-            eprintln!(
-                "SKIPPED: cannot connect to {admin_url} ({e}); set NEXUS_TEST_POSTGRES_URL to require it"
-            );
-            return;
-        }
-        Err(e) => panic!("connecting to {admin_url}: {e}"),
+    let Some(database) = PostgresDatabase::create("nexus_gateway").await.unwrap() else {
+        return;
     };
-    let name = format!("nexus_gateway_{}", std::process::id());
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    // The same server and credentials, the new database.
-    let base = admin_url.split('?').next().unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    let pool = AnyPool::connect(&url).await.unwrap();
+    let pool = AnyPool::connect(&database.url()).await.unwrap();
     let outcome = tokio::spawn(exercise(pool.clone())).await;
     pool.close().await;
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    drop(database);
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }

@@ -6,17 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ModelConfig;
-use crate::tensor::{DataType, Tensor};
-
-/// Name, datatype and shape of a model input or output; `-1` marks a dynamic dimension.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TensorSpec {
-    pub name: String,
-    pub datatype: DataType,
-    pub shape: Vec<i64>,
-    /// An input a request may leave out (Triton's `optional`), e.g. text or token ids.
-    pub optional: bool,
-}
+use crate::tensor::{Tensor, TensorSpec};
 
 /// Where an instance runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,20 +6,10 @@ use std::sync::LazyLock;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 
-use crate::backend::TensorSpec;
-use crate::tensor::DataType;
+use crate::pb;
+use crate::tensor::{DataType, TensorSpec};
 
-/// Prost types generated from `proto/model_config.proto` (package `inference`).
-pub mod pb {
-    #![allow(
-        missing_docs,
-        clippy::doc_lazy_continuation,
-        clippy::large_enum_variant
-    )]
-    include!(concat!(env!("OUT_DIR"), "/inference.rs"));
-}
-
-pub use pb::ModelConfig;
+pub use crate::pb::ModelConfig;
 
 static DESCRIPTOR: LazyLock<MessageDescriptor> = LazyLock::new(|| {
     let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/model_config.bin"));

@@ -5,13 +5,13 @@
 pub mod backend;
 pub mod config;
 pub mod package;
+pub mod pb;
 pub mod repository;
 pub mod tensor;
 
 pub use backend::{
     Backend, BackendError, BackendFactory, Backends, ComputeTimings, Device, Inferred, LoadOptions,
-    TensorSpec,
 };
-pub use config::{ModelConfig, pb};
+pub use config::ModelConfig;
 pub use repository::{ModelRepository, RepositoryError, RepositoryModel};
-pub use tensor::{DataType, Tensor, TensorData, TensorError};
+pub use tensor::{DataType, Tensor, TensorData, TensorError, TensorSpec};

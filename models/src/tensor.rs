@@ -7,7 +7,17 @@ use bytes::Bytes;
 use half::f16;
 use serde_json::Value;
 
-use crate::config::pb;
+use crate::pb;
+
+/// Name, datatype and shape of a model input or output; `-1` marks a dynamic dimension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    pub shape: Vec<i64>,
+    /// An input a request may leave out (Triton's `optional`), e.g. text or token ids.
+    pub optional: bool,
+}
 
 /// A KServe V2 datatype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

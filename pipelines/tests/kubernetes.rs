@@ -491,11 +491,7 @@ async fn no_cluster_fails_the_attempt_without_panicking() {
 #[tokio::test]
 async fn unreachable_cluster_fails_the_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = nexus_testing::free_port().unwrap();
     let kubeconfig = write_kubeconfig(dir.path(), &format!("https://127.0.0.1:{closed_port}"));
     let mut config = KubernetesConfig::new(dir.path());
     config.kubeconfig = Some(kubeconfig);

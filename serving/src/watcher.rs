@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_models::Backends;
-use nexus_models::config::{self, pb};
 use nexus_models::repository::CONFIG_FILE;
+use nexus_models::{config, pb};
 use tokio::io::AsyncWriteExt;
 
 use crate::manager::ModelManager;

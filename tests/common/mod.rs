@@ -6,7 +6,6 @@ pub mod registry;
 
 use std::fs;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+pub use nexus_testing::{free_port, free_ports};
 
 /// How long a server may take to report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -169,11 +170,6 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Polls `url` until it answers 200, failing if `child` exits first or after [`READY_TIMEOUT`].
 pub async fn wait_for_ok(
     child: &mut Child,
@@ -210,21 +206,6 @@ pub async fn metric_sum(url: &str, name: &str) -> Result<f64> {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
-}
-
-/// Three ports that were free a moment ago.
-fn free_ports() -> Result<[u16; 3]> {
-    // Hold all three listeners at once so the kernel hands out three different ports.
-    let listeners = [
-        TcpListener::bind("127.0.0.1:0")?,
-        TcpListener::bind("127.0.0.1:0")?,
-        TcpListener::bind("127.0.0.1:0")?,
-    ];
-    let mut ports = [0; 3];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(ports)
 }
 
 /// Which `nexus` command a [`Server`] runs.

@@ -1,22 +1,20 @@
 //! The registry side of `nexus`: `nexus registry` processes a test can kill -9 and start
 //! again on the same data, an MLflow REST client, and a fresh database per test.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use nexus_testing::PostgresDatabase;
 use reqwest::Method;
-use serde_json::Value;
-use sqlx::{AssertSqlSafe, Connection};
+use serde_json::{Value, json};
+use sqlx::Connection;
 use tempfile::TempDir;
 
 use super::{START_ATTEMPTS, free_port, json_reply};
-
-/// The PostgreSQL server tests create their databases in (any database on it will do as
-/// the one to connect to); `NEXUS_TEST_POSTGRES_URL` overrides it.
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// A client for the MLflow REST API of a registry at one base URL.
 #[derive(Clone)]
@@ -161,16 +159,7 @@ pub enum Database {
 /// data dir), a new PostgreSQL database otherwise, dropped when this is dropped.
 pub struct TestDatabase {
     kind: Database,
-    postgres: Option<Postgres>,
-}
-
-struct Postgres {
-    /// The URL tests connect to for CREATE and DROP DATABASE.
-    admin_url: String,
-    /// `scheme://user@`, `host:port` and the rest of the admin URL, taken apart.
-    prefix: String,
-    address: String,
-    name: String,
+    postgres: Option<PostgresDatabase>,
 }
 
 impl TestDatabase {
@@ -178,55 +167,14 @@ impl TestDatabase {
     /// server cannot be reached (with a note on stderr); when `NEXUS_TEST_POSTGRES_URL`
     /// is set, an unreachable server is an error.
     pub async fn create(kind: Database) -> Result<Option<TestDatabase>> {
-        if kind == Database::Sqlite {
-            return Ok(Some(TestDatabase {
-                kind,
-                postgres: None,
-            }));
-        }
-        let configured = std::env::var("NEXUS_TEST_POSTGRES_URL").ok();
-        let admin_url = configured
-            .clone()
-            .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_string());
-        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
-            Ok(connection) => connection,
-            Err(e) if configured.is_none() => {
-                eprintln!(
-                    "SKIPPED on PostgreSQL: cannot connect to {admin_url} ({e}); \
-                     set NEXUS_TEST_POSTGRES_URL to require it"
-                );
-                return Ok(None);
-            }
-            Err(e) => return Err(e).with_context(|| format!("connecting to {admin_url}")),
+        let postgres = match kind {
+            Database::Sqlite => None,
+            Database::Postgres => match PostgresDatabase::create("nexus_rs").await? {
+                Some(database) => Some(database),
+                None => return Ok(None),
+            },
         };
-        let name = format!("nexus_rs_{}", unique_suffix());
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("creating database {name}"))?;
-        admin.close().await?;
-        let (prefix, rest) = admin_url
-            .split_once("://")
-            .context("a PostgreSQL URL has a scheme")?;
-        let (authority, _) = rest.split_once('/').unwrap_or((rest, ""));
-        let (user, address) = match authority.rsplit_once('@') {
-            Some((user, address)) => (format!("{user}@"), address),
-            None => (String::new(), authority),
-        };
-        let address = if address.contains(':') {
-            address.to_string()
-        } else {
-            format!("{address}:5432")
-        };
-        Ok(Some(TestDatabase {
-            kind,
-            postgres: Some(Postgres {
-                prefix: format!("{prefix}://{user}"),
-                admin_url,
-                address,
-                name,
-            }),
-        }))
+        Ok(Some(TestDatabase { kind, postgres }))
     }
 
     /// The kind of database.
@@ -237,66 +185,24 @@ impl TestDatabase {
     /// `--database-url URL` for PostgreSQL; nothing for SQLite (the data dir's default).
     pub fn args(&self) -> Vec<String> {
         match &self.postgres {
-            Some(pg) => vec!["--database-url".into(), self.url_via(&pg.address)],
+            Some(pg) => vec!["--database-url".into(), pg.url()],
             None => Vec::new(),
         }
     }
 
     /// The PostgreSQL server's `host:port`.
     pub fn address(&self) -> Option<&str> {
-        self.postgres.as_ref().map(|pg| pg.address.as_str())
+        self.postgres.as_ref().map(PostgresDatabase::address)
     }
 
     /// The database's URL with `address` (`host:port`) in place of the server's, to go
     /// through a proxy. Empty for SQLite.
     pub fn url_via(&self, address: &str) -> String {
-        match &self.postgres {
-            Some(pg) => format!("{}{address}/{}", pg.prefix, pg.name),
-            None => String::new(),
-        }
+        self.postgres
+            .as_ref()
+            .map(|pg| pg.url_via(address))
+            .unwrap_or_default()
     }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let Some(pg) = self.postgres.take() else {
-            return;
-        };
-        // Drop may run inside the test's runtime, which cannot be blocked on: a thread of
-        // its own with a runtime of its own drops the database.
-        let dropped = std::thread::spawn(move || -> Result<()> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&pg.admin_url).await?;
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg.name);
-                sqlx::raw_sql(AssertSqlSafe(sql))
-                    .execute(&mut admin)
-                    .await?;
-                anyhow::Ok(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop a test database: {dropped:?}");
-        }
-    }
-}
-
-/// A name part no other test (or test run) uses at the same time.
-pub fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    format!(
-        "{}_{nanos}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Runs `PRAGMA integrity_check` on the SQLite database at `path` (read-only, beside a
@@ -441,4 +347,103 @@ impl Drop for RegistryServer {
             );
         }
     }
+}
+
+/// A `nexus registry` on a fresh database and data dir. Fields drop in order: the
+/// process first, then its files, then the database.
+pub struct Fixture {
+    pub server: RegistryServer,
+    _data: TempDir,
+    _database: TestDatabase,
+}
+
+impl Fixture {
+    /// `None` when `kind` is PostgreSQL and no server is reachable.
+    pub async fn start(kind: Database) -> Result<Option<Fixture>> {
+        let Some(database) = TestDatabase::create(kind).await? else {
+            return Ok(None);
+        };
+        let data = tempfile::tempdir()?;
+        let server = RegistryServer::start(data.path(), &database.args()).await?;
+        Ok(Some(Fixture {
+            server,
+            _data: data,
+            _database: database,
+        }))
+    }
+
+    pub fn mlflow(&self) -> Mlflow {
+        self.server.mlflow()
+    }
+}
+
+/// `[{key, value}, …]` from pairs.
+pub fn tags<K: ToString, V: ToString>(pairs: impl IntoIterator<Item = (K, V)>) -> Value {
+    Value::Array(
+        pairs
+            .into_iter()
+            .map(|(k, v)| json!({"key": k.to_string(), "value": v.to_string()}))
+            .collect(),
+    )
+}
+
+/// A `[{key, value}, …]` list as a map.
+pub fn tag_map(list: &Value) -> BTreeMap<String, String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                t["key"].as_str().unwrap_or_default().to_string(),
+                t["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A model version's number.
+pub fn version_of(model_version: &Value) -> Result<u64> {
+    model_version["version"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no version number in {model_version}"))
+}
+
+/// Every visible version of `name` (model-versions/search, all pages).
+pub async fn all_versions(mlflow: &Mlflow, name: &str) -> Result<Vec<Value>> {
+    let mut versions = Vec::new();
+    let mut token = String::new();
+    loop {
+        let mut params = json!({"filter": format!("name = '{name}'"), "max_results": 1000});
+        if !token.is_empty() {
+            params["page_token"] = json!(token);
+        }
+        let page = mlflow.get("model-versions/search", &params).await?;
+        versions.extend(
+            page["model_versions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        match page["next_page_token"].as_str() {
+            Some(next) if !next.is_empty() => token = next.to_string(),
+            _ => return Ok(versions),
+        }
+    }
+}
+
+/// Creates a version of `name` from `source` with `tag_pairs`; returns the status and body.
+pub async fn create_version(
+    mlflow: &Mlflow,
+    name: &str,
+    source: &str,
+    tag_pairs: Value,
+) -> Result<(u16, Value)> {
+    mlflow
+        .call(
+            Method::POST,
+            "model-versions/create",
+            &json!({"name": name, "source": source, "tags": tag_pairs}),
+        )
+        .await
 }

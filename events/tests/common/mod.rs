@@ -27,7 +27,7 @@ pub fn init_tracing() {
 
 /// A consumer group id of its own (an external broker keeps groups across runs).
 pub fn group(name: &str) -> String {
-    nexus_events::testing::unique_name(name)
+    nexus_testing::unique_name(name)
 }
 
 /// How long a test waits for one event (a Kafka group join takes a few seconds).

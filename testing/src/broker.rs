@@ -1,4 +1,4 @@
-//! Test support (not part of the API): a Kafka-protocol broker for tests.
+//! A Kafka-protocol broker for tests.
 //!
 //! [`TestBroker::start`] uses the broker in `NEXUS_TEST_KAFKA_BROKERS` when it is set, or
 //! starts [tansu](https://github.com/tansu-io/tansu) (`NEXUS_TANSU`, else
@@ -16,13 +16,16 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::{Delivery, EventError, KafkaArgs, Topic, TopicNames};
+use nexus_events::kafka::read_topic;
+use nexus_events::{Delivery, EventError, KafkaArgs, Topic, TopicNames};
+
+use crate::{free_port, unique_name};
 
 /// Environment variable naming an external broker (host:port,...) for the tests.
 pub const BROKERS_ENV: &str = "NEXUS_TEST_KAFKA_BROKERS";
@@ -92,21 +95,6 @@ pub fn tansu_binary() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// A name no other test (or earlier run against the same external broker) uses.
-pub fn unique_name(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// Topic names unique to one test.
 pub fn unique_topics() -> TopicNames {
     let base = unique_name("nexus-test");
@@ -115,10 +103,6 @@ pub fn unique_topics() -> TopicNames {
         feedback: format!("{base}.feedback"),
         decisions: format!("{base}.decisions"),
     }
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl TestBroker {
@@ -501,7 +485,7 @@ impl TopicReader {
     /// time), in offset order per partition; empty when the topic does not exist.
     pub async fn read_available(&self) -> Result<Vec<Delivery>, EventError> {
         let from = self.next.lock().clone();
-        let events = crate::kafka::read_topic(&self.args, self.topic, &self.name, from).await?;
+        let events = read_topic(&self.args, self.topic, &self.name, from).await?;
         let mut next = self.next.lock();
         for event in &events {
             let offset = next.entry(event.partition).or_insert(0);
