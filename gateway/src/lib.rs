@@ -73,6 +73,6 @@ pub use config::{AuthConfig, TlsConfig, check_bind};
 pub use error::GatewayError;
 pub use gateway::{Denial, Gateway, LimitScope, Principal};
 pub use grpc::{GrpcAuthLayer, GrpcAuthService};
-pub use http::{AuthLayer, AuthService, serve_http};
+pub use http::{AuthLayer, AuthService, serve_http, set_nodelay};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, KeyStore};
 pub use policy::{Role, RouteClass, allowed};

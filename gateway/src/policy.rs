@@ -88,14 +88,16 @@ impl FromStr for Role {
 pub enum RouteClass {
     /// Liveness and readiness probes: always open, never authenticated or rate limited.
     Health,
-    /// V2 server/model metadata, readiness, config, statistics, repository index, and the
-    /// process's service list (`GET /api/v1/services`): the reads every role may make.
+    /// V2 server/model metadata, readiness, config, statistics, repository index,
+    /// shared-memory status, and the process's service list (`GET /api/v1/services`): the
+    /// reads every role may make.
     InferenceRead,
     /// V2 inference (HTTP infer, gRPC ModelInfer/ModelStreamInfer).
     Infer,
     /// Feedback on an inference (`POST /v2/models/{m}/feedback`); treated like [`Self::Infer`].
     Feedback,
-    /// V2 model repository load/unload.
+    /// V2 model repository load/unload, and registering and unregistering shared memory:
+    /// a registered region is server state every client's inference may read and write.
     ModelControl,
     /// MLflow reads: every GET, and the POST endpoints MLflow clients use for reads.
     RegistryRead,
@@ -202,6 +204,10 @@ pub fn is_mlflow_path(path: &str) -> bool {
             .any(|p| path.starts_with(p) || path == p.trim_end_matches('/'))
 }
 
+/// The first V2 path segment of the system and the CUDA shared-memory extensions.
+const SYSTEM_SHM: &str = "systemsharedmemory";
+const CUDA_SHM: &str = "cudasharedmemory";
+
 /// The class of an HTTP request. Matching is literal (no decoding or `..` folding, as in
 /// axum's router), so a path classified as open cannot route to a protected handler; a path
 /// that matches nothing here is [`RouteClass::Admin`].
@@ -228,6 +234,21 @@ pub fn classify_http(method: &Method, path: &str) -> RouteClass {
             (["models", _, "feedback"], _, true) => C::Feedback,
             (["repository", "index"], _, true) => C::InferenceRead,
             (["repository", "models", _, "load" | "unload"], _, true) => C::ModelControl,
+            // The shared-memory extensions, system and CUDA: status reads, the rest changes
+            // what every inference may reach.
+            ([SYSTEM_SHM | CUDA_SHM, "status"], true, _)
+            | ([SYSTEM_SHM | CUDA_SHM, "region", _, "status"], true, _) => C::InferenceRead,
+            ([SYSTEM_SHM | CUDA_SHM, "unregister"], _, true)
+            | (
+                [
+                    SYSTEM_SHM | CUDA_SHM,
+                    "region",
+                    _,
+                    "register" | "unregister",
+                ],
+                _,
+                true,
+            ) => C::ModelControl,
             _ => C::Admin,
         };
     }
@@ -287,7 +308,13 @@ pub fn classify_grpc(path: &str) -> RouteClass {
             "ModelReady" | "ServerMetadata" | "ModelMetadata" | "ModelConfig"
             | "ModelStatistics" | "RepositoryIndex" => C::InferenceRead,
             "ModelInfer" | "ModelStreamInfer" => C::Infer,
-            "RepositoryModelLoad" | "RepositoryModelUnload" => C::ModelControl,
+            "SystemSharedMemoryStatus" | "CudaSharedMemoryStatus" => C::InferenceRead,
+            "RepositoryModelLoad"
+            | "RepositoryModelUnload"
+            | "SystemSharedMemoryRegister"
+            | "SystemSharedMemoryUnregister"
+            | "CudaSharedMemoryRegister"
+            | "CudaSharedMemoryUnregister" => C::ModelControl,
             _ => C::Admin,
         };
     }
@@ -413,6 +440,43 @@ mod tests {
             (Method::POST, "/v2/systemsharedmemory/register", C::Admin),
             (
                 Method::GET,
+                "/v2/systemsharedmemory/status",
+                C::InferenceRead,
+            ),
+            (
+                Method::GET,
+                "/v2/systemsharedmemory/region/r/status",
+                C::InferenceRead,
+            ),
+            (Method::GET, "/v2/cudasharedmemory/status", C::InferenceRead),
+            (Method::POST, "/v2/systemsharedmemory/status", C::Admin),
+            (
+                Method::POST,
+                "/v2/systemsharedmemory/region/r/register",
+                C::ModelControl,
+            ),
+            (
+                Method::POST,
+                "/v2/systemsharedmemory/region/r/unregister",
+                C::ModelControl,
+            ),
+            (
+                Method::POST,
+                "/v2/systemsharedmemory/unregister",
+                C::ModelControl,
+            ),
+            (
+                Method::POST,
+                "/v2/cudasharedmemory/region/r/register",
+                C::ModelControl,
+            ),
+            (
+                Method::GET,
+                "/v2/systemsharedmemory/region/r/register",
+                C::Admin,
+            ),
+            (
+                Method::GET,
                 "/api/2.0/mlflow/registered-models/get",
                 C::RegistryRead,
             ),
@@ -508,7 +572,13 @@ mod tests {
             ("ModelStreamInfer", C::Infer),
             ("RepositoryModelLoad", C::ModelControl),
             ("RepositoryModelUnload", C::ModelControl),
-            ("SystemSharedMemoryRegister", C::Admin),
+            ("SystemSharedMemoryStatus", C::InferenceRead),
+            ("CudaSharedMemoryStatus", C::InferenceRead),
+            ("SystemSharedMemoryRegister", C::ModelControl),
+            ("SystemSharedMemoryUnregister", C::ModelControl),
+            ("CudaSharedMemoryRegister", C::ModelControl),
+            ("CudaSharedMemoryUnregister", C::ModelControl),
+            ("TraceSetting", C::Admin),
         ];
         for (method, class) in cases {
             let path = format!("/inference.GRPCInferenceService/{method}");

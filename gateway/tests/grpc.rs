@@ -19,7 +19,9 @@ const GRPC_SAMPLES: &[(RouteClass, &str)] = &[
     (RouteClass::Infer, "ModelStreamInfer"),
     (RouteClass::ModelControl, "RepositoryModelLoad"),
     (RouteClass::ModelControl, "RepositoryModelUnload"),
-    (RouteClass::Admin, "SystemSharedMemoryStatus"),
+    (RouteClass::InferenceRead, "SystemSharedMemoryStatus"),
+    (RouteClass::ModelControl, "SystemSharedMemoryRegister"),
+    (RouteClass::Admin, "TraceSetting"),
 ];
 
 fn message(model: &str) -> InferRequest {

@@ -1,27 +1,24 @@
-//! Triton's dynamic batcher: a task that owns one model version's queue.
+//! Triton's dynamic batcher: how an instance forms a batch from its version's queue.
 //!
-//! Callers send requests over a channel with a oneshot for the answer. The task waits
-//! for a free instance, then gathers queued requests whose non-batch shapes and requested
-//! outputs match the oldest one, up to `max_batch_size` (or the largest preferred batch
-//! size), waiting at most `max_queue_delay_microseconds` for more to arrive. It joins
-//! them along dimension 0, runs them as one execution and splits the outputs back.
-//! The queue is bounded (`max_queue_size`); a full queue or a request that waited past
-//! its timeout is refused with UNAVAILABLE.
+//! A free instance takes the oldest request and the queued requests whose non-batch shapes
+//! and requested outputs match it, up to `max_batch_size` (or the largest preferred batch
+//! size), waiting at most `max_queue_delay_microseconds` after the oldest arrived for more
+//! (on the instance's own thread, so sub-millisecond delays hold). It joins them along
+//! dimension 0, runs them as one execution and splits the outputs back. While every instance
+//! is busy, requests gather in the queue and the next free instance takes them together:
+//! batching never leaves an instance idle while requests wait.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use parking_lot::MutexGuard;
 
 use nexus_models::pb::model_config::SchedulingChoice;
 use nexus_models::pb::model_queue_policy::TimeoutAction;
-use nexus_models::{ModelConfig, Tensor, TensorData};
+use nexus_models::{ComputeTimings, ModelConfig, Tensor, TensorData};
 
 use crate::error::ServingError;
-use crate::instance::{Done, Executed, Execution, InstancePool, Work};
-use crate::metrics::VersionStats;
+use crate::queue::{Done, Pending, Queue, Queued, Reply};
 
 /// The batching settings of one model version, from its `dynamic_batching` block.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,26 +66,6 @@ impl BatchPolicy {
     }
 }
 
-struct Queued {
-    work: Work,
-    enqueued: Instant,
-    reply: oneshot::Sender<Result<Done, ServingError>>,
-}
-
-impl Queued {
-    /// Requests can share an execution when they give the same inputs with the same
-    /// non-batch dimensions and ask for the same outputs.
-    fn fits_with(&self, other: &Queued) -> bool {
-        let (a, b) = (&self.work, &other.work);
-        a.outputs == b.outputs
-            && a.inputs.len() == b.inputs.len()
-            && a.inputs
-                .iter()
-                .zip(&b.inputs)
-                .all(|(x, y)| x.name == y.name && x.shape.get(1..) == y.shape.get(1..))
-    }
-}
-
 /// The two settings the optimiser tunes while the batcher runs; read at every batch.
 #[derive(Debug)]
 struct Tuning {
@@ -96,52 +73,26 @@ struct Tuning {
     target: AtomicU64,
 }
 
-/// The handle callers use; dropping it stops the task once its queue is empty.
+/// A version's batching: its policy and the settings the optimiser tunes live.
 pub struct Batcher {
-    requests: mpsc::UnboundedSender<Queued>,
-    queued: Arc<AtomicUsize>,
-    max_queue: usize,
-    max_batch: u64,
-    tuning: Arc<Tuning>,
-    stats: Arc<VersionStats>,
-    label: String,
+    policy: BatchPolicy,
+    tuning: Tuning,
 }
 
 impl Batcher {
-    /// Starts the batching task for `pool`.
-    pub fn start(
-        pool: InstancePool,
-        policy: BatchPolicy,
-        stats: Arc<VersionStats>,
-        label: &str,
-    ) -> Self {
-        let (requests, incoming) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let tuning = Arc::new(Tuning {
-            max_delay_us: AtomicU64::new(policy.max_delay.as_micros() as u64),
+    pub fn new(policy: BatchPolicy) -> Self {
+        let tuning = Tuning {
+            max_delay_us: AtomicU64::new(
+                u64::try_from(policy.max_delay.as_micros()).unwrap_or(u64::MAX),
+            ),
             target: AtomicU64::new(policy.target),
-        });
-        let task = BatchTask {
-            tuning: Arc::clone(&tuning),
-            free: Arc::new(Semaphore::new(pool.size().max(1))),
-            pool,
-            incoming,
-            pending: VecDeque::new(),
-            policy: policy.clone(),
-            queued: Arc::clone(&queued),
-            stats: Arc::clone(&stats),
-            open: true,
         };
-        tokio::spawn(task.run());
-        Batcher {
-            requests,
-            queued,
-            max_queue: policy.max_queue,
-            max_batch: policy.max_batch,
-            tuning,
-            stats,
-            label: label.to_string(),
-        }
+        Batcher { policy, tuning }
+    }
+
+    /// The queue policy: how many requests may wait, and for how long.
+    pub fn policy(&self) -> &BatchPolicy {
+        &self.policy
     }
 
     /// The current (max queue delay, preferred batch size, max batch size).
@@ -149,7 +100,7 @@ impl Batcher {
         (
             Duration::from_micros(self.tuning.max_delay_us.load(Ordering::Relaxed)),
             self.tuning.target.load(Ordering::Relaxed),
-            self.max_batch,
+            self.policy.max_batch,
         )
     }
 
@@ -160,227 +111,63 @@ impl Batcher {
         self.tuning.max_delay_us.store(delay, Ordering::Relaxed);
         self.tuning
             .target
-            .store(preferred.clamp(1, self.max_batch), Ordering::Relaxed);
+            .store(preferred.clamp(1, self.policy.max_batch), Ordering::Relaxed);
     }
 
-    /// Queues `work` and waits for its share of a batch.
-    pub async fn submit(&self, work: Work) -> Result<Done, ServingError> {
-        let admitted = self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_queue).then_some(n + 1)
-            });
-        if admitted.is_err() {
-            return Err(ServingError::Unavailable(format!(
-                "{}: the queue is full ({} requests waiting), retry later",
-                self.label, self.max_queue
-            )));
-        }
-        self.stats.queued(1);
-        let (reply, answer) = oneshot::channel();
-        let queued = Queued {
-            work,
-            enqueued: Instant::now(),
-            reply,
-        };
-        if self.requests.send(queued).is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.stats.dequeued(1);
-            return Err(ServingError::Unavailable(format!(
-                "{} is unloading",
-                self.label
-            )));
-        }
-        answer.await.map_err(|_| {
-            ServingError::Internal(format!(
-                "{}: the batcher stopped before replying",
-                self.label
-            ))
-        })?
-    }
-}
-
-struct BatchTask {
-    pool: InstancePool,
-    incoming: mpsc::UnboundedReceiver<Queued>,
-    pending: VecDeque<Queued>,
-    policy: BatchPolicy,
-    tuning: Arc<Tuning>,
-    /// Free instances: a batch is formed only when one can run it, so requests that
-    /// arrive while all instances are busy join the next batch instead of queueing.
-    free: Arc<Semaphore>,
-    queued: Arc<AtomicUsize>,
-    stats: Arc<VersionStats>,
-    /// False once every handle is gone.
-    open: bool,
-}
-
-impl BatchTask {
-    async fn run(mut self) {
-        while self.open || !self.pending.is_empty() {
-            if self.pending.is_empty() {
-                match self.incoming.recv().await {
-                    Some(q) => self.pending.push_back(q),
-                    None => break,
-                }
-            }
-            let Some(permit) = self.wait_for_instance().await else {
-                continue;
-            };
-            let batch = self.gather().await;
-            if batch.is_empty() {
-                continue;
-            }
-            self.dispatch(batch, permit);
-        }
-    }
-
-    /// Waits for a free instance, refusing requests whose timeout passes meanwhile.
-    /// `None` when every pending request timed out.
-    async fn wait_for_instance(&mut self) -> Option<OwnedSemaphorePermit> {
-        loop {
-            let deadline = self.next_deadline();
-            let free = Arc::clone(&self.free);
-            tokio::select! {
-                permit = free.acquire_owned() => {
-                    // The semaphore is never closed, so acquiring cannot fail.
-                    return permit.ok();
-                }
-                () = sleep_until(deadline) => {
-                    self.receive_ready();
-                    self.expire();
-                    if self.pending.is_empty() {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Collects the batch: requests compatible with the oldest, up to the target rows,
-    /// waiting until the oldest has been queued `max_delay` for more to arrive.
-    async fn gather(&mut self) -> Vec<Queued> {
-        self.receive_ready();
-        self.expire();
-        let Some(head) = self.pending.front() else {
-            return Vec::new();
-        };
+    /// Forms the next batch for a free instance from `pending`, whose oldest request is
+    /// waiting: requests compatible with it, up to the target rows, waiting until it has
+    /// been queued the max delay for more to arrive. Empty when the requests it waited
+    /// for were dropped meanwhile.
+    pub(crate) fn gather(
+        &self,
+        queue: &Queue,
+        pending: &mut MutexGuard<'_, Pending>,
+    ) -> Vec<Queued> {
         let delay = Duration::from_micros(self.tuning.max_delay_us.load(Ordering::Relaxed));
         let target = self.tuning.target.load(Ordering::Relaxed);
+        let Some(head) = pending.head() else {
+            return Vec::new();
+        };
         let flush_at = head.enqueued + delay;
         loop {
-            let (rows, _) = self.compatible();
-            if rows >= target || !self.open || Instant::now() >= flush_at {
-                break;
+            // Positions are recomputed after every wait: the lock was released meanwhile.
+            let (rows, picked) = pending.compatible(self.policy.max_batch);
+            let full = rows >= target || !pending.is_open();
+            if picked.is_empty() || full || Instant::now() >= flush_at {
+                return pending.take(&picked);
             }
-            match tokio::time::timeout_at(flush_at.into(), self.incoming.recv()).await {
-                Ok(Some(q)) => {
-                    self.pending.push_back(q);
-                    self.receive_ready();
-                }
-                Ok(None) => self.open = false,
-                Err(_) => break,
-            }
-        }
-        let (_, picked) = self.compatible();
-        let mut batch = Vec::with_capacity(picked.len());
-        for index in picked.into_iter().rev() {
-            if let Some(q) = self.pending.remove(index) {
-                batch.push(q);
-            }
-        }
-        batch.reverse();
-        batch
-    }
-
-    /// Rows and queue positions of the requests that can join the oldest one, in order,
-    /// stopping at the first that would overflow `max_batch`.
-    fn compatible(&self) -> (u64, Vec<usize>) {
-        let Some(head) = self.pending.front() else {
-            return (0, Vec::new());
-        };
-        let mut rows = 0;
-        let mut picked = Vec::new();
-        for (i, q) in self.pending.iter().enumerate() {
-            if !q.fits_with(head) {
-                continue;
-            }
-            if rows + q.work.rows > self.policy.max_batch {
-                break;
-            }
-            rows += q.work.rows;
-            picked.push(i);
-        }
-        (rows, picked)
-    }
-
-    fn receive_ready(&mut self) {
-        loop {
-            match self.incoming.try_recv() {
-                Ok(q) => self.pending.push_back(q),
-                Err(mpsc::error::TryRecvError::Empty) => return,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.open = false;
-                    return;
-                }
-            }
+            queue.wait(pending, Some(flush_at));
         }
     }
+}
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let timeout = self.policy.timeout?;
-        self.pending.iter().map(|q| q.enqueued + timeout).min()
-    }
+/// The outputs of one execution, with when it started and how long each phase took.
+#[derive(Debug)]
+pub struct Executed {
+    pub outputs: Vec<Tensor>,
+    pub started: Instant,
+    pub compute: ComputeTimings,
+}
 
-    /// Refuses the requests that waited longer than the queue policy allows.
-    fn expire(&mut self) {
-        let Some(timeout) = self.policy.timeout else {
-            return;
-        };
-        let now = Instant::now();
-        let (expired, kept): (VecDeque<Queued>, VecDeque<Queued>) = self
-            .pending
-            .drain(..)
-            .partition(|q| now.duration_since(q.enqueued) >= timeout);
-        self.pending = kept;
-        for q in expired {
-            self.release(1);
-            let _ = q.reply.send(Err(ServingError::Unavailable(format!(
-                "request timed out after waiting {} µs in the queue (default_timeout_microseconds)",
-                timeout.as_micros()
-            ))));
+/// Runs `batch` as one execution with `infer` (full input tensors in, outputs out) and
+/// answers each request with its rows. Returns the rows run.
+pub(crate) fn execute(
+    batch: Vec<Queued>,
+    infer: impl FnOnce(&[Tensor], &[String]) -> Result<Executed, ServingError>,
+) -> u64 {
+    match join(batch) {
+        Ok((inputs, outputs, waiting)) => {
+            let rows = waiting.iter().map(|w| w.rows).sum();
+            answer(infer(&inputs, &outputs), waiting, rows);
+            rows
         }
-    }
-
-    fn release(&self, requests: usize) {
-        self.queued.fetch_sub(requests, Ordering::AcqRel);
-        self.stats.dequeued(requests as u64);
-    }
-
-    fn dispatch(&mut self, batch: Vec<Queued>, permit: OwnedSemaphorePermit) {
-        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        let requests = batch.len() as u64;
-        let rows: u64 = batch.iter().map(|q| q.work.rows).sum();
-        let (inputs, outputs, waiting) = match join(batch) {
-            Ok(joined) => joined,
-            Err((error, waiting)) => {
-                self.stats.dequeued(requests);
-                let error = ServingError::Internal(error);
-                for w in waiting {
-                    let _ = w.reply.send(Err(error.clone()));
-                }
-                return;
+        Err((error, waiting)) => {
+            let error = ServingError::Internal(error);
+            for w in waiting {
+                let _ = w.reply.send(Err(error.clone()));
             }
-        };
-        let execution = Execution {
-            inputs,
-            outputs,
-            rows,
-            requests,
-            permit: Some(permit),
-            reply: Box::new(move |result| answer(result, waiting, rows)),
-        };
-        self.pool.submit(execution);
+            0
+        }
     }
 }
 
@@ -388,7 +175,7 @@ impl BatchTask {
 struct Waiting {
     rows: u64,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<Done, ServingError>>,
+    reply: Reply,
 }
 
 type Joined = (Vec<Tensor>, Vec<String>, Vec<Waiting>);
@@ -508,16 +295,10 @@ fn split_outputs(
     per_request.into_iter().map(Ok).collect()
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::tests::queued;
     use nexus_models::config::parse_text;
 
     #[test]
@@ -549,37 +330,6 @@ mod tests {
         );
         assert!(BatchPolicy::from_config(&parse_text("max_batch_size: 4").unwrap(), 1).is_none());
         assert!(BatchPolicy::from_config(&parse_text("dynamic_batching {}").unwrap(), 1).is_none());
-    }
-
-    fn queued(
-        rows: u64,
-        width: i64,
-        outputs: &[&str],
-    ) -> (Queued, oneshot::Receiver<Result<Done, ServingError>>) {
-        let (reply, rx) = oneshot::channel();
-        let n = (rows as i64 * width) as usize;
-        let data = TensorData::F32((0..n).map(|v| v as f32 + rows as f32 * 100.0).collect());
-        let work = Work {
-            inputs: vec![Tensor::new("x", vec![rows as i64, width], data).unwrap()],
-            outputs: outputs.iter().map(|o| o.to_string()).collect(),
-            rows,
-        };
-        (
-            Queued {
-                work,
-                enqueued: Instant::now(),
-                reply,
-            },
-            rx,
-        )
-    }
-
-    #[test]
-    fn only_matching_shapes_and_outputs_share_a_batch() {
-        let (a, _) = queued(1, 4, &["y"]);
-        assert!(a.fits_with(&queued(3, 4, &["y"]).0));
-        assert!(!a.fits_with(&queued(1, 5, &["y"]).0));
-        assert!(!a.fits_with(&queued(1, 4, &["z"]).0));
     }
 
     #[test]

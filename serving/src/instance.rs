@@ -1,147 +1,201 @@
 //! A pool of model instances, each owned by its own OS thread.
 //!
-//! Inference is CPU-bound and blocking, so it never runs on the async reactor: executions
-//! go through a bounded channel to the instance threads, which call the execution's reply
-//! when done. Dropping the pool closes the channel; each thread finishes the executions
-//! already queued and exits, which is how an unload lets in-flight requests complete.
+//! Inference is CPU-bound and blocking, so it never runs on the async reactor: each
+//! instance thread takes work from its version's [`Queue`] when it is free (one request,
+//! or a batch formed by the [`Batcher`]) and answers the callers itself. Dropping the pool
+//! closes the queue; each thread finishes the requests already queued and exits, which is
+//! how an unload lets in-flight requests complete.
+//!
+//! One shortcut: a request that finds the queue empty and an instance idle, for a model
+//! whose executions are short, runs on the caller's thread ([`InstancePool::run_inline`]).
+//! Handing it to the instance thread and the answer back costs two thread wake-ups, more
+//! than such a model's whole execution; at low load that is most of the latency Nexus adds.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
-use tokio::sync::OwnedSemaphorePermit;
+use parking_lot::Mutex;
 
-use nexus_models::{Backend, ComputeTimings, Tensor};
+use nexus_models::{Backend, Tensor};
 
+use crate::batcher::{Batcher, Executed, execute};
 use crate::error::ServingError;
 use crate::metrics::VersionStats;
+use crate::queue::{Done, Queue, Queued, Work};
 
-/// A validated request: inputs in the config's order with the batch dimension, the
-/// outputs to return, and how many rows it holds. What a version's scheduler takes, straight
-/// to the pool or through the batcher; declared here, below both, so that neither depends on
-/// the other.
-#[derive(Debug)]
-pub struct Work {
-    pub inputs: Vec<Tensor>,
-    pub outputs: Vec<String>,
-    pub rows: u64,
-}
-
-/// A request's outputs with the time it waited and the compute time of its execution.
-#[derive(Debug)]
-pub struct Done {
-    pub outputs: Vec<Tensor>,
-    pub queue: Duration,
-    pub compute: ComputeTimings,
-    /// Rows of the execution the request ran in.
-    pub batch_rows: u64,
-}
-
-/// The outputs of one execution, with when it started and how long each phase took.
-#[derive(Debug)]
-pub struct Executed {
-    pub outputs: Vec<Tensor>,
-    pub started: Instant,
-    pub compute: ComputeTimings,
-}
-
-/// Called on the instance thread with the execution's result.
-pub type Reply = Box<dyn FnOnce(Result<Executed, ServingError>) + Send>;
-
-/// One run of the model: full input tensors (batch dimension included).
-pub struct Execution {
-    pub inputs: Vec<Tensor>,
-    pub outputs: Vec<String>,
-    /// Rows in the batch, for statistics.
-    pub rows: u64,
-    /// Requests this execution answers, for the pending-request gauge.
-    pub requests: u64,
-    /// Held while the execution runs; the batcher counts free instances with it.
-    pub permit: Option<OwnedSemaphorePermit>,
-    pub reply: Reply,
-}
+/// Executions at most this long may run on a caller's thread (an async worker), which
+/// they hold for that time: about what decoding a large JSON request takes there anyway.
+const INLINE_MAX: Duration = Duration::from_micros(100);
 
 /// The instances of one model version.
 pub struct InstancePool {
-    executions: Sender<Execution>,
-    label: String,
-    size: usize,
+    queue: Arc<Queue>,
+    instances: Vec<Arc<Slot>>,
+    batcher: Option<Arc<Batcher>>,
+}
+
+/// An instance's backend, locked by whichever thread runs it, and how long its last
+/// execution took.
+struct Slot {
+    name: String,
+    backend: Mutex<Box<dyn Backend>>,
+    last_ns: AtomicU64,
     stats: Arc<VersionStats>,
 }
 
 impl InstancePool {
-    /// Starts one thread per backend; at most `queue_capacity` executions wait for them.
-    pub fn start(
+    /// Starts one thread per backend, taking work from `queue`, in batches when `batcher`
+    /// is given.
+    pub(crate) fn start(
         label: &str,
         backends: Vec<Box<dyn Backend>>,
-        queue_capacity: usize,
+        queue: Arc<Queue>,
+        batcher: Option<Arc<Batcher>>,
         stats: Arc<VersionStats>,
     ) -> Result<Self, ServingError> {
-        let size = backends.len();
-        let (executions, queue) = crossbeam_channel::bounded::<Execution>(queue_capacity.max(1));
-        for (i, mut backend) in backends.into_iter().enumerate() {
-            let queue = queue.clone();
-            let stats = Arc::clone(&stats);
-            let name = format!("{label}#{i}");
+        let mut instances = Vec::with_capacity(backends.len());
+        for (i, backend) in backends.into_iter().enumerate() {
+            let slot = Arc::new(Slot {
+                name: format!("{label}#{i}"),
+                backend: Mutex::new(backend),
+                // Unknown until the first execution, which runs on the instance thread.
+                last_ns: AtomicU64::new(u64::MAX),
+                stats: Arc::clone(&stats),
+            });
+            let instance = Instance {
+                slot: Arc::clone(&slot),
+                queue: Arc::clone(&queue),
+                batcher: batcher.clone(),
+            };
             std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || {
-                    for job in queue.iter() {
-                        let started = Instant::now();
-                        stats.dequeued(job.requests);
-                        // A backend that panics fails this execution, not the instance or the server.
-                        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            backend.infer(&job.inputs, &job.outputs)
-                        }));
-                        let reply = match result {
-                            Ok(Ok(inferred)) => {
-                                stats.record_execution(job.rows, inferred.timings);
-                                Ok(Executed {
-                                    outputs: inferred.outputs,
-                                    started,
-                                    compute: inferred.timings,
-                                })
-                            }
-                            Ok(Err(e)) => Err(ServingError::from(e)),
-                            Err(_) => {
-                                tracing::error!(instance = %name, "backend panicked during inference");
-                                Err(ServingError::Internal(format!(
-                                    "instance {name} failed during inference"
-                                )))
-                            }
-                        };
-                        drop(job.permit);
-                        (job.reply)(reply);
-                    }
-                })
-                .map_err(|e| ServingError::Internal(format!("cannot start instance thread {label}#{i}: {e}")))?;
+                .name(slot.name.clone())
+                .spawn(move || instance.run())
+                .map_err(|e| {
+                    ServingError::Internal(format!("cannot start instance thread {label}#{i}: {e}"))
+                })?;
+            instances.push(slot);
         }
         Ok(InstancePool {
-            executions,
-            label: label.to_string(),
-            size,
-            stats,
+            queue,
+            instances,
+            batcher,
         })
     }
 
-    /// Number of instances.
-    pub fn size(&self) -> usize {
-        self.size
+    /// Runs `work` on the calling thread when nothing is queued, an instance is idle and
+    /// its last execution was short; gives `work` back otherwise, for the queue.
+    pub(crate) fn run_inline(&self, work: Work) -> Result<Result<Done, ServingError>, Work> {
+        // Not when the version batches with a queue delay, whose point is to wait for
+        // company (the optimiser may set one at any time).
+        let delays = self
+            .batcher
+            .as_ref()
+            .is_some_and(|b| !b.settings().0.is_zero());
+        if delays || !self.queue.is_empty() {
+            return Err(work);
+        }
+        let short = INLINE_MAX.as_nanos() as u64;
+        for slot in &self.instances {
+            if slot.last_ns.load(Ordering::Relaxed) > short {
+                continue;
+            }
+            let Some(mut backend) = slot.backend.try_lock() else {
+                continue;
+            };
+            let rows = work.rows;
+            let executed = slot.infer(&mut **backend, &work.inputs, &work.outputs, rows);
+            return Ok(executed.map(|e| Done {
+                outputs: e.outputs,
+                queue: Duration::ZERO,
+                compute: e.compute,
+                batch_rows: rows,
+            }));
+        }
+        Err(work)
+    }
+}
+
+impl Drop for InstancePool {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// One instance's thread: its backend and where its work comes from.
+struct Instance {
+    slot: Arc<Slot>,
+    queue: Arc<Queue>,
+    batcher: Option<Arc<Batcher>>,
+}
+
+impl Instance {
+    fn run(self) {
+        while let Some(batch) = self.next() {
+            self.queue.taken(batch.len());
+            let rows = batch.iter().map(|q| q.work.rows).sum();
+            let mut backend = self.slot.backend.lock();
+            execute(batch, |inputs, outputs| {
+                self.slot.infer(&mut **backend, inputs, outputs, rows)
+            });
+        }
     }
 
-    /// Queues an execution for the next free instance. When the queue is full or the
-    /// pool is unloading, the execution is answered at once with UNAVAILABLE.
-    pub fn submit(&self, execution: Execution) {
-        let (refused, why) = match self.executions.try_send(execution) {
-            Ok(()) => return,
-            Err(TrySendError::Full(e)) => (e, "the request queue is full, retry later"),
-            Err(TrySendError::Disconnected(e)) => (e, "the model is unloading"),
-        };
-        self.stats.dequeued(refused.requests);
-        (refused.reply)(Err(ServingError::Unavailable(format!(
-            "{}: {why}",
-            self.label
-        ))));
+    /// Waits for work: the oldest request, or a batch around it. `None` once the queue
+    /// is closed and empty.
+    fn next(&self) -> Option<Vec<Queued>> {
+        let mut pending = self.queue.lock();
+        loop {
+            if pending.head().is_none() {
+                if !pending.is_open() {
+                    return None;
+                }
+                self.queue.wait(&mut pending, None);
+                continue;
+            }
+            let batch = match &self.batcher {
+                Some(batcher) => batcher.gather(&self.queue, &mut pending),
+                None => pending.take(&[0]),
+            };
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// Runs one execution on `backend` (this slot's, locked by the caller).
+    fn infer(
+        &self,
+        backend: &mut dyn Backend,
+        inputs: &[Tensor],
+        outputs: &[String],
+        rows: u64,
+    ) -> Result<Executed, ServingError> {
+        let started = Instant::now();
+        // A backend that panics fails this execution, not the instance or the server.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| backend.infer(inputs, outputs)));
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_ns.store(took, Ordering::Relaxed);
+        match result {
+            Ok(Ok(inferred)) => {
+                self.stats.record_execution(rows, inferred.timings);
+                Ok(Executed {
+                    outputs: inferred.outputs,
+                    started,
+                    compute: inferred.timings,
+                })
+            }
+            Ok(Err(e)) => Err(ServingError::from(e)),
+            Err(_) => {
+                tracing::error!(instance = %self.name, "backend panicked during inference");
+                Err(ServingError::Internal(format!(
+                    "instance {} failed during inference",
+                    self.name
+                )))
+            }
+        }
     }
 }

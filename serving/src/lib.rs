@@ -16,8 +16,10 @@ pub mod limits;
 pub mod manager;
 pub mod metadata;
 pub mod metrics;
+pub mod queue;
 pub mod remote;
 pub mod scheduler;
+pub mod shm;
 mod trace;
 pub mod version;
 pub mod watcher;
@@ -250,6 +252,7 @@ pub async fn serve(
         );
     }
     let inflight = limits::InflightBytes::new(args.max_inflight_bytes);
+    let shm = Arc::new(shm::SharedMemory::default());
     let health = health::router(
         Arc::clone(&manager),
         format!(
@@ -273,6 +276,7 @@ pub async fn serve(
             manager: Arc::clone(&manager),
             max_request_bytes: args.max_request_bytes,
             inflight: Arc::clone(&inflight),
+            shm: Arc::clone(&shm),
         }),
         extensions.routes,
         health,
@@ -283,9 +287,7 @@ pub async fn serve(
     let metrics_server = metrics::run(metrics_listener, prometheus, shutdown.clone());
     let grpc_server = grpc::server::run(
         grpc,
-        Arc::clone(&manager),
-        args.max_request_bytes,
-        inflight,
+        grpc::server::service(Arc::clone(&manager), args.max_request_bytes, inflight, shm),
         &gateway,
         extensions.tls,
         shutdown.clone(),

@@ -22,7 +22,6 @@ use nexus_models::{Backend, Device, ModelConfig, ModelRepository};
 use crate::error::ServingError;
 use crate::hooks::{InferenceRecord, Protocol, RequestIds};
 use crate::infer::{InferRequest, InferResponse};
-use crate::instance::InstancePool;
 use crate::metrics::VersionStats;
 use crate::pb::repository_index_response::ModelIndex;
 use crate::remote::{ModelSource, RemoteSpec};
@@ -476,12 +475,12 @@ impl ModelManager {
         let label = format!("{name}:{version}");
         let stats = Arc::new(VersionStats::new(name, version));
         let queue = self.options.queue_capacity;
-        let pool = InstancePool::start(&label, instances, queue, Arc::clone(&stats))?;
+        let scheduler = Scheduler::start(config, &label, instances, Arc::clone(&stats), queue)?;
         Ok(LoadedVersion {
             name: name.to_string(),
             version,
             config: Arc::clone(config),
-            scheduler: Scheduler::new(config, pool, Arc::clone(&stats), &label, queue),
+            scheduler,
             stats,
         })
     }

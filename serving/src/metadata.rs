@@ -12,4 +12,5 @@ pub const SERVER_EXTENSIONS: &[&str] = &[
     "model_configuration",
     "model_repository",
     "statistics",
+    "system_shared_memory",
 ];

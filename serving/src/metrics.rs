@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::serve::ListenerExt;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
@@ -82,7 +83,7 @@ pub async fn run(
             async move { prometheus.render() }
         }),
     );
-    axum::serve(listener, app)
+    axum::serve(listener.tap_io(nexus_gateway::set_nodelay), app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| ServeError::Server(format!("metrics server: {e}")))

@@ -14,10 +14,10 @@ use nexus_models::{DataType, ModelConfig, Tensor};
 use crate::batcher::Batcher;
 use crate::error::ServingError;
 use crate::infer::{InferRequest, InferResponse};
-use crate::instance::{Done, Work};
 use crate::metrics::{Duration64, VersionStats};
 use crate::pb::model_metadata_response::TensorMetadata;
 use crate::pb::{self, ModelMetadataResponse};
+use crate::queue::{Done, Work};
 use crate::scheduler::Scheduler;
 
 /// A loaded, ready model version.

@@ -1,7 +1,8 @@
 //! KServe V2 over gRPC (`inference.GRPCInferenceService`, tonic) with Triton's
-//! extensions: model configuration, statistics and model repository; and [`run`], the gRPC
-//! listener with its layers.
+//! extensions: model configuration, statistics, model repository and system shared memory;
+//! and [`run`], the gRPC listener with its layers.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,13 +24,15 @@ use nexus_models::{DataType, Tensor, TensorData, config};
 use crate::error::{ServeError, ServingError};
 use crate::hooks::{self, Protocol};
 use crate::infer::{InferRequest, InferResponse};
-use crate::limits::{self, InflightBytes};
+use crate::limits::{self, InflightBytes, Reservation};
 use crate::manager::ModelManager;
 use crate::metadata::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use crate::pb::infer_parameter::ParameterChoice;
 use crate::pb::model_infer_request::InferInputTensor;
 use crate::pb::model_infer_response::InferOutputTensor;
-use crate::pb::{self, InferTensorContents};
+use crate::pb::{self, InferParameter, InferTensorContents};
+use crate::shm::{Reference, SharedMemory, SharedOutputs, ShmError};
 use crate::trace::request_span;
 use crate::version::statistics;
 
@@ -48,32 +51,52 @@ impl From<ServingError> for Status {
     }
 }
 
+impl From<ShmError> for Status {
+    fn from(e: ShmError) -> Self {
+        let message = e.to_string();
+        match e {
+            ShmError::NotFound(_) => Status::not_found(message),
+            ShmError::AlreadyExists(_) => Status::already_exists(message),
+            ShmError::TooMany => Status::resource_exhausted(message),
+            ShmError::CudaUnsupported => Status::unimplemented(message),
+            ShmError::Invalid(_) | ShmError::OutOfBounds(_) | ShmError::Open { .. } => {
+                Status::invalid_argument(message)
+            }
+        }
+    }
+}
+
 /// The gRPC service.
 pub struct GrpcService {
     manager: Arc<ModelManager>,
     inflight: Arc<InflightBytes>,
+    shm: Arc<SharedMemory>,
 }
 
-/// The tonic server for `manager`, accepting messages up to `max_message_bytes` and
-/// counting inference requests against the server's `inflight` bytes.
+/// The tonic server for `manager`, accepting messages up to `max_message_bytes`, counting
+/// inference requests against the server's `inflight` bytes and reading and writing
+/// tensors in the regions of `shm`.
 pub fn service(
     manager: Arc<ModelManager>,
     max_message_bytes: usize,
     inflight: Arc<InflightBytes>,
+    shm: Arc<SharedMemory>,
 ) -> GrpcInferenceServiceServer<GrpcService> {
-    GrpcInferenceServiceServer::new(GrpcService { manager, inflight })
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(usize::MAX)
+    GrpcInferenceServiceServer::new(GrpcService {
+        manager,
+        inflight,
+        shm,
+    })
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(usize::MAX)
 }
 
-/// Serves the gRPC service for `manager` on `listener`, plain or over `tls`, until
+/// Serves `service` (see [`service`]) on `listener`, plain or over `tls`, until
 /// `shutdown` completes. Its layers, outermost first: `x-request-id`, the request's span,
 /// the id copied into the response, then the gateway.
 pub async fn run(
     listener: TcpListener,
-    manager: Arc<ModelManager>,
-    max_message_bytes: usize,
-    inflight: Arc<InflightBytes>,
+    service: GrpcInferenceServiceServer<GrpcService>,
     gateway: &Gateway,
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -97,7 +120,7 @@ pub async fn run(
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(gateway.grpc_layer()),
         )
-        .add_service(service(manager, max_message_bytes, inflight));
+        .add_service(service);
     let served = match tls {
         Some(config) => {
             let listener = TlsListener::new(listener, config)
@@ -168,13 +191,36 @@ fn from_contents(
     })
 }
 
+/// A tensor's shared-memory parameters (`shared_memory_region` a string, the offset and
+/// byte size non-negative int64s, as tritonclient sends them).
+fn shared_reference(
+    tensor: &str,
+    params: &HashMap<String, InferParameter>,
+) -> Result<Option<Reference>, ServingError> {
+    let choice = |key: &str| params.get(key).and_then(|p| p.parameter_choice.as_ref());
+    let region = match choice("shared_memory_region") {
+        None => None,
+        Some(ParameterChoice::StringParam(region)) => Some(region.clone()),
+        Some(_) => {
+            return Err(invalid(format!(
+                "tensor '{tensor}': parameter 'shared_memory_region' must be a string"
+            )));
+        }
+    };
+    let size = |key: &str| match choice(key) {
+        None => Ok(None),
+        Some(ParameterChoice::Int64Param(n)) if *n >= 0 => Ok(Some(n.unsigned_abs())),
+        Some(_) => Err(invalid(format!(
+            "tensor '{tensor}': parameter '{key}' must be a non-negative int64"
+        ))),
+    };
+    let offset = size("shared_memory_offset")?;
+    let byte_size = size("shared_memory_byte_size")?;
+    Ok(Reference::new(tensor, region, offset, byte_size)?)
+}
+
 fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor, ServingError> {
-    let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
-        invalid(format!(
-            "input '{}': unknown datatype '{}'",
-            input.name, input.datatype
-        ))
-    })?;
+    let datatype = parse_datatype(&input)?;
     let data = match (raw, input.contents) {
         (Some(raw), _) => TensorData::from_raw(&input.name, datatype, &raw)?,
         (None, Some(contents)) => from_contents(&input.name, datatype, contents)?,
@@ -188,65 +234,126 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor, S
     Ok(Tensor::new(input.name, input.shape, data)?)
 }
 
+fn parse_datatype(input: &InferInputTensor) -> Result<DataType, ServingError> {
+    DataType::parse(&input.datatype).ok_or_else(|| {
+        invalid(format!(
+            "input '{}': unknown datatype '{}'",
+            input.name, input.datatype
+        ))
+    })
+}
+
 /// Decodes a serialized `ModelInferRequest` (the bytes of a gRPC message) into Nexus's
-/// request, as the server does: the entry point for fuzzing the gRPC input path.
+/// request, as a server without shared memory does: the entry point for fuzzing the gRPC
+/// input path.
 pub fn decode_infer_request(message: &[u8]) -> Result<InferRequest, ServingError> {
     let request = pb::ModelInferRequest::decode(message)
         .map_err(|e| invalid(format!("not a valid ModelInferRequest message: {e}")))?;
-    decode(request)
+    let mut reservation = InflightBytes::new(0).reserve_none();
+    decode(request, &SharedMemory::default(), &mut reservation).map(|(request, _)| request)
 }
 
-fn decode(request: pb::ModelInferRequest) -> Result<InferRequest, ServingError> {
+/// Decodes a request; inputs in shared memory are copied out of `memory`, counted in
+/// `reservation`, and outputs to shared memory are resolved there.
+fn decode(
+    request: pb::ModelInferRequest,
+    memory: &SharedMemory,
+    reservation: &mut Reservation,
+) -> Result<(InferRequest, SharedOutputs), ServingError> {
     limits::check_request_id(&request.id)?;
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    let mut in_memory = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let reference = shared_reference(&input.name, &input.parameters)?;
+        in_memory.push((input, reference));
+    }
+    // tritonclient sends raw contents only for the inputs not in shared memory.
     let raw = request.raw_input_contents;
-    if !raw.is_empty() && raw.len() != request.inputs.len() {
+    let carried = in_memory.iter().filter(|(_, r)| r.is_none()).count();
+    if !raw.is_empty() && raw.len() != carried {
         return Err(invalid(format!(
-            "raw_input_contents has {} entries for {} inputs; give one per input or none",
+            "raw_input_contents has {} entries for {carried} inputs not in shared memory; \
+             give one per such input or none",
             raw.len(),
-            request.inputs.len()
         )));
     }
     let mut raw = raw.into_iter();
-    let inputs = request
-        .inputs
-        .into_iter()
-        .map(|input| decode_input(input, raw.next()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let outputs = request
-        .outputs
-        .into_iter()
-        .map(|o| {
-            if o.parameters.contains_key("classification") {
-                Err(invalid(format!(
-                    "output '{}': the classification extension is not supported",
-                    o.name
-                )))
-            } else {
-                Ok(o.name)
+    for (input, reference) in in_memory {
+        let tensor = match reference {
+            None => decode_input(input, raw.next())?,
+            Some(reference) => {
+                if input.contents.is_some() {
+                    return Err(invalid(format!(
+                        "input '{}' names a shared memory region and also has contents",
+                        input.name
+                    )));
+                }
+                let datatype = parse_datatype(&input)?;
+                memory.read_input(input.name, datatype, input.shape, reference, reservation)?
             }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(InferRequest {
+        };
+        inputs.push(tensor);
+    }
+    let mut shared = SharedOutputs::default();
+    let mut outputs = Vec::with_capacity(request.outputs.len());
+    for o in request.outputs {
+        if o.parameters.contains_key("classification") {
+            return Err(invalid(format!(
+                "output '{}': the classification extension is not supported",
+                o.name
+            )));
+        }
+        if let Some(reference) = shared_reference(&o.name, &o.parameters)? {
+            shared.add(memory, o.name.clone(), reference)?;
+        }
+        outputs.push(o.name);
+    }
+    let request = InferRequest {
         id: request.id,
         inputs,
         outputs,
         traceparent: None,
-    })
+    };
+    Ok((request, shared))
 }
 
-/// Encodes outputs as `raw_output_contents`, as Triton does.
-fn encode(response: InferResponse) -> pb::ModelInferResponse {
+/// Encodes outputs as `raw_output_contents`, as Triton does. Outputs written to shared
+/// memory carry their request's shared-memory parameters and an empty entry there, so the
+/// entries still line up with the outputs.
+fn encode(response: InferResponse, shared: &SharedOutputs) -> pb::ModelInferResponse {
     let (outputs, raw): (Vec<_>, Vec<_>) = response
         .outputs
         .into_iter()
         .map(|t| {
-            let meta = InferOutputTensor {
+            let mut meta = InferOutputTensor {
                 name: t.name.clone(),
                 datatype: t.datatype().as_str().to_string(),
                 shape: t.shape.clone(),
                 ..Default::default()
             };
-            (meta, Bytes::from(t.data.to_raw()))
+            let Some(reference) = shared.get(&t.name) else {
+                return (meta, Bytes::from(t.data.to_raw()));
+            };
+            let param = |choice| InferParameter {
+                parameter_choice: Some(choice),
+            };
+            // Offsets and sizes within a mapped region fit in an i64.
+            let int = |n: u64| {
+                param(ParameterChoice::Int64Param(
+                    n.try_into().unwrap_or(i64::MAX),
+                ))
+            };
+            meta.parameters.insert(
+                "shared_memory_region".into(),
+                param(ParameterChoice::StringParam(reference.region.clone())),
+            );
+            meta.parameters
+                .insert("shared_memory_byte_size".into(), int(reference.byte_size));
+            if reference.offset != 0 {
+                meta.parameters
+                    .insert("shared_memory_offset".into(), int(reference.offset));
+            }
+            (meta, Bytes::new())
         })
         .unzip();
     pb::ModelInferResponse {
@@ -272,22 +379,24 @@ fn call_traceparent<T>(request: &Request<T>) -> Option<String> {
 async fn infer(
     manager: &ModelManager,
     inflight: &Arc<InflightBytes>,
+    shm: &SharedMemory,
     mut request: pb::ModelInferRequest,
     traceparent: Option<String>,
 ) -> Result<pb::ModelInferResponse, ServingError> {
     // tonic has already read the message; counting it here still bounds how many the
     // server holds while they wait for and run inference.
-    let _reservation = inflight.reserve(request.encoded_len())?;
+    let mut reservation = inflight.reserve(request.encoded_len())?;
     let model = std::mem::take(&mut request.model_name);
     let version = std::mem::take(&mut request.model_version);
     // Fail fast on an unknown model, before decoding the tensors.
     manager.get(&model, &version)?;
-    let mut request = decode(request)?;
+    let (mut request, shared) = decode(request, shm, &mut reservation)?;
     request.traceparent = traceparent;
     let response = manager
         .infer(&model, &version, request, Protocol::Grpc)
         .await?;
-    Ok(encode(response))
+    shared.write(&response.outputs)?;
+    Ok(encode(response, &shared))
 }
 
 type ResponseStream =
@@ -355,6 +464,7 @@ impl GrpcInferenceService for GrpcService {
             infer(
                 &self.manager,
                 &self.inflight,
+                &self.shm,
                 request.into_inner(),
                 traceparent,
             )
@@ -372,13 +482,14 @@ impl GrpcInferenceService for GrpcService {
         let mut requests = request.into_inner();
         let manager = Arc::clone(&self.manager);
         let inflight = Arc::clone(&self.inflight);
+        let shm = Arc::clone(&self.shm);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             while let Some(next) = requests.next().await {
                 let reply = match next {
                     Err(status) => Err(status),
                     Ok(request) => Ok(
-                        match infer(&manager, &inflight, request, traceparent.clone()).await {
+                        match infer(&manager, &inflight, &shm, request, traceparent.clone()).await {
                             Ok(response) => pb::ModelStreamInferResponse {
                                 error_message: String::new(),
                                 infer_response: Some(response),
@@ -466,5 +577,76 @@ impl GrpcInferenceService for GrpcService {
         self.manager.ensure_explicit()?;
         self.manager.unload(&r.model_name).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        request: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        use pb::system_shared_memory_status_response::RegionStatus;
+        let regions = self
+            .shm
+            .status(&request.into_inner().name)?
+            .into_iter()
+            .map(|r| {
+                let status = RegionStatus {
+                    name: r.name.clone(),
+                    key: r.key,
+                    offset: r.offset,
+                    byte_size: r.byte_size,
+                };
+                (r.name, status)
+            })
+            .collect();
+        Ok(Response::new(pb::SystemSharedMemoryStatusResponse {
+            regions,
+        }))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        request: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        let r = request.into_inner();
+        self.shm.register(&r.name, &r.key, r.offset, r.byte_size)?;
+        Ok(Response::new(pb::SystemSharedMemoryRegisterResponse {}))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        request: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        self.shm.unregister(&request.into_inner().name);
+        Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
+    }
+
+    /// No CUDA region is ever registered: every region is unknown and the list is empty.
+    async fn cuda_shared_memory_status(
+        &self,
+        request: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
+        let name = request.into_inner().name;
+        if !name.is_empty() {
+            return Err(Status::not_found(format!(
+                "Unable to find cuda shared memory region: '{name}' ({})",
+                ShmError::CudaUnsupported
+            )));
+        }
+        Ok(Response::new(pb::CudaSharedMemoryStatusResponse::default()))
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
+        Err(ShmError::CudaUnsupported.into())
+    }
+
+    /// As for system regions, unregistering a region that is not registered succeeds.
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+        Ok(Response::new(pb::CudaSharedMemoryUnregisterResponse {}))
     }
 }

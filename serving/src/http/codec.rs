@@ -1,7 +1,9 @@
 //! The V2 HTTP inference body: JSON tensors, and Triton's binary tensor extension where
 //! a JSON header (`Inference-Header-Content-Length` bytes long) is followed by raw
 //! tensor data, for inputs (`binary_data_size`) and outputs (`binary_data`,
-//! `binary_data_output`).
+//! `binary_data_output`); and Triton's system shared-memory extension, where an input or
+//! output names a registered region (`shared_memory_region`, `shared_memory_offset`,
+//! `shared_memory_byte_size`) instead of carrying data.
 
 use std::collections::HashMap;
 
@@ -14,7 +16,8 @@ use nexus_models::{DataType, Tensor, TensorData};
 
 use crate::error::ServingError;
 use crate::infer::{InferRequest, InferResponse};
-use crate::limits;
+use crate::limits::{self, InflightBytes, Reservation};
+use crate::shm::{Reference, SharedMemory, SharedOutputs};
 
 /// Header that carries the JSON part's length in a binary-extension body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -84,13 +87,15 @@ struct OutputTensorJson<'a> {
     data: Option<Value>,
 }
 
-/// Which outputs the client wants as binary data.
+/// Which outputs the client wants as binary data, and which in shared memory.
 #[derive(Debug, Default)]
 pub struct OutputFormat {
     /// `binary_data_output` on the request: the default for every output.
     all_binary: bool,
     /// Per-output `binary_data`, overriding the default.
     binary: HashMap<String, bool>,
+    /// Outputs written to shared memory (before [`encode`]) instead of into the body.
+    pub shared: SharedOutputs,
 }
 
 impl OutputFormat {
@@ -132,13 +137,49 @@ fn param<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-/// Decodes a request body for `model` at `version` (empty: any), the path's; `header_length`
-/// is the `Inference-Header-Content-Length` value when the body uses the binary extension.
+/// A tensor's shared-memory parameters.
+fn shared_reference(
+    tensor: &str,
+    params: &Parameters<'_>,
+) -> Result<Option<Reference>, ServingError> {
+    let context = |e: ServingError| invalid(format!("tensor '{tensor}': {e}"));
+    let region = param(params, "shared_memory_region", "a string").map_err(context)?;
+    let offset =
+        param(params, "shared_memory_offset", "a non-negative integer").map_err(context)?;
+    let byte_size =
+        param(params, "shared_memory_byte_size", "a non-negative integer").map_err(context)?;
+    Ok(Reference::new(tensor, region, offset, byte_size)?)
+}
+
+/// Decodes a request body as [`decode_shared`] does, for a server without shared memory:
+/// a tensor naming a region names an unknown one.
 pub fn decode(
     body: &Bytes,
     header_length: Option<usize>,
     model: &str,
     version: &str,
+) -> Result<(InferRequest, OutputFormat), ServingError> {
+    let mut reservation = InflightBytes::new(0).reserve_none();
+    decode_shared(
+        body,
+        header_length,
+        model,
+        version,
+        &SharedMemory::default(),
+        &mut reservation,
+    )
+}
+
+/// Decodes a request body for `model` at `version` (empty: any), the path's; `header_length`
+/// is the `Inference-Header-Content-Length` value when the body uses the binary extension.
+/// Inputs in shared memory are copied out of `memory`, counted in `reservation`.
+pub fn decode_shared(
+    body: &Bytes,
+    header_length: Option<usize>,
+    model: &str,
+    version: &str,
+    memory: &SharedMemory,
+    reservation: &mut Reservation,
 ) -> Result<(InferRequest, OutputFormat), ServingError> {
     let json_len = header_length.unwrap_or(body.len());
     if json_len > body.len() {
@@ -184,6 +225,22 @@ pub fn decode(
             "a non-negative integer",
         )
         .map_err(|e| invalid(format!("input '{}': {e}", input.name)))?;
+        if let Some(reference) = shared_reference(&input.name, &input.parameters)? {
+            if binary_size.is_some() || input.data.is_some() {
+                return Err(invalid(format!(
+                    "input '{}' names a shared memory region and also has 'data' or binary_data_size",
+                    input.name
+                )));
+            }
+            inputs.push(memory.read_input(
+                input.name,
+                datatype,
+                input.shape,
+                reference,
+                reservation,
+            )?);
+            continue;
+        }
         let data = match (binary_size, input.data) {
             (Some(size), None) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
@@ -225,6 +282,7 @@ pub fn decode(
     let mut format = OutputFormat {
         all_binary: param(&parsed.parameters, "binary_data_output", "a boolean")?.unwrap_or(false),
         binary: HashMap::new(),
+        shared: SharedOutputs::default(),
     };
     let mut outputs = Vec::with_capacity(parsed.outputs.len());
     for output in parsed.outputs {
@@ -237,6 +295,9 @@ pub fn decode(
         if let Some(b) = param(&output.parameters, "binary_data", "a boolean")? {
             format.binary.insert(output.name.clone(), b);
         }
+        if let Some(reference) = shared_reference(&output.name, &output.parameters)? {
+            format.shared.add(memory, output.name.clone(), reference)?;
+        }
         outputs.push(output.name);
     }
     let request = InferRequest {
@@ -248,15 +309,26 @@ pub fn decode(
     Ok((request, format))
 }
 
-/// Encodes a response. Returns the JSON header's length when any output is binary (the
-/// body is then the header followed by the binary outputs in order), and the body.
+/// Encodes a response whose shared-memory outputs are written already: those carry their
+/// request's shared-memory parameters and no data. Returns the JSON header's length when any
+/// output is binary (the body is then the header followed by the binary outputs in order),
+/// and the body.
 pub fn encode(response: &InferResponse, format: &OutputFormat) -> (Option<usize>, Vec<u8>) {
     let mut raw: Vec<Vec<u8>> = Vec::new();
     let outputs = response
         .outputs
         .iter()
         .map(|t| {
-            let (parameters, data) = if format.is_binary(&t.name) {
+            let (parameters, data) = if let Some(reference) = format.shared.get(&t.name) {
+                let mut parameters = serde_json::json!({
+                    "shared_memory_region": reference.region,
+                    "shared_memory_byte_size": reference.byte_size,
+                });
+                if reference.offset != 0 {
+                    parameters["shared_memory_offset"] = reference.offset.into();
+                }
+                (Some(parameters), None)
+            } else if format.is_binary(&t.name) {
                 let bytes = t.data.to_raw();
                 let size = bytes.len();
                 raw.push(bytes);
@@ -486,6 +558,7 @@ mod tests {
         let format = OutputFormat {
             all_binary: false,
             binary: HashMap::from([("y".to_string(), true)]),
+            shared: SharedOutputs::default(),
         };
         let (len, body) = encode(&response, &format);
         let len = len.unwrap();

@@ -1,6 +1,6 @@
 //! KServe V2 over HTTP (axum) with Triton's extensions: model configuration,
-//! statistics, model repository and binary tensor data; and [`run`], the HTTP listener
-//! with its layers.
+//! statistics, model repository, binary tensor data and system shared memory; and [`run`],
+//! the HTTP listener with its layers.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use crate::manager::ModelManager;
 use crate::metadata::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::pb;
 use crate::pb::repository_index_response::ModelIndex;
+use crate::shm::{RegionStatus, SharedMemory, ShmError};
 use crate::trace::{ClassifyHttp, LogFailure, request_span};
 use crate::version::statistics;
 
@@ -41,9 +42,26 @@ pub struct HttpState {
     pub max_request_bytes: usize,
     /// Request bytes held by the whole server (shared with gRPC).
     pub inflight: Arc<InflightBytes>,
+    /// Registered system shared-memory regions (shared with gRPC).
+    pub shm: Arc<SharedMemory>,
 }
 
 type AppState = State<Arc<HttpState>>;
+
+impl IntoResponse for ShmError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ShmError::NotFound(_) => StatusCode::NOT_FOUND,
+            ShmError::CudaUnsupported => StatusCode::NOT_IMPLEMENTED,
+            ShmError::Invalid(_)
+            | ShmError::OutOfBounds(_)
+            | ShmError::AlreadyExists(_)
+            | ShmError::TooMany
+            | ShmError::Open { .. } => StatusCode::BAD_REQUEST,
+        };
+        (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
 
 impl IntoResponse for ServingError {
     fn into_response(self) -> Response {
@@ -133,6 +151,37 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route(
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
+        )
+        .route("/v2/systemsharedmemory/status", get(shm_status_all))
+        .route(
+            "/v2/systemsharedmemory/region/{name}/status",
+            get(shm_status),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{name}/register",
+            post(shm_register),
+        )
+        .route(
+            "/v2/systemsharedmemory/unregister",
+            post(shm_unregister_all),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{name}/unregister",
+            post(shm_unregister),
+        )
+        .route("/v2/cudasharedmemory/status", get(cuda_status_all))
+        .route(
+            "/v2/cudasharedmemory/region/{name}/status",
+            get(cuda_status),
+        )
+        .route(
+            "/v2/cudasharedmemory/region/{name}/register",
+            post(cuda_register),
+        )
+        .route("/v2/cudasharedmemory/unregister", post(cuda_unregister))
+        .route(
+            "/v2/cudasharedmemory/region/{name}/unregister",
+            post(cuda_unregister),
         )
         .fallback(|| async { ServingError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
@@ -338,10 +387,17 @@ async fn infer(
                 })?,
         ),
     };
-    // Held until the response is built: the body and the tensors decoded from it live
-    // as long as the request.
-    let (body, _reservation) = read_body(state, body).await?;
-    let (mut request, format) = codec::decode(&body, header_length, model, version)?;
+    // Held until the response is built: the body and the tensors decoded from it (those
+    // copied from shared memory too) live as long as the request.
+    let (body, mut reservation) = read_body(state, body).await?;
+    let (mut request, format) = codec::decode_shared(
+        &body,
+        header_length,
+        model,
+        version,
+        &state.shm,
+        &mut reservation,
+    )?;
     request.traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -351,6 +407,7 @@ async fn infer(
         .manager
         .infer(model, version, request, Protocol::Http)
         .await?;
+    format.shared.write(&response.outputs)?;
     let (json_len, body) = codec::encode(&response, &format);
     let mut reply = Response::new(Body::from(body));
     let content_type = match json_len {
@@ -437,6 +494,78 @@ async fn repository_unload(
     Ok(StatusCode::OK)
 }
 
+async fn shm_status_all(State(state): AppState) -> Result<axum::Json<Vec<RegionStatus>>, ShmError> {
+    Ok(axum::Json(state.shm.status("")?))
+}
+
+async fn shm_status(
+    State(state): AppState,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Vec<RegionStatus>>, ShmError> {
+    Ok(axum::Json(state.shm.status(&name)?))
+}
+
+#[derive(Deserialize)]
+struct RegisterRequest {
+    key: String,
+    #[serde(default)]
+    offset: u64,
+    byte_size: u64,
+}
+
+async fn shm_register(
+    State(state): AppState,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<StatusCode, Response> {
+    let (body, _reservation) = read_body(&state, body)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let request: RegisterRequest = serde_json::from_slice(&body).map_err(|e| {
+        ShmError::Invalid(format!(
+            "invalid shared memory register request (expected {{\"key\", \"offset\", \"byte_size\"}}): {e}"
+        ))
+        .into_response()
+    })?;
+    state
+        .shm
+        .register(&name, &request.key, request.offset, request.byte_size)
+        .map_err(IntoResponse::into_response)?;
+    Ok(StatusCode::OK)
+}
+
+async fn shm_unregister_all(State(state): AppState) -> StatusCode {
+    state.shm.unregister("");
+    StatusCode::OK
+}
+
+async fn shm_unregister(State(state): AppState, Path(name): Path<String>) -> StatusCode {
+    state.shm.unregister(&name);
+    StatusCode::OK
+}
+
+/// No CUDA region is ever registered: the list is empty.
+async fn cuda_status_all() -> axum::Json<Vec<Value>> {
+    axum::Json(Vec::new())
+}
+
+async fn cuda_status(Path(name): Path<String>) -> (StatusCode, axum::Json<Value>) {
+    let error = format!(
+        "Unable to find cuda shared memory region: '{name}' ({})",
+        ShmError::CudaUnsupported
+    );
+    (StatusCode::NOT_FOUND, axum::Json(json!({ "error": error })))
+}
+
+async fn cuda_register() -> ShmError {
+    ShmError::CudaUnsupported
+}
+
+/// As for system regions, unregistering a region that is not registered succeeds.
+async fn cuda_unregister() -> StatusCode {
+    StatusCode::OK
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::Request;
@@ -474,6 +603,7 @@ mod tests {
             manager,
             max_request_bytes: 1 << 20,
             inflight: InflightBytes::new(1 << 20),
+            shm: Arc::default(),
         });
         let gateway = Gateway::new(&nexus_gateway::AuthConfig::default(), None)
             .await

@@ -1,0 +1,374 @@
+//! The request queue of one model version, which its instance threads pull from.
+//!
+//! Callers (async tasks) push a request and wait on a oneshot; an instance thread that is
+//! free takes the oldest request, or a batch of requests when the version batches. No task
+//! sits between the two: a request reaches an idle instance in one thread hand-off, and a
+//! busy instance takes the next request (or everything queued meanwhile, as one batch)
+//! without waking anything. The queue is bounded; a request that waits longer than its
+//! timeout, or whose caller is gone, is dropped before it runs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use tokio::sync::oneshot;
+
+use nexus_models::{ComputeTimings, Tensor};
+
+use crate::error::ServingError;
+use crate::metrics::VersionStats;
+
+/// A validated request: inputs in the config's order with the batch dimension, the
+/// outputs to return, and how many rows it holds.
+#[derive(Debug)]
+pub struct Work {
+    pub inputs: Vec<Tensor>,
+    pub outputs: Vec<String>,
+    pub rows: u64,
+}
+
+/// A request's outputs with the time it waited and the compute time of its execution.
+#[derive(Debug)]
+pub struct Done {
+    pub outputs: Vec<Tensor>,
+    pub queue: Duration,
+    pub compute: ComputeTimings,
+    /// Rows of the execution the request ran in.
+    pub batch_rows: u64,
+}
+
+/// Where a queued request stands; the caller and the instances race for it with one
+/// compare-and-swap, so a request either runs or is dropped, never both.
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+/// Timed out or abandoned by its caller: skipped by the instances.
+const DROPPED: u8 = 2;
+
+pub(crate) type Reply = oneshot::Sender<Result<Done, ServingError>>;
+
+/// A request in the queue.
+pub(crate) struct Queued {
+    pub work: Work,
+    pub enqueued: Instant,
+    state: Arc<AtomicU8>,
+    pub reply: Reply,
+}
+
+impl Queued {
+    fn is_waiting(&self) -> bool {
+        self.state.load(Ordering::Acquire) == WAITING
+    }
+
+    /// Claims the request for an execution; false when its caller dropped it first.
+    fn claim(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Requests can share an execution when they give the same inputs with the same
+    /// non-batch dimensions and ask for the same outputs.
+    pub fn fits_with(&self, other: &Queued) -> bool {
+        let (a, b) = (&self.work, &other.work);
+        a.outputs == b.outputs
+            && a.inputs.len() == b.inputs.len()
+            && a.inputs
+                .iter()
+                .zip(&b.inputs)
+                .all(|(x, y)| x.name == y.name && x.shape.get(1..) == y.shape.get(1..))
+    }
+}
+
+/// The queued requests, under the queue's lock.
+pub(crate) struct Pending {
+    items: VecDeque<Queued>,
+    /// False once the version is unloading: instances finish what is queued and stop.
+    open: bool,
+}
+
+impl Pending {
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// The oldest request still waiting, after dropping the ones that were abandoned.
+    pub fn head(&mut self) -> Option<&Queued> {
+        while self.items.front().is_some_and(|q| !q.is_waiting()) {
+            self.items.pop_front();
+        }
+        self.items.front()
+    }
+
+    /// Rows and positions of the waiting requests that can join the oldest one, in
+    /// order, stopping at the first that would take the total past `max_rows`.
+    pub fn compatible(&mut self, max_rows: u64) -> (u64, Vec<usize>) {
+        self.items.retain(Queued::is_waiting);
+        let Some(head) = self.items.front() else {
+            return (0, Vec::new());
+        };
+        let mut rows = 0;
+        let mut picked = Vec::new();
+        for (i, q) in self.items.iter().enumerate() {
+            if !q.fits_with(head) {
+                continue;
+            }
+            if rows + q.work.rows > max_rows && !picked.is_empty() {
+                break;
+            }
+            rows += q.work.rows;
+            picked.push(i);
+        }
+        (rows, picked)
+    }
+
+    /// Removes the requests at `positions` (ascending) and claims them; the ones whose
+    /// caller dropped them meanwhile are left out.
+    pub fn take(&mut self, positions: &[usize]) -> Vec<Queued> {
+        let mut taken = Vec::with_capacity(positions.len());
+        for &i in positions.iter().rev() {
+            if let Some(q) = self.items.remove(i)
+                && q.claim()
+            {
+                taken.push(q);
+            }
+        }
+        taken.reverse();
+        taken
+    }
+}
+
+/// One model version's queue, shared by its callers and its instance threads.
+pub(crate) struct Queue {
+    pending: Mutex<Pending>,
+    /// Signalled when a request arrives or the queue closes.
+    arrived: Condvar,
+    /// Requests admitted and neither taken nor dropped: what `capacity` bounds.
+    admitted: AtomicUsize,
+    capacity: usize,
+    /// How long a request may wait before it is refused; `None` waits as long as it takes.
+    timeout: Option<Duration>,
+    stats: Arc<VersionStats>,
+    label: String,
+}
+
+impl Queue {
+    pub fn new(
+        label: &str,
+        capacity: usize,
+        timeout: Option<Duration>,
+        stats: Arc<VersionStats>,
+    ) -> Self {
+        Queue {
+            pending: Mutex::new(Pending {
+                items: VecDeque::new(),
+                open: true,
+            }),
+            arrived: Condvar::new(),
+            admitted: AtomicUsize::new(0),
+            capacity: capacity.max(1),
+            timeout,
+            stats,
+            label: label.to_string(),
+        }
+    }
+
+    /// Queues `work` and waits for its outputs.
+    pub async fn submit(&self, work: Work) -> Result<Done, ServingError> {
+        let admitted = self
+            .admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            });
+        if admitted.is_err() {
+            return Err(ServingError::Unavailable(format!(
+                "{}: the queue is full ({} requests waiting), retry later",
+                self.label, self.capacity
+            )));
+        }
+        let (reply, mut answer) = oneshot::channel();
+        let enqueued = Instant::now();
+        let state = Arc::new(AtomicU8::new(WAITING));
+        {
+            let mut pending = self.pending.lock();
+            if !pending.open {
+                drop(pending);
+                self.admitted.fetch_sub(1, Ordering::AcqRel);
+                return Err(ServingError::Unavailable(format!(
+                    "{} is unloading",
+                    self.label
+                )));
+            }
+            pending.items.push_back(Queued {
+                work,
+                enqueued,
+                state: Arc::clone(&state),
+                reply,
+            });
+        }
+        self.stats.queued(1);
+        self.arrived.notify_one();
+        // Dropped with the caller's future (a client that went away) or on timeout, the
+        // ticket takes the request out of the count, and the instances skip it.
+        let ticket = Ticket { queue: self, state };
+        let result = match self.timeout {
+            None => (&mut answer).await,
+            Some(timeout) => {
+                match tokio::time::timeout_at((enqueued + timeout).into(), &mut answer).await {
+                    Ok(result) => result,
+                    Err(_) if ticket.drop_request() => {
+                        return Err(ServingError::Unavailable(format!(
+                            "request timed out after waiting {} µs in the queue \
+                             (default_timeout_microseconds)",
+                            timeout.as_micros()
+                        )));
+                    }
+                    // An instance took it just now: it runs, so wait for it.
+                    Err(_) => (&mut answer).await,
+                }
+            }
+        };
+        drop(ticket);
+        result.map_err(|_| {
+            ServingError::Internal(format!(
+                "{}: the instance stopped before replying",
+                self.label
+            ))
+        })?
+    }
+
+    /// Whether no request is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.pending.lock().head().is_none()
+    }
+
+    /// The queue, locked, for an instance looking for work.
+    pub fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock()
+    }
+
+    /// Waits (with the lock released) until a request arrives, the queue closes or
+    /// `until` passes.
+    pub fn wait(&self, pending: &mut MutexGuard<'_, Pending>, until: Option<Instant>) {
+        match until {
+            Some(until) => {
+                self.arrived.wait_until(pending, until);
+            }
+            None => self.arrived.wait(pending),
+        }
+    }
+
+    /// Counts requests an instance took out of the queue to run.
+    pub fn taken(&self, requests: usize) {
+        self.admitted.fetch_sub(requests, Ordering::AcqRel);
+        self.stats.dequeued(requests as u64);
+    }
+
+    /// Lets the instances finish what is queued and stop; new requests are refused.
+    pub fn close(&self) {
+        self.pending.lock().open = false;
+        self.arrived.notify_all();
+    }
+}
+
+/// A caller's hold on its queued request.
+struct Ticket<'a> {
+    queue: &'a Queue,
+    state: Arc<AtomicU8>,
+}
+
+impl Ticket<'_> {
+    /// Drops the request if no instance has taken it; true when it was dropped.
+    fn drop_request(&self) -> bool {
+        let dropped = self
+            .state
+            .compare_exchange(WAITING, DROPPED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if dropped {
+            self.queue.admitted.fetch_sub(1, Ordering::AcqRel);
+            self.queue.stats.dequeued(1);
+        }
+        dropped
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.drop_request();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use nexus_models::TensorData;
+
+    use super::*;
+
+    /// A waiting request of `rows` rows of `width` values, and the receiver of its answer.
+    pub(crate) fn queued(
+        rows: u64,
+        width: i64,
+        outputs: &[&str],
+    ) -> (Queued, oneshot::Receiver<Result<Done, ServingError>>) {
+        let (reply, rx) = oneshot::channel();
+        let n = (rows as i64 * width) as usize;
+        let data = TensorData::F32((0..n).map(|v| v as f32 + rows as f32 * 100.0).collect());
+        let work = Work {
+            inputs: vec![Tensor::new("x", vec![rows as i64, width], data).unwrap()],
+            outputs: outputs.iter().map(|o| o.to_string()).collect(),
+            rows,
+        };
+        (
+            Queued {
+                work,
+                enqueued: Instant::now(),
+                state: Arc::new(AtomicU8::new(WAITING)),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn only_matching_shapes_and_outputs_share_a_batch() {
+        let (a, _) = queued(1, 4, &["y"]);
+        assert!(a.fits_with(&queued(3, 4, &["y"]).0));
+        assert!(!a.fits_with(&queued(1, 5, &["y"]).0));
+        assert!(!a.fits_with(&queued(1, 4, &["z"]).0));
+    }
+
+    #[test]
+    fn a_batch_skips_dropped_requests_and_stops_at_the_row_limit() {
+        let mut pending = Pending {
+            items: VecDeque::new(),
+            open: true,
+        };
+        for (rows, width) in [(1, 4), (2, 4), (1, 5), (3, 4), (1, 4)] {
+            pending.items.push_back(queued(rows, width, &["y"]).0);
+        }
+        // The caller of the second request went away.
+        pending.items[1].state.store(DROPPED, Ordering::Release);
+        let (rows, picked) = pending.compatible(4);
+        assert_eq!((rows, picked.clone()), (4, vec![0, 2]));
+        let taken = pending.take(&picked);
+        assert_eq!(
+            taken.iter().map(|q| q.work.rows).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        // Left: the 5-wide request, then the last one.
+        assert_eq!(pending.items.len(), 2);
+        assert_eq!(pending.head().unwrap().work.inputs[0].shape, vec![1, 5]);
+    }
+
+    #[test]
+    fn a_request_larger_than_the_limit_still_runs_alone() {
+        let mut pending = Pending {
+            items: VecDeque::new(),
+            open: true,
+        };
+        pending.items.push_back(queued(8, 2, &["y"]).0);
+        pending.items.push_back(queued(1, 2, &["y"]).0);
+        assert_eq!(pending.compatible(4), (8, vec![0]));
+    }
+}
