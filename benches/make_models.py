@@ -13,6 +13,8 @@ fixed seeds, so the files are byte-for-byte reproducible):
                     matrix-vector product (~1-2 ms on the 2-core benchmark machine), while a
                     batch of 32 reads each weight once for 32 rows.
   wide_mlp_nobatch  the same file as wide_mlp (a symlink), served without dynamic batching.
+  small_mlp_nobatch the same file as small_mlp (a symlink), served without dynamic batching
+                    (the Triton comparison runs both variants on both servers).
 
 The `model.onnx` files go into `<model>/1/` (gitignored); the `config.pbtxt` files are written
 deterministically and committed. Files are only rewritten when their content changes, so a
@@ -154,14 +156,16 @@ def main(argv=None) -> int:
         ("small_mlp", small, 16, 8, 64, SMALL_THREADS, SMALL_BATCHING),
         ("wide_mlp", wide, 1024, 1024, 32, WIDE_THREADS, wide_batching),
         ("wide_mlp_nobatch", None, 1024, 1024, 32, WIDE_THREADS, None),
+        ("small_mlp_nobatch", None, 16, 8, 64, SMALL_THREADS, None),
     ]
     for name, model, in_dim, out_dim, max_batch, threads, batching in entries:
         changed = []
         onnx_path = out / name / "1" / "model.onnx"
         if model is None:
-            if link_if_changed(onnx_path, "../../wide_mlp/1/model.onnx"):
-                changed.append("model.onnx -> wide_mlp")
-            note = "same file as wide_mlp"
+            source = name.removesuffix("_nobatch")
+            if link_if_changed(onnx_path, f"../../{source}/1/model.onnx"):
+                changed.append(f"model.onnx -> {source}")
+            note = f"same file as {source}"
         else:
             if write_if_changed(onnx_path, model.SerializeToString()):
                 changed.append("model.onnx")

@@ -4,8 +4,9 @@
     python3 benches/write_results.py          (compare.sh runs it; rerun it after editing NOTES.md)
 
 Standard library only. Reads the `nexus bench run` JSON files and results/meta.json (versions,
-machine load, command), computes the ratios against the targets, writes the tables, and appends
-results/NOTES.md (hand-written: configuration choices, tuning, analysis).
+machine load, command; results/meta-triton.json for the Triton section, which can run alone),
+computes the ratios against the targets, writes the tables, and appends results/NOTES.md
+(hand-written: configuration choices, tuning, analysis).
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ SPEEDUP_TARGET = 10.0  # Nexus infer/s over KServe and over MLServer, small_mlp,
 P50_BUDGET_US = 100  # Nexus p50 minus in-process ORT p50, small_mlp, c=1
 BATCHING_TARGET = 2.0  # wide_mlp rows/s with dynamic batching over without, c=32
 ORT_FRACTION_TARGET = 0.7  # wide_mlp rows/s with dynamic batching over ORT at batch 32
+TRITON_TARGET = 2.0  # Nexus infer/s over Triton, identical configs, small_mlp, c=16 (issue 16)
+FLOOR_TARGET = 0.5  # Nexus HTTP JSON infer/s over the bare axum server's, small_mlp, c=16 (issue 16)
 
-SERVERS = {"nexus": "Nexus", "kserve": "KServe", "mlserver": "MLServer", "ort": "ONNX Runtime in-process"}
+SERVERS = {"nexus": "Nexus", "kserve": "KServe", "mlserver": "MLServer", "ort": "ONNX Runtime in-process",
+           "triton": "Triton", "floor": "axum floor"}
+VARIANTS = {"batching": "`small_mlp` (dynamic batching)", "nobatch": "`small_mlp_nobatch` (no batcher)"}
 PROTOCOLS = {"http-binary": "HTTP, binary tensors", "http-json": "HTTP, JSON tensors", "grpc": "gRPC", "ort": "—"}
 
 
@@ -186,6 +191,76 @@ def wide_section(runs: dict) -> tuple[list[str], list[tuple[str, bool]]]:
     return out, verdicts
 
 
+def triton_section(folder: Path, meta_path: Path) -> tuple[list[str], list[tuple[str, bool]]]:
+    if not meta_path.exists():
+        return [], []
+    meta, runs = json.loads(meta_path.read_text()), load(folder)
+    out, verdicts = [], []
+    out.append("## 4. Triton, identical configs; perf_analyzer; the protocol floor (small_mlp, batch 1 per request)\n")
+    out.append(
+        f"Measured {meta['started']} in {meta['elapsed_s']} s (load average {meta['load_before']} before, "
+        f"{meta['load_after']} after; warm-up {meta['warmup_s']} s, then {meta['duration_s']} s per level), Nexus git {meta['nexus']}. "
+        f"Triton is the real `tritonserver` {meta['tritonserver']} from nvidia-pytriton {meta['pytriton']} "
+        "(`.venv-bench/triton`); that build's only backend is Python, so each model is a Python-backend "
+        f"`model.py` running the same ONNX file with onnxruntime {meta['ort_triton']}, one intra-op thread "
+        "([benches/runtimes/triton/](runtimes/triton/)). Its `config.pbtxt` is Nexus's, byte for byte, but for "
+        "`backend: \"python\"` in place of the platform: `max_batch_size: 64`, one KIND_CPU instance, and "
+        "`dynamic_batching { max_queue_delay_microseconds: 0 }` for `small_mlp` or no batcher for "
+        "`small_mlp_nobatch`. The rows below marked `nexus bench` use the same client as sections 1–2 (and give "
+        f"the verdicts); those marked perf_analyzer use Triton's own load generator, {meta['perf_analyzer']} "
+        "(scripts/install-perf-analyzer.sh; windows of half the duration, 3 within 50 %). The axum floor "
+        "([benches/src/bin/floor.rs](src/bin/floor.rs)) parses each JSON request and sends back Nexus's own "
+        f"reply ({meta['reply_bytes']} bytes) with no model behind it. Raw table: [report.md](results/triton/report.md).\n"
+    )
+    out.append("| server | model config | protocol | client | c=1 infer/s | c=1 p50 µs | c=16 infer/s | c=16 p50 µs | c=16 p99 µs | errors |")
+    out.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    order = [f"{client}{server}-{variant}-{protocol}" for client in ("", "pa-") for variant in VARIANTS
+             for protocol in ("http-json", "http-binary", "grpc") for server in ("nexus", "triton")] + ["floor-http-json"]
+    for label in order + sorted(set(runs) - set(order)):
+        if label not in runs:
+            continue
+        client, name = ("perf_analyzer", label.removeprefix("pa-")) if label.startswith("pa-") else ("`nexus bench`", label)
+        server, variant, protocol = (name.split("-", 2) + ["", ""])[:3] if not name.startswith("floor") else ("floor", "", "http-json")
+        a, b = level(runs, label, 1), level(runs, label, 16)
+        cells = [fmt(a["throughput"]), str(a["p50_us"])] if a else ["—"] * 2
+        cells += [fmt(b["throughput"]), str(b["p50_us"]), str(b["p99_us"])] if b else ["—"] * 3
+        errors = sum(lv["errors"] for lv in runs[label]["levels"])
+        out.append(f"| {SERVERS.get(server, server)} | {VARIANTS.get(variant, '—')} | {PROTOCOLS.get(protocol, protocol)} | {client} | "
+                   + " | ".join(cells) + f" | {errors} |")
+    out.append("")
+    out.append("### Targets\n")
+    out.append("| target | measured | verdict |")
+    out.append("|---|---|---|")
+    for variant, what in VARIANTS.items():
+        for protocol in ("http-json", "http-binary", "grpc"):
+            a, b = level(runs, f"nexus-{variant}-{protocol}", 16), level(runs, f"triton-{variant}-{protocol}", 16)
+            if not a or not b or b["throughput"] <= 0:
+                continue
+            r = a["throughput"] / b["throughput"]
+            verdicts.append((f"small_mlp c=16: Nexus ≥ {TRITON_TARGET:.0f}× Triton, {what}, {PROTOCOLS[protocol]}", r >= TRITON_TARGET))
+            out.append(
+                f"| Nexus ≥ {TRITON_TARGET:.0f}× infer/s of Triton, {what}, {PROTOCOLS[protocol]}, c=16 | "
+                f"{fmt(a['throughput'])} / {fmt(b['throughput'])} = **{ratio(r)}** | {ratio_verdict(r, TRITON_TARGET)} |"
+            )
+    a, b = level(runs, "nexus-batching-http-json", 16), level(runs, "floor-http-json", 16)
+    if a and b and b["throughput"] > 0:
+        r = a["throughput"] / b["throughput"]
+        verdicts.append((f"small_mlp c=16: Nexus HTTP JSON ≥ {FLOOR_TARGET}× the axum floor", r >= FLOOR_TARGET))
+        out.append(
+            f"| Nexus HTTP JSON infer/s ≥ {FLOOR_TARGET}× the axum floor's, c=16 | {fmt(a['throughput'])} / "
+            f"{fmt(b['throughput'])} = **{ratio(r)}** | {ratio_verdict(r, FLOOR_TARGET)} |"
+        )
+    for protocol in ("http-json", "http-binary", "grpc"):
+        a, b = level(runs, f"pa-nexus-batching-{protocol}", 16), level(runs, f"pa-triton-batching-{protocol}", 16)
+        if a and b and b["throughput"] > 0:
+            out.append(
+                f"| (no target) perf_analyzer's view, `small_mlp`, {PROTOCOLS[protocol]}, c=16 | "
+                f"{fmt(a['throughput'])} / {fmt(b['throughput'])} = **{ratio(a['throughput'] / b['throughput'])}** | — |"
+            )
+    out.append("")
+    return out, verdicts
+
+
 def profile_section(folder: Path) -> list[str]:
     files = sorted(folder.glob("nexus-*-symbols.txt")) if folder.is_dir() else []
     if not files:
@@ -211,6 +286,19 @@ def profile_section(folder: Path) -> list[str]:
     return out
 
 
+def batching_section(folder: Path) -> list[str]:
+    """benches/batching_compare.sh's summary (its own run, not compare.sh's), when present."""
+    summary = folder / "summary.md"
+    if not summary.exists():
+        return []
+    title, body = summary.read_text().split("\n", 1)
+    return [
+        "## 5. Dynamic batching on vs off\n",
+        f"`NEXUS_BIN=$PWD/target/release/nexus bash benches/batching_compare.sh`, a run of its own: {title.lstrip('# ')}.",
+        body.rstrip() + "\n",
+    ]
+
+
 def main() -> int:
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__)
@@ -222,9 +310,10 @@ def main() -> int:
 
     small, small_verdicts = small_section(load(a.results / "small_mlp"))
     wide, wide_verdicts = wide_section(load(a.results / "wide_mlp"))
-    verdicts = small_verdicts + wide_verdicts
+    triton, triton_verdicts = triton_section(a.results / "triton", a.results / "meta-triton.json")
+    verdicts = small_verdicts + wide_verdicts + triton_verdicts
 
-    md = ["# Nexus vs KServe vs MLServer: benchmark results\n"]
+    md = ["# Nexus vs KServe vs MLServer vs Triton: benchmark results\n"]
     md.append(
         f"Measured {meta['started']} by `{meta['command']}` in {meta['elapsed_s']} s of load (warm-up {meta['warmup_s']} s, then {meta['duration_s']} s "
         "measured, per concurrency level). Generated by `benches/write_results.py`; rerun the command to refresh.\n"
@@ -236,7 +325,7 @@ def main() -> int:
     md.append(f"| Nexus | git {meta['nexus']}, `target/release/nexus`, ONNX Runtime {meta['ort_nexus']} |")
     md.append(f"| KServe | kserve {meta['kserve']}, `benches/runtimes/kserve_onnx.py`, onnxruntime {meta['ort_python']} |")
     md.append(f"| MLServer | mlserver {meta['mlserver']}, `benches/runtimes/mlserver_onnx.py`, onnxruntime {meta['ort_python']} |")
-    md.append("| load generator | `target/release/nexus bench run` (Rust, tokio; reqwest / tonic clients) |")
+    md.append("| load generator | `target/release/nexus bench run` (Rust, tokio; reqwest / tonic clients); perf_analyzer 2.51.0 beside it in section 4 |")
     md.append("")
     md.append(
         "**Two cores, shared.** The load generator and the server run on the same 2-core machine, so every "
@@ -250,11 +339,13 @@ def main() -> int:
     for text, ok in verdicts:
         md.append(f"| {text} | {'PASS' if ok else 'MISS'} |")
     md.append("")
-    md += small + wide + profile_section(a.results / "profile")
+    md += small + wide + profile_section(a.results / "profile") + triton + batching_section(a.results / "batching")
     if a.notes.exists():
         md.append(a.notes.read_text().rstrip() + "\n")
     a.out.write_text("\n".join(md))
-    print(f"wrote {a.out}: " + ", ".join(f"{'PASS' if ok else 'MISS'}" for _, ok in verdicts))
+    print(f"wrote {a.out}")
+    for text, ok in verdicts:
+        print(f"{'PASS' if ok else 'MISS'}  {text}")
     return 0
 
 

@@ -11,6 +11,9 @@ bash scripts/setup.sh
 bash scripts/install-torch-backend.sh >/dev/null
 # The Kafka-protocol broker the event tests start (built once into ~/.cache/nexus).
 bash scripts/install-tansu.sh
+# perf_analyzer (from the tritonclient wheel, into ~/.cache/nexus), for
+# tests/clients/test_perf_analyzer.py and benches/compare.sh.
+bash scripts/install-perf-analyzer.sh >/dev/null
 
 # PostgreSQL runs on every machine (trust auth); tests that need it make their own
 # database or schema there.
