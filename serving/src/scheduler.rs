@@ -52,7 +52,8 @@ impl Scheduler {
 
     /// Runs `work` and returns its outputs.
     pub async fn run(&self, work: Work) -> Result<Done, ServingError> {
-        match self.pool.run_inline(work) {
+        let in_flight = self.pool.enter();
+        match self.pool.run_inline(work, &in_flight) {
             Ok(done) => done,
             Err(work) => self.queue.submit(work).await,
         }
