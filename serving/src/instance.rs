@@ -165,7 +165,7 @@ struct Instance {
 impl Instance {
     fn run(self) {
         while let Some(batch) = self.next() {
-            self.queue.taken(batch.len());
+            self.queue.left(batch.len());
             let rows = batch.iter().map(|q| q.work.rows).sum();
             let mut backend = self.slot.backend.lock();
             execute(batch, |inputs, outputs| {

@@ -259,8 +259,8 @@ impl Queue {
         }
     }
 
-    /// Counts requests an instance took out of the queue to run.
-    pub fn taken(&self, requests: usize) {
+    /// Counts requests leaving the queue: taken by an instance to run, or dropped.
+    pub fn left(&self, requests: usize) {
         self.admitted.fetch_sub(requests, Ordering::AcqRel);
         self.stats.dequeued(requests as u64);
     }
@@ -286,8 +286,7 @@ impl Ticket<'_> {
             .compare_exchange(WAITING, DROPPED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if dropped {
-            self.queue.admitted.fetch_sub(1, Ordering::AcqRel);
-            self.queue.stats.dequeued(1);
+            self.queue.left(1);
         }
         dropped
     }
