@@ -10,11 +10,12 @@
 # its model is ready, drives it with `nexus bench run` and stops it. Results:
 #   benches/results/small_mlp/   overhead-bound model, batch 1, c=1 and c=16, every server/protocol
 #   benches/results/wide_mlp/    compute-bound model on Nexus: dynamic batching vs none vs ORT batch 32
-#   benches/results/profile/     perf profile of Nexus on small_mlp at c=1 (when perf works)
+#   benches/results/profile/     perf profiles of Nexus on small_mlp at c=1 and c=16 (when perf works)
 #   benches/results/triton/      Nexus vs real Triton (tritonserver 2.51, .venv-bench/triton) with
 #                                identical configs, with and without dynamic batching, driven by
 #                                `nexus bench run` and by Triton's perf_analyzer
-#                                (scripts/install-perf-analyzer.sh); Nexus vs a bare axum server
+#                                (scripts/install-perf-analyzer.sh), also with system shared
+#                                memory; Nexus vs a bare axum server
 #   benches/RESULTS.md           tables, ratios against the targets, versions, machine
 # Environment: WARMUP (s, default 2), DURATION (s per concurrency level, default 8),
 # PROFILE=0 to skip perf, QUIET_WAIT=SECONDS to wait for an idle machine before measuring,
@@ -114,15 +115,18 @@ triton_dir="$results/triton"
 triton_venv="$repo/.venv-bench/triton"
 
 # pa_run LABEL MODEL PROTOCOL URL: perf_analyzer at c=1 and c=16, batch 1, random
-# data, PROTOCOL http-binary, http-json or grpc (`-i http` sends binary tensors unless told JSON); each level is measured in windows of half of
+# data, PROTOCOL http-binary, http-json or grpc (`-i http` sends binary tensors unless told JSON),
+# or http-shm / grpc-shm (tensors in system shared memory regions under /dev/shm that
+# perf_analyzer registers with the server: no tensor bytes on the wire); each level is measured in windows of half of
 # DURATION until 3 in a row agree within 50 % (the default 10 % rarely settles on 2 shared
 # cores). Its output and CSV go to raw/, the levels to LABEL.json in `nexus bench run`'s layout.
 pa_run() {
-    local label="$1" model="$2" protocol="$3" url="$4" json=()
+    local label="$1" model="$2" protocol="$3" url="$4" extra=()
     shift 4
-    [[ "$protocol" == http-json ]] && json=(--input-tensor-format json --output-tensor-format json)
-    echo "$label: perf_analyzer -i ${protocol%%-*} ${json[*]}"
-    if ! "$perf_analyzer" -m "$model" -u "$url" -i "${protocol%%-*}" "${json[@]}" -b 1 --concurrency-range 1:16:15 \
+    [[ "$protocol" == http-json ]] && extra=(--input-tensor-format json --output-tensor-format json)
+    [[ "$protocol" == *-shm ]] && extra=(--shared-memory system --output-shared-memory-size 1024)
+    echo "$label: perf_analyzer -i ${protocol%%-*} ${extra[*]}"
+    if ! "$perf_analyzer" -m "$model" -u "$url" -i "${protocol%%-*}" "${extra[@]}" -b 1 --concurrency-range 1:16:15 \
         --measurement-interval "$((duration * 500))" --stability-percentage 50 --max-trials 10 \
         -f "$triton_dir/raw/$label.csv" >"$triton_dir/raw/$label.txt" 2>&1; then
         tail -n 20 "$triton_dir/raw/$label.txt" >&2
@@ -163,8 +167,8 @@ both_variants() {
                 --http-url "http://$http" --grpc-addr "$grpc" "${small_input[@]}" --concurrency 1,16
         done
     done
-    for protocol in http-binary http-json grpc; do
-        pa_run "pa-$server-batching-$protocol" small_mlp "$protocol" "$([[ "$protocol" == grpc ]] && echo "$grpc" || echo "$http")"
+    for protocol in http-binary http-json grpc http-shm grpc-shm; do
+        pa_run "pa-$server-batching-$protocol" small_mlp "$protocol" "$([[ "$protocol" == grpc* ]] && echo "$grpc" || echo "$http")"
     done
 }
 
@@ -269,19 +273,22 @@ run "$wide" nexus-nobatch --protocol http-binary --model wide_mlp_nobatch "${nex
 profile_dir="$results/profile"
 if [[ "${PROFILE:-1}" != 0 ]] && command -v perf >/dev/null 2>&1 && perf stat -e cpu-clock true >/dev/null 2>&1; then
     mkdir -p "$profile_dir"
-    for protocol in http-binary grpc; do
-        log "profile: perf record on Nexus, small_mlp, $protocol, c=1"
-        "$bench" bench run --label "profile-$protocol" --output "$work/profile-runs" --warmup-secs 1 --duration-secs 6 \
-            --protocol "$protocol" --model small_mlp "${nexus_at[@]}" "${small_input[@]}" --concurrency 1 >/dev/null 2>&1 &
+    # c=1 over HTTP binary and gRPC (the latency targets), c=16 over HTTP JSON (the Triton and
+    # floor targets).
+    for case in http-binary:1 grpc:1 http-json:16; do
+        protocol="${case%:*}" c="${case#*:}" name="nexus-${case/:/-c}"
+        log "profile: perf record on Nexus, small_mlp, $protocol, c=$c"
+        "$bench" bench run --label "profile-$name" --output "$work/profile-runs" --warmup-secs 1 --duration-secs 6 \
+            --protocol "$protocol" --model small_mlp "${nexus_at[@]}" "${small_input[@]}" --concurrency "$c" >/dev/null 2>&1 &
         client=$!
         sleep 2
-        perf record -e cpu-clock -F 1999 -p "$server_pid" -o "$work/perf-$protocol.data" -- sleep 4 >/dev/null 2>&1 || true
+        perf record -e cpu-clock -F 1999 -p "$server_pid" -o "$work/perf-$name.data" -- sleep 4 >/dev/null 2>&1 || true
         wait "$client" || true
         # Flat profile of the server process: by thread, and by library + function.
-        { perf report -i "$work/perf-$protocol.data" --stdio --no-children --sort comm --percent-limit 1 2>/dev/null | grep -v '^#' | grep -v '^$' || true; } \
-            >"$profile_dir/nexus-$protocol-threads.txt"
-        { perf report -i "$work/perf-$protocol.data" --stdio --no-children --sort dso,symbol --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' || true; } |
-            sed -E 's/[[:space:]]+$//' | cut -c1-160 >"$profile_dir/nexus-$protocol-symbols.txt"
+        { perf report -i "$work/perf-$name.data" --stdio --no-children --sort comm --percent-limit 1 2>/dev/null | grep -v '^#' | grep -v '^$' || true; } \
+            >"$profile_dir/$name-threads.txt"
+        { perf report -i "$work/perf-$name.data" --stdio --no-children --sort dso,symbol --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' || true; } |
+            sed -E 's/[[:space:]]+$//' | cut -c1-160 >"$profile_dir/$name-symbols.txt"
     done
 else
     echo "profile: skipped (PROFILE=0, or perf missing or not permitted)"

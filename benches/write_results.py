@@ -27,7 +27,8 @@ FLOOR_TARGET = 0.5  # Nexus HTTP JSON infer/s over the bare axum server's, small
 SERVERS = {"nexus": "Nexus", "kserve": "KServe", "mlserver": "MLServer", "ort": "ONNX Runtime in-process",
            "triton": "Triton", "floor": "axum floor"}
 VARIANTS = {"batching": "`small_mlp` (dynamic batching)", "nobatch": "`small_mlp_nobatch` (no batcher)"}
-PROTOCOLS = {"http-binary": "HTTP, binary tensors", "http-json": "HTTP, JSON tensors", "grpc": "gRPC", "ort": "—"}
+PROTOCOLS = {"http-binary": "HTTP, binary tensors", "http-json": "HTTP, JSON tensors", "grpc": "gRPC", "ort": "—",
+             "http-shm": "HTTP, system shared memory", "grpc-shm": "gRPC, system shared memory"}
 
 
 def load(folder: Path) -> dict:
@@ -215,7 +216,8 @@ def triton_section(folder: Path, meta_path: Path) -> tuple[list[str], list[tuple
     out.append("| server | model config | protocol | client | c=1 infer/s | c=1 p50 µs | c=16 infer/s | c=16 p50 µs | c=16 p99 µs | errors |")
     out.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     order = [f"{client}{server}-{variant}-{protocol}" for client in ("", "pa-") for variant in VARIANTS
-             for protocol in ("http-json", "http-binary", "grpc") for server in ("nexus", "triton")] + ["floor-http-json"]
+             for protocol in ("http-json", "http-binary", "grpc", "http-shm", "grpc-shm")
+             for server in ("nexus", "triton")] + ["floor-http-json"]
     for label in order + sorted(set(runs) - set(order)):
         if label not in runs:
             continue
@@ -250,7 +252,7 @@ def triton_section(folder: Path, meta_path: Path) -> tuple[list[str], list[tuple
             f"| Nexus HTTP JSON infer/s ≥ {FLOOR_TARGET}× the axum floor's, c=16 | {fmt(a['throughput'])} / "
             f"{fmt(b['throughput'])} = **{ratio(r)}** | {ratio_verdict(r, FLOOR_TARGET)} |"
         )
-    for protocol in ("http-json", "http-binary", "grpc"):
+    for protocol in ("http-json", "http-binary", "grpc", "http-shm", "grpc-shm"):
         a, b = level(runs, f"pa-nexus-batching-{protocol}", 16), level(runs, f"pa-triton-batching-{protocol}", 16)
         if a and b and b["throughput"] > 0:
             out.append(
@@ -265,17 +267,19 @@ def profile_section(folder: Path) -> list[str]:
     files = sorted(folder.glob("nexus-*-symbols.txt")) if folder.is_dir() else []
     if not files:
         return []
-    out = ["## 3. Where Nexus spends its time: perf, small_mlp, c=1\n"]
+    out = ["## 3. Where Nexus spends its time: perf, small_mlp, c=1 and c=16\n"]
     out.append(
-        "`perf record -e cpu-clock -F 1999 -p <nexus>` for 4 s while one client sends back-to-back requests "
+        "`perf record -e cpu-clock -F 1999 -p <nexus>` for 4 s while the client sends back-to-back requests "
+        "(c=1: one at a time, for the latency targets; c=16 over HTTP JSON, for the Triton and floor targets) "
         "(hardware counters are not available in this VM, so this is timer sampling of the server process only; "
         "the client's own CPU time is not included). Flat profile, entries ≥ 0.7 % of the server's samples; "
         "full lists in [results/profile/](results/profile/).\n"
     )
     for path in files:
-        protocol = path.name.removeprefix("nexus-").removesuffix("-symbols.txt")
-        threads = folder / f"nexus-{protocol}-threads.txt"
-        out.append(f"**{PROTOCOLS.get(protocol, protocol)}** — samples by thread:\n")
+        name = path.name.removesuffix("-symbols.txt")
+        protocol, _, c = name.removeprefix("nexus-").rpartition("-c")
+        threads = folder / f"{name}-threads.txt"
+        out.append(f"**{PROTOCOLS.get(protocol, protocol)}, c={c}** — samples by thread:\n")
         out.append("```")
         out += [line.rstrip() for line in threads.read_text().splitlines()[:8]] if threads.exists() else []
         out.append("```")

@@ -7,7 +7,9 @@ usage: workload.py TRACKING_URI SEEDED_EXPERIMENT_ID OUT.json
 """
 
 import json
+import os
 import sys
+import tempfile
 import time
 
 from mlflow.entities import Metric
@@ -21,6 +23,7 @@ RUN_SEARCHES = 25      # search_runs(seeded exp, "metrics.acc > 0.5", max_result
 BATCHES = 5            # log_batch of 100 metrics each
 BATCH_SIZE = 100
 SINGLE_METRICS = 500   # log_metric one by one
+ARTIFACTS = 50         # 4 KiB files logged one by one, then downloaded one by one
 
 
 def main() -> None:
@@ -68,6 +71,16 @@ def main() -> None:
     with phase(f"{SINGLE_METRICS} metrics singly"):
         for j in range(SINGLE_METRICS):
             client.log_metric(rid, "single", float(j), step=j)
+    with tempfile.TemporaryDirectory() as scratch:
+        source = os.path.join(scratch, "weights.bin")
+        with open(source, "wb") as f:
+            f.write(os.urandom(4096))
+        with phase(f"{ARTIFACTS} artifact uploads (4 KiB)"):
+            for k in range(ARTIFACTS):
+                client.log_artifact(rid, source, artifact_path=f"files/{k}")
+        with phase(f"{ARTIFACTS} artifact downloads (4 KiB)"):
+            for k in range(ARTIFACTS):
+                client.download_artifacts(rid, f"files/{k}/weights.bin", os.path.join(scratch, str(k)))
     client.set_terminated(rid)
     total = time.perf_counter() - t_all
 
@@ -77,6 +90,7 @@ def main() -> None:
         "runs_found": n_runs,
         "single_history": len(client.get_metric_history(rid, "single")),
         "alias_a9": client.get_model_version_by_alias("wl", "a9").version,
+        "artifact_folders": len(client.list_artifacts(rid, "files")),
     }
     with open(sys.argv[3], "w") as f:
         json.dump({"total_s": total, "phases_s": phases, "check": check}, f)

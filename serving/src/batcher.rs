@@ -11,14 +11,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::MutexGuard;
-
 use nexus_models::pb::model_config::SchedulingChoice;
 use nexus_models::pb::model_queue_policy::TimeoutAction;
 use nexus_models::{ComputeTimings, ModelConfig, Tensor, TensorData};
 
 use crate::error::ServingError;
-use crate::queue::{Done, Pending, Queue, Queued, Reply};
+use crate::queue::{Done, Pending, Queued, Reply};
 
 /// The batching settings of one model version, from its `dynamic_batching` block.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,26 +116,29 @@ impl Batcher {
     /// waiting: requests compatible with it, up to the target rows, waiting until it has
     /// been queued the max delay for more to arrive. Empty when the requests it waited
     /// for were dropped meanwhile.
-    pub(crate) fn gather(
-        &self,
-        queue: &Queue,
-        pending: &mut MutexGuard<'_, Pending>,
-    ) -> Vec<Queued> {
+    pub(crate) fn gather(&self, pending: &mut Pending) -> Vec<Queued> {
         let delay = Duration::from_micros(self.tuning.max_delay_us.load(Ordering::Relaxed));
         let target = self.tuning.target.load(Ordering::Relaxed);
         let Some(head) = pending.head() else {
             return Vec::new();
         };
         let flush_at = head.enqueued + delay;
+        let (mut rows, _) = pending.compatible(self.policy.max_batch);
         loop {
-            // Positions are recomputed after every wait: the lock was released meanwhile.
-            let (rows, picked) = pending.compatible(self.policy.max_batch);
-            let full = rows >= target || !pending.is_open();
-            if picked.is_empty() || full || Instant::now() >= flush_at {
-                return pending.take(&picked);
+            // Receive what was sent meanwhile, up to the target: with several instances,
+            // what this one does not need stays in the channel for the others.
+            while rows < target && pending.pull() {
+                rows += pending.newest_fitting_rows();
             }
-            queue.wait(pending, Some(flush_at));
+            if rows >= target || !pending.is_open() || Instant::now() >= flush_at {
+                break;
+            }
+            if pending.pull_until(flush_at) {
+                rows += pending.newest_fitting_rows();
+            }
         }
+        let (_, picked) = pending.compatible(self.policy.max_batch);
+        pending.take(&picked)
     }
 }
 

@@ -2,16 +2,19 @@
 //!
 //! Inference is CPU-bound and blocking, so it never runs on the async reactor: each
 //! instance thread takes work from its version's [`Queue`] when it is free (one request,
-//! or a batch formed by the [`Batcher`]) and answers the callers itself. Dropping the pool
-//! closes the queue; each thread finishes the requests already queued and exits, which is
-//! how an unload lets in-flight requests complete.
+//! or a batch formed by the [`Batcher`]) and answers the callers itself. Dropping the
+//! version's queue closes it; each thread finishes the requests already queued and exits,
+//! which is how an unload lets in-flight requests complete.
 //!
-//! One shortcut: a request that is the version's only one in flight, for a model whose
-//! executions are short, runs on the caller's thread ([`InstancePool::run_inline`]).
-//! Handing it to the instance thread and the answer back costs two thread wake-ups, more
-//! than such a model's whole execution; at low load that is most of the latency Nexus adds.
-//! Under load the hand-off stays: there it lets the async workers read the next requests
-//! while the instance computes (measured: inlining at c=16 cost a quarter of the throughput).
+//! One shortcut: at low load, a request for a model whose executions are short runs on the
+//! caller's thread ([`InstancePool::run_inline`]). Handing it to the instance thread and the
+//! answer back costs two thread wake-ups, more than such a model's whole execution; at c=1
+//! that is most of the latency Nexus adds. Under load the hand-off stays: there it lets the
+//! async workers read the next requests while the instance computes. "Alone in flight" is
+//! not enough to tell the two apart (at c=16 most of a request's time is spent decoding and
+//! encoding, so a version often has nothing in flight): requests must also arrive far apart
+//! compared with an execution (measured: inlining at c=16 cost up to a quarter of the
+//! throughput).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -25,11 +28,15 @@ use nexus_models::{Backend, Tensor};
 use crate::batcher::{Batcher, Executed, execute};
 use crate::error::ServingError;
 use crate::metrics::VersionStats;
-use crate::queue::{Done, Queue, Queued, Work};
+use crate::queue::{Counts, Done, Pending, Queue, Queued, Work};
 
 /// Executions at most this long may run on a caller's thread (an async worker), which
 /// they hold for that time: about what decoding a large JSON request takes there anyway.
 const INLINE_MAX: Duration = Duration::from_micros(100);
+
+/// Inline runs also need requests to arrive, on average, at least this many executions
+/// apart: at most one in eight then finds the caller's thread busy with the last one.
+const GAP_PER_EXECUTION: u64 = 8;
 
 /// The instances of one model version.
 pub struct InstancePool {
@@ -38,6 +45,11 @@ pub struct InstancePool {
     batcher: Option<Arc<Batcher>>,
     /// Requests of this version between `run_inline` and their answer.
     in_flight: AtomicUsize,
+    /// When the last request entered, in nanoseconds since `epoch`.
+    last_entry_ns: AtomicU64,
+    /// A moving average of the time between requests, in nanoseconds.
+    gap_ns: AtomicU64,
+    epoch: Instant,
 }
 
 /// An instance's backend, locked by whichever thread runs it, and how long its last
@@ -68,9 +80,11 @@ impl InstancePool {
                 last_ns: AtomicU64::new(u64::MAX),
                 stats: Arc::clone(&stats),
             });
+            let (pending, counts) = queue.subscribe();
             let instance = Instance {
                 slot: Arc::clone(&slot),
-                queue: Arc::clone(&queue),
+                pending,
+                counts,
                 batcher: batcher.clone(),
             };
             std::thread::Builder::new()
@@ -86,11 +100,20 @@ impl InstancePool {
             instances,
             batcher,
             in_flight: AtomicUsize::new(0),
+            last_entry_ns: AtomicU64::new(0),
+            gap_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
     }
 
     /// Counts a request in flight until the guard drops.
     pub(crate) fn enter(&self) -> InFlight<'_> {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let gap = now.saturating_sub(self.last_entry_ns.swap(now, Ordering::Relaxed));
+        // Racy read-modify-write: a lost update only delays the average a little.
+        let average = self.gap_ns.load(Ordering::Relaxed);
+        self.gap_ns
+            .store(average - average / 4 + gap / 4, Ordering::Relaxed);
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight {
             pool: self,
@@ -99,8 +122,8 @@ impl InstancePool {
     }
 
     /// Runs `work` on the calling thread when it is the only request in flight, nothing
-    /// is queued and an instance whose last execution was short is idle; gives `work`
-    /// back otherwise, for the queue.
+    /// is queued, requests arrive far apart and an instance whose last execution was short
+    /// is idle; gives `work` back otherwise, for the queue.
     pub(crate) fn run_inline(
         &self,
         work: Work,
@@ -116,8 +139,10 @@ impl InstancePool {
             return Err(work);
         }
         let short = INLINE_MAX.as_nanos() as u64;
+        let gap = self.gap_ns.load(Ordering::Relaxed);
         for slot in &self.instances {
-            if slot.last_ns.load(Ordering::Relaxed) > short {
+            let last = slot.last_ns.load(Ordering::Relaxed);
+            if last > short || gap < last.saturating_mul(GAP_PER_EXECUTION) {
                 continue;
             }
             let Some(mut backend) = slot.backend.try_lock() else {
@@ -149,23 +174,18 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl Drop for InstancePool {
-    fn drop(&mut self) {
-        self.queue.close();
-    }
-}
-
 /// One instance's thread: its backend and where its work comes from.
 struct Instance {
     slot: Arc<Slot>,
-    queue: Arc<Queue>,
+    pending: Pending,
+    counts: Arc<Counts>,
     batcher: Option<Arc<Batcher>>,
 }
 
 impl Instance {
-    fn run(self) {
+    fn run(mut self) {
         while let Some(batch) = self.next() {
-            self.queue.left(batch.len());
+            self.counts.left(batch.len());
             let rows = batch.iter().map(|q| q.work.rows).sum();
             let mut backend = self.slot.backend.lock();
             execute(batch, |inputs, outputs| {
@@ -175,20 +195,13 @@ impl Instance {
     }
 
     /// Waits for work: the oldest request, or a batch around it. `None` once the queue
-    /// is closed and empty.
-    fn next(&self) -> Option<Vec<Queued>> {
-        let mut pending = self.queue.lock();
+    /// is gone and everything sent before has run.
+    fn next(&mut self) -> Option<Vec<Queued>> {
         loop {
-            if pending.head().is_none() {
-                if !pending.is_open() {
-                    return None;
-                }
-                self.queue.wait(&mut pending, None);
-                continue;
-            }
+            self.pending.head()?;
             let batch = match &self.batcher {
-                Some(batcher) => batcher.gather(&self.queue, &mut pending),
-                None => pending.take(&[0]),
+                Some(batcher) => batcher.gather(&mut self.pending),
+                None => self.pending.take(&[0]),
             };
             if !batch.is_empty() {
                 return Some(batch);

@@ -1,18 +1,19 @@
 //! The request queue of one model version, which its instance threads pull from.
 //!
-//! Callers (async tasks) push a request and wait on a oneshot; an instance thread that is
-//! free takes the oldest request, or a batch of requests when the version batches. No task
-//! sits between the two: a request reaches an idle instance in one thread hand-off, and a
-//! busy instance takes the next request (or everything queued meanwhile, as one batch)
-//! without waking anything. The queue is bounded; a request that waits longer than its
-//! timeout, or whose caller is gone, is dropped before it runs.
+//! Callers (async tasks) send a request down a channel and wait on a oneshot; an instance
+//! thread that is free receives the oldest request, or a batch of requests when the version
+//! batches, which it forms in a buffer of its own ([`Pending`]). No lock is shared between
+//! callers and instances and no task sits between them: a request reaches an idle instance
+//! in one thread hand-off, and a busy instance takes the next request (or what queued
+//! meanwhile, as one batch) without waking anything. The queue is bounded; a request that
+//! waits longer than its timeout, or whose caller is gone, is dropped before it runs.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use tokio::sync::oneshot;
 
 use nexus_models::{ComputeTimings, Tensor};
@@ -81,24 +82,85 @@ impl Queued {
     }
 }
 
-/// The queued requests, under the queue's lock.
+/// The requests an instance thread has received and not yet taken: where it forms a
+/// batch. Owned by that thread alone.
 pub(crate) struct Pending {
     items: VecDeque<Queued>,
-    /// False once the version is unloading: instances finish what is queued and stop.
+    receiver: Receiver<Queued>,
+    /// False once the queue is gone (the version is unloading): what was sent before still
+    /// runs, then the instance stops.
     open: bool,
 }
 
 impl Pending {
+    pub fn new(receiver: Receiver<Queued>) -> Self {
+        Pending {
+            items: VecDeque::new(),
+            receiver,
+            open: true,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.open
     }
 
-    /// The oldest request still waiting, after dropping the ones that were abandoned.
+    /// The oldest request still waiting, after dropping the ones that were abandoned;
+    /// blocks until one arrives. `None` once the queue is gone and nothing is left.
     pub fn head(&mut self) -> Option<&Queued> {
-        while self.items.front().is_some_and(|q| !q.is_waiting()) {
-            self.items.pop_front();
+        loop {
+            while self.items.front().is_some_and(|q| !q.is_waiting()) {
+                self.items.pop_front();
+            }
+            if !self.items.is_empty() {
+                return self.items.front();
+            }
+            match self.receiver.recv() {
+                Ok(q) => self.items.push_back(q),
+                Err(_) => {
+                    self.open = false;
+                    return None;
+                }
+            }
         }
-        self.items.front()
+    }
+
+    /// Receives a request already sent, without waiting; false when there is none.
+    pub fn pull(&mut self) -> bool {
+        match self.receiver.try_recv() {
+            Ok(q) => {
+                self.items.push_back(q);
+                true
+            }
+            Err(TryRecvError::Empty) => false,
+            Err(TryRecvError::Disconnected) => {
+                self.open = false;
+                false
+            }
+        }
+    }
+
+    /// Waits until a request arrives (true) or `until` passes (false).
+    pub fn pull_until(&mut self, until: Instant) -> bool {
+        match self.receiver.recv_deadline(until) {
+            Ok(q) => {
+                self.items.push_back(q);
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.open = false;
+                false
+            }
+        }
+    }
+
+    /// Rows of the last request received when it can join the oldest one; 0 otherwise.
+    pub fn newest_fitting_rows(&self) -> u64 {
+        match (self.items.front(), self.items.back()) {
+            (Some(head), Some(newest)) if newest.fits_with(head) => newest.work.rows,
+            _ => 0,
+        }
     }
 
     /// Rows and positions of the waiting requests that can join the oldest one, in
@@ -139,18 +201,30 @@ impl Pending {
     }
 }
 
-/// One model version's queue, shared by its callers and its instance threads.
+/// One model version's queue: its callers send, its instance threads receive.
 pub(crate) struct Queue {
-    pending: Mutex<Pending>,
-    /// Signalled when a request arrives or the queue closes.
-    arrived: Condvar,
-    /// Requests admitted and neither taken nor dropped: what `capacity` bounds.
-    admitted: AtomicUsize,
+    sender: Sender<Queued>,
+    receiver: Receiver<Queued>,
+    counts: Arc<Counts>,
     capacity: usize,
     /// How long a request may wait before it is refused; `None` waits as long as it takes.
     timeout: Option<Duration>,
-    stats: Arc<VersionStats>,
     label: String,
+}
+
+/// What the callers and the instances of a version count together.
+pub(crate) struct Counts {
+    /// Requests admitted and neither taken nor dropped: what the queue's capacity bounds.
+    admitted: AtomicUsize,
+    stats: Arc<VersionStats>,
+}
+
+impl Counts {
+    /// Counts requests leaving the queue: taken by an instance to run, or dropped.
+    pub fn left(&self, requests: usize) {
+        self.admitted.fetch_sub(requests, Ordering::AcqRel);
+        self.stats.dequeued(requests as u64);
+    }
 }
 
 impl Queue {
@@ -160,27 +234,37 @@ impl Queue {
         timeout: Option<Duration>,
         stats: Arc<VersionStats>,
     ) -> Self {
+        let (sender, receiver) = crossbeam_channel::unbounded();
         Queue {
-            pending: Mutex::new(Pending {
-                items: VecDeque::new(),
-                open: true,
+            sender,
+            receiver,
+            counts: Arc::new(Counts {
+                admitted: AtomicUsize::new(0),
+                stats,
             }),
-            arrived: Condvar::new(),
-            admitted: AtomicUsize::new(0),
             capacity: capacity.max(1),
             timeout,
-            stats,
             label: label.to_string(),
         }
     }
 
+    /// An instance thread's end of the queue. Once the queue is dropped, the instances
+    /// receive what was sent before and then find it closed.
+    pub fn subscribe(&self) -> (Pending, Arc<Counts>) {
+        (
+            Pending::new(self.receiver.clone()),
+            Arc::clone(&self.counts),
+        )
+    }
+
     /// Queues `work` and waits for its outputs.
     pub async fn submit(&self, work: Work) -> Result<Done, ServingError> {
-        let admitted = self
-            .admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.capacity).then_some(n + 1)
-            });
+        let admitted =
+            self.counts
+                .admitted
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.capacity).then_some(n + 1)
+                });
         if admitted.is_err() {
             return Err(ServingError::Unavailable(format!(
                 "{}: the queue is full ({} requests waiting), retry later",
@@ -190,25 +274,15 @@ impl Queue {
         let (reply, mut answer) = oneshot::channel();
         let enqueued = Instant::now();
         let state = Arc::new(AtomicU8::new(WAITING));
-        {
-            let mut pending = self.pending.lock();
-            if !pending.open {
-                drop(pending);
-                self.admitted.fetch_sub(1, Ordering::AcqRel);
-                return Err(ServingError::Unavailable(format!(
-                    "{} is unloading",
-                    self.label
-                )));
-            }
-            pending.items.push_back(Queued {
-                work,
-                enqueued,
-                state: Arc::clone(&state),
-                reply,
-            });
-        }
-        self.stats.queued(1);
-        self.arrived.notify_one();
+        self.counts.stats.queued(1);
+        let queued = Queued {
+            work,
+            enqueued,
+            state: Arc::clone(&state),
+            reply,
+        };
+        // Cannot fail: the queue holds a receiver itself, so the channel is open while it lives.
+        let _ = self.sender.send(queued);
         // Dropped with the caller's future (a client that went away) or on timeout, the
         // ticket takes the request out of the count, and the instances skip it.
         let ticket = Ticket { queue: self, state };
@@ -238,37 +312,9 @@ impl Queue {
         })?
     }
 
-    /// Whether no request is waiting.
+    /// Whether no request is waiting to be received.
     pub fn is_empty(&self) -> bool {
-        self.pending.lock().head().is_none()
-    }
-
-    /// The queue, locked, for an instance looking for work.
-    pub fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock()
-    }
-
-    /// Waits (with the lock released) until a request arrives, the queue closes or
-    /// `until` passes.
-    pub fn wait(&self, pending: &mut MutexGuard<'_, Pending>, until: Option<Instant>) {
-        match until {
-            Some(until) => {
-                self.arrived.wait_until(pending, until);
-            }
-            None => self.arrived.wait(pending),
-        }
-    }
-
-    /// Counts requests leaving the queue: taken by an instance to run, or dropped.
-    pub fn left(&self, requests: usize) {
-        self.admitted.fetch_sub(requests, Ordering::AcqRel);
-        self.stats.dequeued(requests as u64);
-    }
-
-    /// Lets the instances finish what is queued and stop; new requests are refused.
-    pub fn close(&self) {
-        self.pending.lock().open = false;
-        self.arrived.notify_all();
+        self.receiver.is_empty()
     }
 }
 
@@ -286,7 +332,7 @@ impl Ticket<'_> {
             .compare_exchange(WAITING, DROPPED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if dropped {
-            self.queue.left(1);
+            self.queue.counts.left(1);
         }
         dropped
     }
@@ -339,10 +385,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_batch_skips_dropped_requests_and_stops_at_the_row_limit() {
-        let mut pending = Pending {
-            items: VecDeque::new(),
-            open: true,
-        };
+        let (_sender, receiver) = crossbeam_channel::unbounded();
+        let mut pending = Pending::new(receiver);
         for (rows, width) in [(1, 4), (2, 4), (1, 5), (3, 4), (1, 4)] {
             pending.items.push_back(queued(rows, width, &["y"]).0);
         }
@@ -362,10 +406,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_request_larger_than_the_limit_still_runs_alone() {
-        let mut pending = Pending {
-            items: VecDeque::new(),
-            open: true,
-        };
+        let (_sender, receiver) = crossbeam_channel::unbounded();
+        let mut pending = Pending::new(receiver);
         pending.items.push_back(queued(8, 2, &["y"]).0);
         pending.items.push_back(queued(1, 2, &["y"]).0);
         assert_eq!(pending.compatible(4), (8, vec![0]));
