@@ -319,15 +319,11 @@ pub fn encode(response: &InferResponse, format: &OutputFormat) -> (Option<usize>
         .outputs
         .iter()
         .map(|t| {
-            let (parameters, data) = if let Some(reference) = format.shared.get(&t.name) {
-                let mut parameters = serde_json::json!({
-                    "shared_memory_region": reference.region,
-                    "shared_memory_byte_size": reference.byte_size,
-                });
-                if reference.offset != 0 {
-                    parameters["shared_memory_offset"] = reference.offset.into();
-                }
-                (Some(parameters), None)
+            // An output written to shared memory has neither data nor parameters: Triton's
+            // C++ client (perf_analyzer's) reads any output `parameters` as binary-data ones
+            // and fails on `binary_data_size` missing.
+            let (parameters, data) = if format.shared.get(&t.name).is_some() {
+                (None, None)
             } else if format.is_binary(&t.name) {
                 let bytes = t.data.to_raw();
                 let size = bytes.len();
