@@ -149,7 +149,9 @@ for i, row in enumerate(csv.DictReader(open(raw + ".csv"))):
         "mean_us": float(means[i]),
     })
 json.dump({
-    "label": label, "protocol": protocol, "model": model, "batch": 1,
+    # `nexus bench report` knows the wire protocols; the label keeps "-shm".
+    "label": label, "protocol": {"http-shm": "http-binary", "grpc-shm": "grpc"}.get(protocol, protocol),
+    "model": model, "batch": 1,
     "target": f"{url} (perf_analyzer 2.51.0)", "levels": levels, "machine": f"{os.cpu_count()} cores",
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
 }, open(out, "w"), indent=2)
