@@ -26,6 +26,9 @@ MODES = {
     "http-binary": ("http", []),
     "http-json": ("http", ["--input-tensor-format", "json", "--output-tensor-format", "json"]),
     "grpc": ("grpc", []),
+    # Tensors in system shared memory regions it creates under /dev/shm and registers.
+    "http-shm": ("http", ["--shared-memory", "system", "--output-shared-memory-size", "1024"]),
+    "grpc-shm": ("grpc", ["--shared-memory", "system", "--output-shared-memory-size", "1024"]),
 }
 
 
