@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use nexus_models::{ComputeTimings, Tensor};
@@ -115,41 +115,39 @@ impl Pending {
             if !self.items.is_empty() {
                 return self.items.front();
             }
-            match self.receiver.recv() {
-                Ok(q) => self.items.push_back(q),
-                Err(_) => {
-                    self.open = false;
-                    return None;
-                }
+            // `recv` fails only once the queue is gone.
+            let received = self.receiver.recv().map_err(|_| true);
+            if !self.keep(received) {
+                return None;
             }
         }
     }
 
     /// Receives a request already sent, without waiting; false when there is none.
     pub fn pull(&mut self) -> bool {
-        match self.receiver.try_recv() {
-            Ok(q) => {
-                self.items.push_back(q);
-                true
-            }
-            Err(TryRecvError::Empty) => false,
-            Err(TryRecvError::Disconnected) => {
-                self.open = false;
-                false
-            }
-        }
+        let received = self.receiver.try_recv().map_err(|e| e.is_disconnected());
+        self.keep(received)
     }
 
     /// Waits until a request arrives (true) or `until` passes (false).
     pub fn pull_until(&mut self, until: Instant) -> bool {
-        match self.receiver.recv_deadline(until) {
+        let received = self
+            .receiver
+            .recv_deadline(until)
+            .map_err(|e| e.is_disconnected());
+        self.keep(received)
+    }
+
+    /// Keeps a received request (true), or notes that the queue is gone when receiving
+    /// failed because it was (the error is whether it was).
+    fn keep(&mut self, received: Result<Queued, bool>) -> bool {
+        match received {
             Ok(q) => {
                 self.items.push_back(q);
                 true
             }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => {
-                self.open = false;
+            Err(disconnected) => {
+                self.open &= !disconnected;
                 false
             }
         }
