@@ -9,6 +9,7 @@
 #     TorchScript models and reference answers, both in ~/.cache/nexus
 #     (scripts/install-libtorch.sh, scripts/install-torch-python.sh)
 #   - Azurite (npm), the Azure Blob emulator of the az:// artifact tests, in ~/.cache/nexus
+#   - the web console's files (console/web → console/web/dist), which the binary embeds
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +29,8 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 # rdkafka's TLS/SASL support links the system OpenSSL through pkg-config.
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 [[ -f /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
-# npm installs Azurite (the Azure Blob emulator) for tests/clients/test_mlflow_artifact_stores.py.
+# npm builds the web console (console/web) and installs Azurite (the Azure Blob emulator) for
+# tests/clients/test_mlflow_artifact_stores.py.
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [[ ${#missing[@]} -gt 0 ]]; then
     if command -v apt-get >/dev/null 2>&1; then
@@ -52,6 +54,22 @@ Install it with rustup, then open a new shell (or `source "$HOME/.cargo/env"`):
 Nexus needs Rust 1.92 or newer (see rust-version in Cargo.toml).
 MSG
     exit 1
+fi
+
+# --- The web console ------------------------------------------------------------------
+# Built before any cargo build (console/build.rs stops without console/web/dist), and again
+# only when its sources change (a stamp of their hash). Vite needs Node.js 20.19 or newer:
+# scripts/install-node.sh finds or installs one.
+node_bin="$(bash scripts/install-node.sh)"
+web="console/web"
+want_web="$(cd "$web" && find index.html package.json package-lock.json tsconfig.json vite.config.ts src -type f -print0 |
+    sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
+if [[ -f "$web/dist/index.html" && "$(cat "$web/.dist.sha256" 2>/dev/null || true)" == "$want_web" ]]; then
+    echo "setup: the web console is up to date"
+else
+    echo "setup: building the web console (npm ci and npm run build in $web)"
+    (cd "$web" && PATH="$node_bin:$PATH" npm ci --no-audit --no-fund --loglevel=error && PATH="$node_bin:$PATH" npm run build)
+    echo "$want_web" >"$web/.dist.sha256"
 fi
 
 # --- .venv with the pinned test packages --------------------------------------

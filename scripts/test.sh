@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: setup, one debug build, Rust tests, then the Python client
-# suite (tests/clients) driving the built `nexus` binary. Exits non-zero if anything fails.
+# suite (tests/clients) and the web console's browser tests (tests/console) driving the built
+# `nexus` binary. Exits non-zero if anything fails.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,3 +27,16 @@ cargo test --workspace
 bash scripts/fuzz.sh  # every fuzz target for FUZZ_SECONDS (30) each; fails on a crash
 
 NEXUS_BIN="$repo/target/debug/nexus" .venv/bin/python -m pytest tests/clients -q
+
+# The web console in a real browser (tests/console): Debian's headless Chromium, driven by
+# playwright-core, against `nexus up`; screenshots in target/console-screenshots/.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "test: installing chromium with apt-get"
+    sudo=""
+    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y chromium
+fi
+node_bin="$(bash scripts/install-node.sh)"
+(cd tests/console && PATH="$node_bin:$PATH" npm ci --no-audit --no-fund --loglevel=error)
+NEXUS_BIN="$repo/target/debug/nexus" "$node_bin/node" --test --test-concurrency=1 tests/console/

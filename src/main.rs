@@ -1,8 +1,8 @@
 //! `nexus`: the command line. It parses arguments and wires the crates together (the table
 //! of runtimes, the registry as serving's model source, the event bus and the optimiser, the
-//! gateway); each command's work happens in a library crate: serving, the registry and its
-//! `nexus models` client, the pipelines, the gateway's `nexus token`, the benchmarks
-//! (docs/architecture.md has the map).
+//! gateway, the web console); each command's work happens in a library crate: serving, the
+//! registry and its `nexus models` client, the pipelines, the gateway's `nexus token`, the
+//! benchmarks (docs/architecture.md has the map).
 
 use std::path::PathBuf;
 
@@ -377,6 +377,13 @@ impl FrontArgs {
     }
 }
 
+/// The web console's page and files, and the `whoami` it learns the caller's rights from:
+/// on the HTTP port of `serve`, `up` and `registry`. The page shows the parts that
+/// `/api/v1/services` lists (all the registry when the process has no such list).
+fn console_routes(gateway: &Gateway) -> axum::Router {
+    nexus_console::router().merge(nexus_gateway::whoami::router(gateway))
+}
+
 /// Logs to stderr (text or JSON) and, with an OTLP endpoint, spans to the collector; the
 /// returned provider flushes the last spans at exit.
 fn init_logging(cli: &Cli) -> anyhow::Result<Option<SdkTracerProvider>> {
@@ -454,7 +461,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let tuning = tuning.open().await?;
             let token = tracking_token();
             let extensions = Extensions {
-                routes: tuning.routes.clone(),
+                routes: console_routes(&gateway).merge(tuning.routes.clone()),
                 source: serve
                     .registry_url
                     .as_deref()
@@ -519,7 +526,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 routes: registry
                     .router()
                     .merge(nexus_pipelines::api::router(engine))
-                    .merge(tuning.routes.clone()),
+                    .merge(tuning.routes.clone())
+                    .merge(console_routes(&gateway)),
                 source: Some(registry_source(&url, token.as_deref())),
                 hooks: tuning.hooks.clone(),
                 components: registry_components(&registry, &own_url)
@@ -554,7 +562,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen for the registry on {addr}"))?;
             tracing::info!(%addr, tls = tls.is_some(), auth = gateway.enabled(), "registry serving MLflow REST");
             nexus_gateway::serve_http(
-                registry.router().layer(gateway.http_layer()),
+                registry
+                    .router()
+                    .merge(console_routes(&gateway))
+                    .layer(gateway.http_layer()),
                 listener,
                 tls,
                 shutdown_signal(),

@@ -190,6 +190,15 @@ async fn invalid_specs_are_refused_before_anything_runs() -> Result<()> {
     );
     let (status, _) = runner.server().get("/api/v1/pipelines/runs/nope").await?;
     ensure!(status == 404);
+    let (status, body) = runner
+        .server()
+        .get("/api/v1/pipelines/runs?page_token=not-a-token")
+        .await?;
+    ensure!(
+        status == 400
+            && body["error"]["message"].as_str() == Some("invalid page_token 'not-a-token'"),
+        "{status} {body}"
+    );
     Ok(())
 }
 
@@ -245,6 +254,35 @@ steps:
     );
     let run = runner.run(&spec, json!({"greeting": "hi there"})).await?;
     ensure!(run["status"] == "SUCCEEDED", "{run:#}");
+    // The run's graph: a node per step, an edge per dependency (explicit or through a
+    // reference), as the web console draws it.
+    let id = run["id"].as_str().context("run id")?;
+    let (_, body) = runner
+        .server()
+        .get(&format!("/api/v1/pipelines/runs/{id}"))
+        .await?;
+    let graph = &body["graph"];
+    let mut edges: Vec<String> = graph["edges"]
+        .as_array()
+        .context("graph edges")?
+        .iter()
+        .map(|e| {
+            format!(
+                "{}->{}",
+                e["from"].as_str().unwrap_or(""),
+                e["to"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    edges.sort();
+    ensure!(
+        edges == ["a->b", "a->c", "a->d", "a->e", "b->e", "c->e", "d->e"],
+        "{graph:#}"
+    );
+    ensure!(
+        graph["nodes"].as_array().map(Vec::len) == Some(5),
+        "{graph:#}"
+    );
     ensure!(
         run["parameters"] == json!({"greeting": "hi there", "count": 3}),
         "{run:#}"

@@ -167,6 +167,11 @@ async fn services_list_every_component() -> Result<()> {
     }
     let serving = services[0]["address"].as_str().unwrap_or_default();
     ensure!(serving.contains(&server.http_port.to_string()), "{serving}");
+    ensure!(
+        services[0]["settings"]["model_control_mode"] == "none",
+        "{}",
+        services[0]
+    );
     for path in ["/health/live", "/health/ready"] {
         let (status, body) = server.get(path).await?;
         ensure!(status == 200, "{path}: {status} {body}");

@@ -201,7 +201,8 @@ impl Gateway {
     }
 
     /// Authenticates, authorises and applies the per-credential limit. `Ok(None)`: let
-    /// through without a principal (health probes; everything when auth is off).
+    /// through without a principal (probes and the console's files; everything when auth
+    /// is off).
     pub(crate) async fn admit(
         &self,
         protocol: Protocol,
@@ -209,7 +210,7 @@ impl Gateway {
         headers: &HeaderMap,
         client: Option<IpAddr>,
     ) -> Result<Option<Principal>, Denial> {
-        if class == RouteClass::Health {
+        if class.is_open() {
             return Ok(None);
         }
         if !self.inner.enabled {

@@ -11,6 +11,7 @@
 //! - [`check_bind`]: refuses to expose an unauthenticated server on the network.
 //! - [`serve_http`]: serves an axum router, plain or TLS, recording client addresses.
 //! - [`cli`]: `nexus token create|list|revoke`.
+//! - [`whoami`]: `GET /api/v1/whoami`, the caller's identity and rights.
 //!
 //! Failed authentications are limited per client address (`--auth-failure-rps`,
 //! `--auth-failure-burst`): once over, the address gets 429 / RESOURCE_EXHAUSTED before any
@@ -68,6 +69,7 @@ mod keys;
 mod limits;
 pub mod policy;
 pub mod tls;
+pub mod whoami;
 
 pub use config::{AuthConfig, TlsConfig, check_bind};
 pub use error::GatewayError;

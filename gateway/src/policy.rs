@@ -88,9 +88,14 @@ impl FromStr for Role {
 pub enum RouteClass {
     /// Liveness and readiness probes: always open, never authenticated or rate limited.
     Health,
+    /// The web console's page and its static files (`GET /`, `/assets/…`): open like the
+    /// probes, because they hold no data and the page must load before anyone can paste a
+    /// credential into it; every call the page then makes is a request of its own class.
+    Console,
     /// V2 server/model metadata, readiness, config, statistics, repository index,
-    /// shared-memory status, and the process's service list (`GET /api/v1/services`): the
-    /// reads every role may make.
+    /// shared-memory status, the process's service list (`GET /api/v1/services`), its
+    /// Prometheus metrics (`GET /api/v1/metrics`) and the caller's own identity
+    /// (`GET /api/v1/whoami`): the reads every role may make.
     InferenceRead,
     /// V2 inference (HTTP infer, gRPC ModelInfer/ModelStreamInfer).
     Infer,
@@ -119,8 +124,9 @@ pub enum RouteClass {
 
 impl RouteClass {
     /// Every class, for exhaustive tests and documentation.
-    pub const ALL: [RouteClass; 13] = [
+    pub const ALL: [RouteClass; 14] = [
         RouteClass::Health,
+        RouteClass::Console,
         RouteClass::InferenceRead,
         RouteClass::Infer,
         RouteClass::Feedback,
@@ -146,6 +152,31 @@ impl RouteClass {
         )
     }
 
+    /// Whether requests of the class pass without a credential (and without rate limits).
+    pub fn is_open(self) -> bool {
+        matches!(self, RouteClass::Health | RouteClass::Console)
+    }
+
+    /// The class's name in `GET /api/v1/whoami` (snake case, stable).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Health => "health",
+            RouteClass::Console => "console",
+            RouteClass::InferenceRead => "inference_read",
+            RouteClass::Infer => "infer",
+            RouteClass::Feedback => "feedback",
+            RouteClass::ModelControl => "model_control",
+            RouteClass::RegistryRead => "registry_read",
+            RouteClass::RegistryWrite => "registry_write",
+            RouteClass::PipelineRead => "pipeline_read",
+            RouteClass::PipelineSubmit => "pipeline_submit",
+            RouteClass::PipelineCancel => "pipeline_cancel",
+            RouteClass::OptimizerRead => "optimizer_read",
+            RouteClass::OptimizerWrite => "optimizer_write",
+            RouteClass::Admin => "admin",
+        }
+    }
+
     /// Whether requests of the class are also limited per model.
     pub fn per_model(self) -> bool {
         matches!(self, RouteClass::Infer | RouteClass::Feedback)
@@ -155,7 +186,7 @@ impl RouteClass {
 /// Whether `role` may make requests of `class`: the whole access policy.
 pub fn allowed(role: Role, class: RouteClass) -> bool {
     use RouteClass as C;
-    if class == C::Health {
+    if class.is_open() {
         return true;
     }
     match role {
@@ -203,6 +234,9 @@ pub fn is_mlflow_path(path: &str) -> bool {
             .iter()
             .any(|p| path.starts_with(p) || path == p.trim_end_matches('/'))
 }
+
+/// Where the console's static files are served (`nexus_console`).
+const CONSOLE_ASSETS: &str = "/assets/";
 
 /// The first V2 path segment of the system and the CUDA shared-memory extensions.
 const SYSTEM_SHM: &str = "systemsharedmemory";
@@ -271,8 +305,18 @@ pub fn classify_http(method: &Method, path: &str) -> RouteClass {
         return C::RegistryRead;
     }
 
-    if path == "/api/v1/services" && read {
+    if read
+        && matches!(
+            path,
+            "/api/v1/services" | "/api/v1/metrics" | "/api/v1/whoami"
+        )
+    {
         return C::InferenceRead;
+    }
+
+    // The console's page and its hashed files; its own routes live after `#`, never here.
+    if read && (path == "/" || path.starts_with(CONSOLE_ASSETS)) {
+        return C::Console;
     }
 
     if let Some(rest) = path.strip_prefix("/api/v1/pipelines/") {
@@ -352,6 +396,7 @@ mod tests {
                 Role::Deployer,
                 &[
                     C::Health,
+                    C::Console,
                     C::InferenceRead,
                     C::Infer,
                     C::Feedback,
@@ -368,6 +413,7 @@ mod tests {
                 Role::Runner,
                 &[
                     C::Health,
+                    C::Console,
                     C::InferenceRead,
                     C::RegistryRead,
                     C::PipelineRead,
@@ -378,12 +424,19 @@ mod tests {
             ),
             (
                 Role::Inference,
-                &[C::Health, C::InferenceRead, C::Infer, C::Feedback],
+                &[
+                    C::Health,
+                    C::Console,
+                    C::InferenceRead,
+                    C::Infer,
+                    C::Feedback,
+                ],
             ),
             (
                 Role::Reader,
                 &[
                     C::Health,
+                    C::Console,
                     C::InferenceRead,
                     C::RegistryRead,
                     C::PipelineRead,
@@ -413,6 +466,14 @@ mod tests {
             (Method::GET, "/health/ready", C::Health),
             (Method::GET, "/api/v1/services", C::InferenceRead),
             (Method::POST, "/api/v1/services", C::Admin),
+            (Method::GET, "/api/v1/metrics", C::InferenceRead),
+            (Method::GET, "/api/v1/whoami", C::InferenceRead),
+            (Method::POST, "/api/v1/whoami", C::Admin),
+            (Method::GET, "/", C::Console),
+            (Method::HEAD, "/", C::Console),
+            (Method::GET, "/assets/index-3f2a.js", C::Console),
+            (Method::POST, "/", C::Admin),
+            (Method::GET, "/index.html", C::Admin),
             (Method::POST, "/v2/health/live", C::Admin),
             (Method::GET, "/v2", C::InferenceRead),
             (Method::GET, "/v2/models/m", C::InferenceRead),
@@ -549,7 +610,6 @@ mod tests {
             (Method::GET, "/api/v1/optimizer/state", C::OptimizerRead),
             (Method::POST, "/api/v1/optimizer/freeze", C::OptimizerWrite),
             (Method::POST, "/api/v1/tokens", C::Admin),
-            (Method::GET, "/", C::Admin),
             (Method::GET, "//v2/models/m", C::Admin),
         ];
         for (method, path, class) in cases {

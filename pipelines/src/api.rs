@@ -1,4 +1,6 @@
-//! The pipelines REST API under `/api/v1/pipelines`: submit, list, get, logs, cancel.
+//! The pipelines REST API under `/api/v1/pipelines`: submit, list (filtered and paged on
+//! the server), get (with the pipeline's outline: its tasks and their dependencies), logs,
+//! cancel.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::MAX_SPEC_BYTES;
 use crate::engine::{Engine, Submit};
 use crate::error::PipelineError;
-use crate::store::Status;
+use crate::outline::Outline;
+use crate::store::{RunFilter, Status};
 
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
@@ -25,6 +28,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/api/v1/pipelines/runs/{id}", get(get_run))
         .route("/api/v1/pipelines/runs/{id}/logs", get(logs))
         .route("/api/v1/pipelines/runs/{id}/cancel", post(cancel))
+        .route("/api/v1/pipelines/library", get(library))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_SPEC_BYTES))
         .with_state(engine)
 }
@@ -39,34 +43,75 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(json!({ "run": run }))).into_response())
 }
 
+/// `GET /api/v1/pipelines/library`: `{"pipelines": [{name, file, spec, base_dir}]}`.
+async fn library(State(engine): State<Arc<Engine>>) -> Result<Response, PipelineError> {
+    let dir = engine.library_dir().to_path_buf();
+    let pipelines = tokio::task::spawn_blocking(move || crate::library::list(&dir))
+        .await
+        .map_err(|e| PipelineError::Internal(format!("listing the pipeline library: {e}")))?;
+    Ok(Json(json!({ "pipelines": pipelines })).into_response())
+}
+
 #[derive(Deserialize)]
 struct ListQuery {
     status: Option<String>,
+    /// Runs whose name contains this text (any case).
+    name: Option<String>,
     limit: Option<i64>,
+    /// Where the previous page ended (its `next_page_token`).
+    page_token: Option<String>,
 }
 
+/// Longest `name` filter accepted.
+const MAX_NAME_FILTER: usize = 256;
+
+/// `GET /api/v1/pipelines/runs[?status=&name=&limit=&page_token=]`: runs newest first,
+/// `{"runs": [...], "next_page_token": "..."}`, the token only when more runs match.
 async fn list(
     State(engine): State<Arc<Engine>>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, PipelineError> {
     let status = query
         .status
+        .filter(|s| !s.is_empty())
         .map(|s| {
             Status::parse(&s.to_ascii_uppercase())
                 .ok_or_else(|| PipelineError::Invalid(format!("unknown status '{s}'")))
         })
         .transpose()?;
+    let name = query.name.filter(|n| !n.is_empty());
+    if name.as_ref().is_some_and(|n| n.len() > MAX_NAME_FILTER) {
+        return Err(PipelineError::Invalid(format!(
+            "name filter is longer than {MAX_NAME_FILTER} bytes"
+        )));
+    }
+    let filter = RunFilter {
+        status,
+        name,
+        after: query
+            .page_token
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse())
+            .transpose()?,
+    };
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
-    let runs = engine.store().list_runs(status, limit).await?;
-    Ok(Json(json!({ "runs": runs })))
+    let (runs, next) = engine.store().list_runs(&filter, limit).await?;
+    let mut body = json!({ "runs": runs });
+    if let Some(next) = next {
+        body["next_page_token"] = next.to_string().into();
+    }
+    Ok(Json(body))
 }
 
+/// `GET /api/v1/pipelines/runs/{id}`: `{"run": {... "tasks": [...]}, "graph": {"nodes",
+/// "edges"}}`, the graph being the outline of what the run executes.
 async fn get_run(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, PipelineError> {
     let run = engine.store().get_run(&id, true).await?;
-    Ok(Json(json!({ "run": run })))
+    let (pipeline, _, _) = engine.store().graph(&id).await?;
+    Ok(Json(json!({ "run": run, "graph": Outline::of(&pipeline) })))
 }
 
 async fn cancel(

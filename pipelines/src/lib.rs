@@ -10,12 +10,15 @@ pub mod error;
 pub mod executor;
 pub mod graph;
 pub mod kfp;
+pub mod library;
+pub mod outline;
 pub mod spec;
 pub mod stepdir;
 pub mod store;
 mod yaml;
 
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use artifacts::ArtifactStore;
@@ -97,6 +100,15 @@ pub struct PipelineArgs {
         value_parser = parse_env_name
     )]
     pub env: Vec<String>,
+    /// A folder of pipeline specs the console offers to submit, each with the folder as the
+    /// base of its relative `workdir`s (a missing folder offers none).
+    #[arg(
+        long = "pipeline-library",
+        value_name = "PATH",
+        default_value = "examples/pipelines",
+        env = "NEXUS_PIPELINE_LIBRARY"
+    )]
+    pub library: PathBuf,
     #[command(flatten)]
     pub kubernetes: executor::kubernetes::KubernetesArgs,
 }
@@ -156,6 +168,7 @@ impl PipelineArgs {
                 .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
                 .collect(),
             owner: format!("{host}:{}", root.display()),
+            library: self.library.clone(),
         };
         let engine = Engine::new(store, artifacts, executor, config);
         match engine.resume().await {

@@ -418,29 +418,125 @@ impl Store {
         Ok(run)
     }
 
-    pub async fn list_runs(&self, status: Option<Status>, limit: i64) -> Result<Vec<RunRecord>> {
+    /// Up to `limit` runs that `filter` selects, newest first, and where the next page
+    /// starts when more match. Keyset paging (`created_at`, `id`), so a page costs the same
+    /// however deep it is and runs created meanwhile neither repeat nor shift it.
+    pub async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        limit: i64,
+    ) -> Result<(Vec<RunRecord>, Option<Cursor>)> {
         self.ready().await?;
-        let rows = match status {
-            Some(status) => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "{RUN_SELECT} WHERE status = $1 ORDER BY created_at DESC LIMIT $2"
-                )))
-                .bind(status.as_str())
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "{RUN_SELECT} ORDER BY created_at DESC LIMIT $1"
-                )))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
+        // Only fixed fragments go into the text; every value is bound, in this order.
+        let mut conditions = Vec::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
         };
-        rows.iter().map(run_record).collect()
+        if filter.status.is_some() {
+            conditions.push(format!("status = ${}", next()));
+        }
+        if filter.name.is_some() {
+            conditions.push(format!("LOWER(name) LIKE ${} ESCAPE '\\'", next()));
+        }
+        if filter.after.is_some() {
+            let (a, b, c) = (next(), next(), next());
+            conditions.push(format!(
+                "(created_at < ${a} OR (created_at = ${b} AND id < ${c}))"
+            ));
+        }
+        let limit_param = next();
+        let mut sql = RUN_SELECT.to_string();
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, id DESC LIMIT ${limit_param}"
+        ));
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        if let Some(status) = filter.status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(name) = &filter.name {
+            query = query.bind(like_pattern(&name.to_lowercase()));
+        }
+        if let Some(after) = &filter.after {
+            query = query
+                .bind(after.created_at)
+                .bind(after.created_at)
+                .bind(after.id.clone());
+        }
+        // One more than asked: whether it exists says whether there is a next page.
+        let rows = query.bind(limit + 1).fetch_all(&self.pool).await?;
+        let mut runs: Vec<RunRecord> = rows.iter().map(run_record).collect::<Result<_>>()?;
+        let more = runs.len() as i64 > limit;
+        runs.truncate(usize::try_from(limit).unwrap_or(0));
+        let next = match (more, runs.last()) {
+            (true, Some(last)) => Some(Cursor {
+                created_at: last.created_at,
+                id: last.id.clone(),
+            }),
+            _ => None,
+        };
+        Ok((runs, next))
     }
+}
+
+/// Which runs [`Store::list_runs`] returns.
+#[derive(Debug, Default, Clone)]
+pub struct RunFilter {
+    pub status: Option<Status>,
+    /// Runs whose name contains this text, in any case.
+    pub name: Option<String>,
+    /// Only runs after this one in the list's order (a page token).
+    pub after: Option<Cursor>,
+}
+
+/// A position in the list of runs (newest first): the last run of a page. Its text form
+/// is the API's `page_token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    created_at: i64,
+    id: String,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.created_at, self.id)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = PipelineError;
+
+    fn from_str(token: &str) -> Result<Cursor> {
+        let invalid = || PipelineError::Invalid(format!("invalid page_token '{token}'"));
+        let (created_at, id) = token.split_once('.').ok_or_else(invalid)?;
+        // Run ids are UUIDs in simple form.
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(invalid());
+        }
+        Ok(Cursor {
+            created_at: created_at.parse().map_err(|_| invalid())?,
+            id: id.to_string(),
+        })
+    }
+}
+
+/// `%text%` for `LIKE … ESCAPE '\'`, with the wildcards in `text` matched literally.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// The columns `run_record` reads.
@@ -493,4 +589,108 @@ fn task_record(row: &AnyRow) -> Result<TaskRecord> {
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 230 runs, many created in the same millisecond, paged 100 at a time and filtered by
+    /// name and status: every run once, newest first, and wildcards in a filter taken
+    /// literally.
+    async fn pages_and_filters(store: Store) {
+        let pipeline: Pipeline = serde_json::from_value(serde_json::json!({
+            "name": "p", "flavor": "nexus", "parameters": {}, "root": {"tasks": []}
+        }))
+        .unwrap();
+        let id = |i: usize| format!("{i:032x}");
+        for i in 0..230 {
+            let name = match i % 2 {
+                0 => format!("train_{i}"),
+                _ => format!("Eval-{i}"),
+            };
+            store
+                .create_run(&id(i), &pipeline, &name, &BTreeMap::new())
+                .await
+                .unwrap();
+        }
+        store
+            .set_run_status(&id(7), Status::Failed, None, Some("boom"))
+            .await
+            .unwrap();
+
+        let list = |filter: RunFilter| {
+            let store = store.clone();
+            async move {
+                let mut pages = Vec::new();
+                let mut filter = filter;
+                loop {
+                    let (runs, next) = store.list_runs(&filter, 100).await.unwrap();
+                    pages.push(runs);
+                    match next {
+                        Some(cursor) => {
+                            // The token goes through its text form, as clients send it.
+                            filter.after = Some(cursor.to_string().parse().unwrap());
+                        }
+                        None => return pages,
+                    }
+                }
+            }
+        };
+        let pages = list(RunFilter::default()).await;
+        assert_eq!(
+            pages.iter().map(Vec::len).collect::<Vec<_>>(),
+            [100, 100, 30]
+        );
+        let all: Vec<&RunRecord> = pages.iter().flatten().collect();
+        let ids: std::collections::BTreeSet<&str> = all.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids.len(), 230);
+        assert!(
+            all.windows(2)
+                .all(|w| (w[0].created_at, &w[0].id) > (w[1].created_at, &w[1].id))
+        );
+
+        let named = |name: &str| RunFilter {
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let count = |pages: Vec<Vec<RunRecord>>| pages.iter().map(Vec::len).sum::<usize>();
+        assert_eq!(count(list(named("TRAIN")).await), 115);
+        assert_eq!(count(list(named("eval-22")).await), 5); // Eval-221, -223, …, -229
+        assert_eq!(count(list(named("n_")).await), 115);
+        assert_eq!(count(list(named("%")).await), 0);
+        let failed = list(RunFilter {
+            status: Some(Status::Failed),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            failed.concat().iter().map(|r| &r.id).collect::<Vec<_>>(),
+            [&id(7)]
+        );
+
+        for token in ["", "12", "x.abc", "12.", "12.a-b", "12.a b"] {
+            assert!(token.parse::<Cursor>().is_err(), "{token}");
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_page_and_filter_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let (pool, _) = nexus_database::open(&url).unwrap();
+        pages_and_filters(Store::new(pool)).await;
+    }
+
+    #[tokio::test]
+    async fn runs_page_and_filter_on_postgres() {
+        let Some(database) = nexus_testing::PostgresDatabase::create("pipelines_list")
+            .await
+            .unwrap()
+        else {
+            return;
+        };
+        let (pool, _) = nexus_database::open(&database.url()).unwrap();
+        pages_and_filters(Store::new(pool)).await;
+    }
 }

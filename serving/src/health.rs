@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use clap::ValueEnum;
 use serde_json::{Value, json};
 
 use crate::manager::ModelManager;
@@ -52,6 +53,9 @@ pub struct Component {
     pub address: String,
     /// Named checks that must pass for the component (and the process) to be ready.
     pub checks: Vec<(String, Arc<dyn HealthCheck>)>,
+    /// Settings a client may adapt to, listed beside the address (serving's
+    /// `model_control_mode`: the web console offers load/unload only when it is `explicit`).
+    pub settings: serde_json::Map<String, Value>,
 }
 
 impl Component {
@@ -60,7 +64,14 @@ impl Component {
             name: name.to_string(),
             address: address.into(),
             checks: Vec::new(),
+            settings: serde_json::Map::new(),
         }
+    }
+
+    /// Lists `key: value` among the component's settings.
+    pub fn setting(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.settings.insert(key.to_string(), value.into());
+        self
     }
 
     /// Adds a check named `what` (e.g. "database").
@@ -94,8 +105,13 @@ pub(crate) fn router(
     serving_address: String,
     others: Vec<Component>,
 ) -> Router {
-    let serving =
-        Component::new("serving", serving_address).check("models", Arc::new(ModelsLoaded(manager)));
+    let mode = manager.control_mode().to_possible_value();
+    let serving = Component::new("serving", serving_address)
+        .setting(
+            "model_control_mode",
+            mode.as_ref().map_or("", |m| m.get_name()),
+        )
+        .check("models", Arc::new(ModelsLoaded(manager)));
     let mut components = vec![serving];
     components.extend(others);
     Router::new()
@@ -136,6 +152,7 @@ async fn examine(component: &Component) -> (Value, bool) {
         "status": if up { "up" } else { "down" },
         "version": SERVER_VERSION,
         "address": component.address,
+        "settings": component.settings,
         "checks": checks,
     });
     (entry, up)

@@ -278,7 +278,9 @@ pub async fn serve(
             inflight: Arc::clone(&inflight),
             shm: Arc::clone(&shm),
         }),
-        extensions.routes,
+        extensions
+            .routes
+            .merge(metrics::http_router(prometheus.clone())),
         health,
         &gateway,
         extensions.tls.clone(),

@@ -1,6 +1,7 @@
 //! Per-version inference statistics, kept twice on purpose: as atomics for Triton's
 //! statistics extension (`/stats`, gRPC `ModelStatistics`), and as Prometheus counters
-//! with Triton's metric names for `:8002/metrics`, served by [`run`].
+//! with Triton's metric names for `:8002/metrics`, served by [`run`] (and, per model
+//! version as JSON, by [`http_router`] at `/api/v1/metrics` on the HTTP port).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -87,6 +88,100 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| ServeError::Server(format!("metrics server: {e}")))
+}
+
+/// `GET /api/v1/metrics`: for clients that reach only the HTTP port (behind its gateway),
+/// each model version's request counters and its latency and batch-size histograms, as
+/// JSON. The web console derives request rates and p50/p99 from two reads.
+pub fn http_router(prometheus: PrometheusHandle) -> axum::Router {
+    axum::Router::new().route(
+        "/api/v1/metrics",
+        axum::routing::get(move || {
+            let prometheus = prometheus.clone();
+            async move { axum::Json(serde_json::json!({ "versions": figures(&prometheus.render()) })) }
+        }),
+    )
+}
+
+/// One model version's figures in [`http_router`]'s answer.
+#[derive(Debug, Default, PartialEq, serde::Serialize)]
+struct VersionFigures {
+    model: String,
+    version: String,
+    /// `nv_inference_request_success`, `nv_inference_request_failure`.
+    success: f64,
+    failure: f64,
+    /// `nv_inference_queue_duration_us`.
+    queue_us: f64,
+    /// `nv_inference_pending_request_count`.
+    pending: f64,
+    /// `nexus_request_duration_seconds`.
+    latency_seconds: Option<HistogramFigures>,
+    /// `nexus_batch_size`.
+    batch_size: Option<HistogramFigures>,
+}
+
+/// A histogram's cumulative buckets (upper bound `le`, the `+Inf` one being `count`).
+#[derive(Debug, Default, PartialEq, serde::Serialize)]
+struct HistogramFigures {
+    buckets: Vec<(f64, f64)>,
+    count: f64,
+    sum: f64,
+}
+
+/// The figures of every model version in `text`, the recorder's exposition. The recorder
+/// keeps its histograms to itself and renders them only as text, so they are read back
+/// from it (with `prometheus-parse`), the same numbers `/metrics` serves.
+fn figures(text: &str) -> Vec<VersionFigures> {
+    use prometheus_parse::{Scrape, Value};
+
+    let Ok(scrape) = Scrape::parse(text.lines().map(|line| Ok(line.to_string()))) else {
+        return Vec::new();
+    };
+    let mut versions: BTreeMap<(String, String), VersionFigures> = BTreeMap::new();
+    for sample in scrape.samples {
+        let (Some(model), Some(version)) =
+            (sample.labels.get("model"), sample.labels.get("version"))
+        else {
+            continue;
+        };
+        let entry = versions
+            .entry((model.to_string(), version.to_string()))
+            .or_insert_with(|| VersionFigures {
+                model: model.to_string(),
+                version: version.to_string(),
+                ..VersionFigures::default()
+            });
+        let (family, part) = match sample.metric.rsplit_once('_') {
+            Some((family, part @ ("sum" | "count"))) => (family, part),
+            _ => (sample.metric.as_str(), ""),
+        };
+        let histogram = match family {
+            "nexus_request_duration_seconds" => Some(&mut entry.latency_seconds),
+            "nexus_batch_size" => Some(&mut entry.batch_size),
+            _ => None,
+        };
+        match (histogram, part, sample.value) {
+            (Some(h), "", Value::Histogram(buckets)) => {
+                h.get_or_insert_default().buckets = buckets
+                    .iter()
+                    .filter(|b| b.less_than.is_finite())
+                    .map(|b| (b.less_than, b.count))
+                    .collect();
+            }
+            (Some(h), "sum", Value::Untyped(v)) => h.get_or_insert_default().sum = v,
+            (Some(h), "count", Value::Untyped(v)) => h.get_or_insert_default().count = v,
+            (None, _, Value::Counter(v) | Value::Gauge(v)) => match sample.metric.as_str() {
+                "nv_inference_request_success" => entry.success = v,
+                "nv_inference_request_failure" => entry.failure = v,
+                "nv_inference_queue_duration_us" => entry.queue_us = v,
+                "nv_inference_pending_request_count" => entry.pending = v,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    versions.into_values().collect()
 }
 
 /// A count and a total duration, as Triton's `StatisticDuration`.
@@ -273,6 +368,46 @@ impl VersionStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exposition as the recorder renders it: counters, a gauge, and histograms with
+    /// their buckets, sum and count per model version.
+    #[test]
+    fn figures_group_each_versions_counters_and_histograms() {
+        let text = r#"# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="simple",version="1"} 7
+nv_inference_request_success{model="other",version="3"} 2
+# TYPE nv_inference_queue_duration_us counter
+nv_inference_queue_duration_us{model="simple",version="1"} 350
+# TYPE nv_inference_pending_request_count gauge
+nv_inference_pending_request_count{model="simple",version="1"} 1
+# TYPE nexus_request_duration_seconds histogram
+nexus_request_duration_seconds_bucket{model="simple",version="1",le="0.001"} 5
+nexus_request_duration_seconds_bucket{model="simple",version="1",le="0.01"} 7
+nexus_request_duration_seconds_bucket{model="simple",version="1",le="+Inf"} 7
+nexus_request_duration_seconds_sum{model="simple",version="1"} 0.012
+nexus_request_duration_seconds_count{model="simple",version="1"} 7
+# TYPE nexus_registry_request_duration_seconds histogram
+nexus_registry_request_duration_seconds_bucket{method="GET",le="+Inf"} 4
+"#;
+        let all = figures(text);
+        assert_eq!(all.len(), 2, "{all:?}");
+        let simple = all.iter().find(|f| f.model == "simple").unwrap();
+        assert_eq!(
+            (simple.success, simple.queue_us, simple.pending),
+            (7.0, 350.0, 1.0)
+        );
+        assert_eq!(
+            simple.latency_seconds,
+            Some(HistogramFigures {
+                buckets: vec![(0.001, 5.0), (0.01, 7.0)],
+                count: 7.0,
+                sum: 0.012,
+            })
+        );
+        assert_eq!(simple.batch_size, None);
+        let other = all.iter().find(|f| f.model == "other").unwrap();
+        assert_eq!((other.version.as_str(), other.success), ("3", 2.0));
+    }
 
     #[test]
     fn records_counts_durations_and_batches() {

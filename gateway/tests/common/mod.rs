@@ -27,6 +27,8 @@ pub const SECRET: &str = "a-test-secret-of-reasonable-length";
 /// One request per route class, as a client would send it.
 pub const HTTP_SAMPLES: &[(RouteClass, &str, &str)] = &[
     (RouteClass::Health, "GET", "/v2/health/ready"),
+    (RouteClass::Console, "GET", "/assets/index-3f2a.js"),
+    (RouteClass::InferenceRead, "GET", "/api/v1/whoami"),
     (RouteClass::InferenceRead, "GET", "/v2/models/m"),
     (RouteClass::Infer, "POST", "/v2/models/m/infer"),
     (RouteClass::Feedback, "POST", "/v2/models/m/feedback"),

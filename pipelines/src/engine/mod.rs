@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub passed_env: BTreeMap<String, String>,
     /// Who this process is in the runs' lease; stable across restarts of one install.
     pub owner: String,
+    /// The folder of the pipeline library (see [`crate::library`]).
+    pub library: PathBuf,
 }
 
 /// A submission.
@@ -112,6 +114,11 @@ impl Engine {
             active: parking_lot::Mutex::new(HashMap::new()),
             installed: parking_lot::Mutex::new(Default::default()),
         })
+    }
+
+    /// The folder of the pipeline library.
+    pub fn library_dir(&self) -> &std::path::Path {
+        &self.config.library
     }
 
     pub fn store(&self) -> &Store {
@@ -365,7 +372,9 @@ struct Run {
     budget: AtomicUsize,
 }
 
-fn join(prefix: &str, name: &str) -> String {
+/// The path of task `name` inside the DAG at `prefix`: the key of its task record, its
+/// folder and its log.
+pub(crate) fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
     } else {
