@@ -424,6 +424,35 @@ mod tests {
         )
     }
 
+    /// Many body chunks of an odd size, several read chunks and a partial last one.
+    #[tokio::test]
+    async fn a_large_upload_comes_back_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Artifacts::open(dir.path().to_str().unwrap()).unwrap();
+        let data: Vec<u8> = (0..(3 * READ_CHUNK + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let chunks = data
+            .chunks(65_536 + 7)
+            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>();
+        let n = store
+            .put_stream("1/run/artifacts/big.bin", futures::stream::iter(chunks))
+            .await
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        let (size, stream) = store.get_stream("1/run/artifacts/big.bin").await.unwrap();
+        assert_eq!(size, data.len() as u64);
+        let pieces: Vec<Bytes> = stream.try_collect().await.unwrap();
+        assert!(
+            pieces.concat() == data,
+            "the download differs from the upload"
+        );
+        // Nothing is left in staging.
+        let staged = std::fs::read_dir(dir.path().join(STAGING)).unwrap().count();
+        assert_eq!(staged, 0);
+    }
+
     #[tokio::test]
     async fn streams_in_and_out_lists_and_refuses_escapes() {
         let dir = tempfile::tempdir().unwrap();
