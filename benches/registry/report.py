@@ -25,7 +25,7 @@ NAMES = {"nexus": "Nexus", "mlflow": "MLflow"}
 
 # Causes read in the code (registry/src/store, registry/src/artifacts.rs, object_store 0.14.2);
 # printed only for the rows that miss their target in this run.
-CAUSES_SHA = "3caf7f4"  # the commit these causes were read at (registry/src unchanged since => still valid)
+CAUSES_SHA = "3e63af6"  # the commit these causes were read at (registry/src unchanged since => still valid)
 CAUSES_A = {
     "runs/search": "no longer N+1 (since 3caf7f4 a page is 5 queries: the search, then latest_metrics, "
     "params, run_tags and run_io with `run_uuid IN (...)`), but a 100-run page still returns ~1,500 child "
@@ -56,18 +56,21 @@ CAUSES_ALWAYS = [
     "versions. Filtering the child queries by the page's `(name, version)` pairs (or a join) fixes both.",
 ]
 CAUSES_C = {
-    "download": "`Artifacts::get_stream` uses `GetResult::into_stream()`, which for the local store reads "
-    "the file in 8 KiB chunks (`CHUNK_SIZE = 8 * 1024` in object_store's `into_stream`), each chunk "
-    "a separate `spawn_blocking` call and a separate 8 KiB body frame: 131,072 of each per GiB (`strace -c` on a separate 256 MiB download: 32,768 "
-    "8 KiB `read`s and ~40,000 socket/eventfd writes); the download is CPU-bound in the server (see the CPU "
-    "time above). Reading "
-    "the local `GetResultPayload::File` with a large buffer (e.g. 1-8 MiB chunks, or `get_range` in "
-    "part-sized ranges) would remove most of that overhead.",
-    "upload": "each 8 MiB multipart part is written by `spawn_blocking` to a staging file, and "
-    "`with_fsync(true)` makes `finish` sync the file and its directory before the rename, so the upload "
-    "includes the flush to disk that plain `cp` skips (the cp+fsync column is the like-for-like "
-    "comparison for that part); the rest is the body path (hyper frames into `WriteMultipart`, at most "
-    "4 parts in flight) competing with curl for the same 2 CPUs.",
+    "download": "`Artifacts::get_stream` reads the local file through tokio's `File` in 1 MiB chunks "
+    "(`ReaderStream::with_capacity`), one body frame each. The server is not what bounds this transfer: it "
+    "spends 0.4-0.9 s of CPU on the GiB while the transfer takes 1.0-1.6 s, and curl, on the same 2 CPUs, "
+    "receives and writes the file in 16 KiB pieces (its default buffer). An A/B at 5569870 "
+    "(`benches/registry/artifact_ab.sh`: the same 1 GiB upload then download against each binary, 3 alternating "
+    "rounds, `cp`+`sync` 0.65-0.71 s) of a reader thread of its own reading straight into the response's "
+    "buffers (no `tokio::fs` hop or second copy) measured 1.15 s against 1.16 s and was not kept.",
+    "upload": "the body arrives in hyper's frames (tens of KiB each), goes through a 1 MiB `BufWriter` over "
+    "tokio's `File` into the staging folder, and is fsynced, renamed and its folder fsynced: the flush of "
+    "the whole GiB happens at the end, after the last byte arrived (the cp+fsync column is the like-for-like "
+    "comparison). The same A/B at 5569870 of a writer thread fed 1 MiB pieces through a channel, starting "
+    "the writeback of every 8 MiB as it was written (`sync_file_range`) so that the final fsync waits only "
+    "for the tail, measured 1.03 s against 1.09 s, within this machine's run-to-run noise, for more server "
+    "CPU (0.96-1.05 s against 0.64-0.73 s), and was not kept. What remains is the receive path (hyper's "
+    "frames, curl sending from the same 2 CPUs).",
 }
 
 
