@@ -274,6 +274,18 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// The NVIDIA GPUs here (NVML and the CUDA driver) and, for each runtime, whether it can
+    /// run models on them and, if not, why and which install step fixes it. Exits 0 without
+    /// a GPU.
+    #[command(after_help = "Examples:\n  nexus gpu\n  CUDA_VISIBLE_DEVICES=1 nexus gpu --json")]
+    Gpu {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// ONNX Runtime library to check instead of the one serving would find.
+        #[arg(long, value_name = "PATH")]
+        ort_library: Option<PathBuf>,
+    },
 }
 
 /// Serving's registry seam, answered by the MLflow REST client.
@@ -627,6 +639,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Show { args },
         } => {
             print!("{}", config::show(&Cli::command(), args)?);
+            Ok(())
+        }
+        Command::Gpu { json, ort_library } => {
+            let gpus = nexus_gpu::Gpus::discover(None).map_err(anyhow::Error::msg)?;
+            let runtimes = backends(ort_library)
+                .all()
+                .map(|runtime| {
+                    let support = runtime.gpu_support();
+                    nexus_gpu::report::RuntimeSupport {
+                        runtime: runtime.backend().to_string(),
+                        usable: support.is_ok(),
+                        detail: support.unwrap_or_else(|why| why),
+                    }
+                })
+                .collect();
+            let report = nexus_gpu::report::Report::gather(&gpus, runtimes);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
             Ok(())
         }
         Command::Bench { command } => match command {

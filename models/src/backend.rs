@@ -106,6 +106,12 @@ pub trait BackendFactory: Send + Sync {
     }
     /// Opens one instance of the model at `path` (from [`BackendFactory::model_path`]).
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn Backend>, BackendError>;
+    /// Whether this installation of the runtime can run models on NVIDIA GPUs, found
+    /// without loading it (`nexus gpu`): what it found, or why not and which install step
+    /// fixes it.
+    fn gpu_support(&self) -> Result<String, String> {
+        Err(format!("the {} runtime has no GPU support", self.backend()))
+    }
 
     /// Where the model of `version_dir` is: the config's `default_model_filename` when it
     /// names one, else the runtime's [`BackendFactory::model_filename`].

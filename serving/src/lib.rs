@@ -44,6 +44,9 @@ pub use metadata::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 pub use remote::{ModelSource, RemoteSpec};
 pub use watcher::Watcher;
 
+/// How often NVML is read into the `nv_gpu_*` metrics (Triton's default metrics interval).
+const GPU_METRICS_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Messages and service of `inference.GRPCInferenceService` (grpc_service.proto).
 pub mod pb {
     #![allow(
@@ -102,6 +105,11 @@ pub struct ServeArgs {
     /// Path of libonnxruntime.so (default: $ORT_DYLIB_PATH, then .nexus/lib/ found from here).
     #[arg(long, value_name = "PATH")]
     pub ort_library: Option<PathBuf>,
+    /// GPUs models may be placed on, as CUDA ordinals (numbered after CUDA_VISIBLE_DEVICES),
+    /// e.g. `--gpus 0,2` (default: every visible GPU). Naming a GPU that is not there stops
+    /// start-up.
+    #[arg(long, value_delimiter = ',', value_name = "ORDINALS")]
+    pub gpus: Option<Vec<i32>>,
     /// A registry model to serve, models:/NAME@ALIAS or models:/NAME/VERSION (repeatable);
     /// an alias is followed: when it moves, the new version is swapped in without failing requests.
     #[arg(long = "model", value_name = "URI")]
@@ -183,6 +191,19 @@ pub async fn serve(
     }
     let repository = ModelRepository::open_all(roots)?;
     let prometheus = metrics::prometheus().map_err(ServeError::Server)?;
+    let gpus = nexus_gpu::Gpus::discover(args.gpus.clone()).map_err(ServeError::Server)?;
+    match gpus.visible() {
+        Ok(visible) if !visible.is_empty() => {
+            let names: Vec<String> = visible
+                .iter()
+                .map(|v| format!("cuda:{} {} ({})", v.ordinal, v.gpu.name, v.gpu.uuid))
+                .collect();
+            tracing::info!(gpus = ?names, "GPUs models may be placed on");
+        }
+        Ok(_) => tracing::info!("no GPU is visible to this process: models run on the CPU"),
+        Err(why) => tracing::info!(%why, "no GPUs: models run on the CPU"),
+    }
+    nexus_gpu::metrics::spawn_sampler(gpus.clone(), GPU_METRICS_INTERVAL);
 
     let http = bind("HTTP", SocketAddr::new(args.address, args.http_port)).await?;
     let grpc = bind("gRPC", SocketAddr::new(args.address, args.grpc_port)).await?;
@@ -206,6 +227,7 @@ pub async fn serve(
             queue_capacity: args.max_queue_size,
             intra_op_threads: args.ort_intra_threads,
             backends: extensions.backends.clone(),
+            gpus,
         },
     );
     if let Some(hooks) = &extensions.hooks {

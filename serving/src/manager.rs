@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use tracing::Instrument;
 
+use nexus_gpu::{GpuLimits, Gpus, GroupKind, GroupRequest, Placed};
 use nexus_models::backend::{Backends, LoadOptions};
 use nexus_models::config::{self, ModelSignature};
+use nexus_models::pb::ModelInstanceGroup;
 use nexus_models::pb::model_instance_group::Kind;
 use nexus_models::{Backend, Device, ModelConfig, ModelRepository};
 
@@ -53,6 +55,8 @@ pub struct ManagerOptions {
     pub intra_op_threads: usize,
     /// The runtimes models are opened with, chosen by each config's platform/backend.
     pub backends: Backends,
+    /// The GPUs instances may be placed on (none, with the reason, on a CPU machine).
+    pub gpus: Gpus,
 }
 
 /// The seam where the optimiser plugs into serving: it picks the version of requests that
@@ -411,7 +415,9 @@ impl ModelManager {
         config.backend = runtime.backend().to_string();
         let model_file = config.default_model_filename.clone();
         let model_path = |dir: &Path| runtime.model_path(dir, &model_file);
-        let plan = self.instance_plan(&config).map_err(|e| e.to_string())?;
+        let newest_model = newest.map(model_path).unwrap_or_default();
+        let (plan, placed) = self.instance_plan(&config, &newest_model)?;
+        config.instance_group = placed;
 
         // Open the first instance of each version, newest first; the first model that opens
         // completes the config, and every version is then checked against it.
@@ -485,44 +491,77 @@ impl ModelManager {
         })
     }
 
-    /// Load options for each instance the config's instance groups ask for.
-    fn instance_plan(&self, config: &ModelConfig) -> Result<Vec<LoadOptions>, config::ConfigError> {
+    /// Load options for each instance the config's instance groups ask for, placed on the
+    /// devices this process may use (`nexus_gpu::placement`), and the groups as placed for
+    /// the config that is shown. `model` is the newest version's model (file or folder): its
+    /// size is what each instance is expected to take on a GPU.
+    fn instance_plan(
+        &self,
+        config: &ModelConfig,
+        model: &Path,
+    ) -> Result<(Vec<LoadOptions>, Vec<ModelInstanceGroup>), String> {
         let threads = |lower: &str, upper: &str| -> Result<Option<usize>, config::ConfigError> {
             Ok(config::parameter::<usize>(config, lower)?.or(config::parameter(config, upper)?))
         };
-        let intra = threads("intra_op_thread_count", "INTRA_OP_THREAD_COUNT")?
+        let err = |e: config::ConfigError| e.to_string();
+        let intra = threads("intra_op_thread_count", "INTRA_OP_THREAD_COUNT")
+            .map_err(err)?
             .unwrap_or(self.options.intra_op_threads);
-        let inter = threads("inter_op_thread_count", "INTER_OP_THREAD_COUNT")?.unwrap_or(0);
-        let given = Arc::new(config.clone());
-        let options = |device| LoadOptions {
-            device,
-            intra_op_threads: intra,
-            inter_op_threads: inter,
-            config: Arc::clone(&given),
-        };
-        let device_of =
-            |group: &nexus_models::pb::ModelInstanceGroup| match Kind::try_from(group.kind) {
-                Ok(Kind::Gpu) => Device::Gpu(group.gpus.first().copied().unwrap_or(0)),
-                _ => Device::Cpu,
-            };
-        let groups = if config.instance_group.is_empty() {
-            vec![Default::default()]
-        } else {
-            config.instance_group.clone()
-        };
+        let inter = threads("inter_op_thread_count", "INTER_OP_THREAD_COUNT")
+            .map_err(err)?
+            .unwrap_or(0);
+        let mut groups: Vec<GroupRequest> =
+            config.instance_group.iter().map(group_request).collect();
         if let Some(n) = self.options.instances {
-            let device = device_of(&groups[0]);
-            return Ok((0..n.max(1)).map(|_| options(device)).collect());
+            if groups.is_empty() {
+                groups.push(group_request(&ModelInstanceGroup::default()));
+            }
+            groups.iter_mut().for_each(|g| g.count = n.max(1) as u32);
         }
-        let plan: Vec<LoadOptions> = groups
+        let estimate = model_size(model);
+        let plan = self
+            .options
+            .gpus
+            .place(&groups, estimate, &GpuLimits::default())
+            .map_err(|e| e.to_string())?;
+        // The config's bound counts per group; a group without `gpus` multiplies by the GPUs.
+        if plan.instances.len() > config::MAX_INSTANCES as usize {
+            return Err(format!(
+                "instance_group places {} instances over the GPUs here; the limit is {} per model",
+                plan.instances.len(),
+                config::MAX_INSTANCES
+            ));
+        }
+        let given = Arc::new(config.clone());
+        let options = plan
+            .instances
             .iter()
-            .flat_map(|g| {
-                let device = device_of(g);
-                (0..g.count.max(1)).map(move |_| device)
+            .map(|placed| LoadOptions {
+                device: match placed {
+                    Placed::Cpu => Device::Cpu,
+                    Placed::Gpu(ordinal) => Device::Gpu(*ordinal),
+                },
+                intra_op_threads: intra,
+                inter_op_threads: inter,
+                config: Arc::clone(&given),
             })
-            .map(options)
             .collect();
-        Ok(plan)
+        // Each group as placed, keeping what placement does not decide (name, profile, …).
+        let placed = plan
+            .groups
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| ModelInstanceGroup {
+                kind: match g.kind {
+                    GroupKind::Gpu => Kind::Gpu,
+                    _ => Kind::Cpu,
+                } as i32,
+                count: g.count as i32,
+                gpus: g.gpus,
+                ..config.instance_group.get(i).cloned().unwrap_or_default()
+            })
+            .collect();
+        Ok((options, placed))
     }
 
     /// The version to serve: the named one, or the newest ready one when `version` is empty.
@@ -655,4 +694,50 @@ impl ModelManager {
         }
         rows
     }
+}
+
+/// An instance group as placement reads it.
+fn group_request(group: &ModelInstanceGroup) -> GroupRequest {
+    GroupRequest {
+        kind: match Kind::try_from(group.kind) {
+            Ok(Kind::Gpu) => GroupKind::Gpu,
+            Ok(Kind::Cpu) => GroupKind::Cpu,
+            Ok(Kind::Model) => GroupKind::Model,
+            Ok(Kind::Auto) | Err(_) => GroupKind::Auto,
+        },
+        count: u32::try_from(group.count).unwrap_or(0),
+        gpus: group.gpus.clone(),
+    }
+}
+
+/// Bytes of a model: its file, or the files of its folder (a Hugging Face folder keeps its
+/// pooling config one level down). Looks at most [`MODEL_SIZE_ENTRIES`] entries: the size is
+/// an estimate for placement, not worth an unbounded walk of a hostile folder.
+fn model_size(path: &Path) -> u64 {
+    const MODEL_SIZE_ENTRIES: usize = 10_000;
+    let mut total = 0;
+    let mut pending = vec![(path.to_path_buf(), 0)];
+    let mut seen = 0;
+    while let Some((path, depth)) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() {
+            total += meta.len();
+        } else if meta.is_dir() && depth < 2 {
+            let Ok(entries) = std::fs::read_dir(&path) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                seen += 1;
+                if seen > MODEL_SIZE_ENTRIES {
+                    return total;
+                }
+                pending.push((entry.path(), depth + 1));
+            }
+        } else if meta.file_type().is_symlink() {
+            total += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    total
 }

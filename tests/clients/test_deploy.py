@@ -68,6 +68,12 @@ CONDITIONAL_METRICS = {
     # longer than --event-timeout-ms. The in-process bus the test uses never drops (it keeps
     # the last --event-buffer events per topic); tests/events.rs provokes it against Kafka.
     "nexus_events_dropped_total": "only after an event was dropped (Kafka slow or down)",
+    # Triton's GPU metrics (the serving dashboard's GPU row): sampled from NVML only where a
+    # GPU is visible, which the test machines lack; a test in gpu/src/metrics.rs renders them.
+    **{name: "only where a GPU is visible" for name in (
+        "nv_gpu_utilization", "nv_gpu_memory_total_bytes", "nv_gpu_memory_used_bytes",
+        "nv_gpu_power_usage", "nv_gpu_power_limit", "nv_energy_consumption",
+    )},
 }
 # Variables the chart or compose set that the binary reads without clap (object_store's
 # AWS_* credentials, ONNX Runtime's library path, the log filter, OpenTelemetry).
@@ -911,7 +917,6 @@ def test_metrics_used_by_dashboards_and_alerts_are_exported(tmp_path):
             time.sleep(0.2)
 
     exported = exported_series(text)
-    assert not any(name.startswith("nv_gpu_") for name in exported), "GPU metrics are exported: add the GPU dashboard"
     # The gateway's counters, with the label values the dashboards and alerts select on.
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[("nexus_auth_denied_total", (("protocol", "http"), ("reason", "unauthenticated")))] == 1

@@ -45,6 +45,10 @@ impl BackendFactory for CandleRuntime {
         folder::recognises(dir).then(|| dir.to_path_buf())
     }
 
+    fn gpu_support(&self) -> Result<String, String> {
+        Err("this build runs candle on the CPU only: candle's `cuda` feature needs nvcc (the CUDA toolkit) at build time, which the machines that build Nexus lack".into())
+    }
+
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn Backend>, BackendError> {
         if let Device::Gpu(id) = options.device {
             return Err(BackendError::NoGpu(format!(

@@ -33,6 +33,8 @@ pub const MODEL_FILE: &str = "model.onnx";
 pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 /// Where the install script puts the library, relative to the project root.
 pub const LOCAL_DYLIB: &str = ".nexus/lib/libonnxruntime.so";
+/// ONNX Runtime's CUDA execution provider, a library beside the runtime's own.
+const CUDA_PROVIDER: &str = "libonnxruntime_providers_cuda.so";
 
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 
@@ -74,6 +76,21 @@ impl BackendFactory for OnnxRuntime {
     /// stores `model.onnx` beside `MLmodel`; exports often have other names).
     fn find_model(&self, dir: &Path) -> Option<PathBuf> {
         nexus_models::backend::find_model_file(dir, MODEL_FILE)
+    }
+
+    /// The CUDA execution provider ships beside the library in the `onnxruntime-gpu` wheel
+    /// (`libonnxruntime_providers_cuda.so`), never in the CPU one.
+    fn gpu_support(&self) -> Result<String, String> {
+        let library = locate(self.library.as_deref())?;
+        let provider = library.with_file_name(CUDA_PROVIDER);
+        if provider.exists() {
+            Ok(format!("CUDA execution provider {}", provider.display()))
+        } else {
+            Err(format!(
+                "{} is the CPU build (no {CUDA_PROVIDER} beside it): run scripts/install-onnxruntime.sh --gpu",
+                library.display()
+            ))
+        }
     }
 
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn Backend>, BackendError> {

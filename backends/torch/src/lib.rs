@@ -37,6 +37,8 @@ pub const PLATFORM: &str = "pytorch_libtorch";
 pub const BACKEND: &str = "pytorch";
 /// The model file of a version folder when the config names none.
 pub const MODEL_FILE: &str = "model.pt";
+/// The libtorch tch 0.26 is built against (scripts/install-libtorch.sh's `TORCH_VERSION`).
+const LIBTORCH_VERSION: &str = "2.13.0";
 
 /// The PyTorch entry of the backend table. Creating it loads nothing.
 #[derive(Debug, Default)]
@@ -72,6 +74,32 @@ impl BackendFactory for TorchRuntime {
 
     fn needs_config(&self) -> bool {
         true
+    }
+
+    /// Found without loading libtorch: the plugin, then `libtorch_cuda.so` in the libtorch
+    /// it was built against (`$LIBTORCH`, else where scripts/install-libtorch.sh puts it).
+    fn gpu_support(&self) -> Result<String, String> {
+        plugin::locate(self.plugin.as_deref())?;
+        let libtorch = std::env::var_os("LIBTORCH")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let cache = std::env::var_os("NEXUS_CACHE")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/nexus"))
+                    })?;
+                Some(cache.join(format!("libtorch-{LIBTORCH_VERSION}")))
+            })
+            .ok_or("no LIBTORCH and no HOME to find libtorch in")?;
+        let cuda = libtorch.join("lib/libtorch_cuda.so");
+        if cuda.exists() {
+            Ok(format!("libtorch with CUDA ({})", cuda.display()))
+        } else {
+            Err(format!(
+                "{} is libtorch for the CPU (scripts/install-libtorch.sh leaves out libtorch_cuda.so and its ~2 GB of CUDA libraries); a GPU machine needs the torch wheel's full CUDA set",
+                libtorch.display()
+            ))
+        }
     }
 
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn Backend>, BackendError> {

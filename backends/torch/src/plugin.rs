@@ -224,7 +224,7 @@ impl Plugin {
 
 /// Finds the plugin: the explicit path, then `NEXUS_TORCH_PLUGIN`, then `.nexus/lib/` in
 /// the working directory, the executable's directory or any of their parents.
-fn locate(path: Option<&Path>) -> Result<PathBuf, String> {
+pub(crate) fn locate(path: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(path) = path {
         return Ok(path.to_path_buf());
     }

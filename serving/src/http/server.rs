@@ -594,6 +594,7 @@ mod tests {
                 queue_capacity: 1,
                 intra_op_threads: 0,
                 backends: Backends::default(),
+                gpus: nexus_gpu::Gpus::none("a test without GPUs"),
             },
         );
         assert!(manager.load("broken", None).await.is_err());
