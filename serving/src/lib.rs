@@ -85,7 +85,8 @@ pub struct ServeArgs {
     /// max_batch_size given to models without config.pbtxt whose first dimensions are dynamic.
     #[arg(long, default_value_t = 4)]
     pub default_max_batch_size: i32,
-    /// Instances per model version, overriding instance_group counts.
+    /// Instances per model version, overriding the count of each instance_group (on each of a
+    /// GPU group's GPUs).
     #[arg(long)]
     pub instances: Option<usize>,
     /// Requests that may wait for an instance per model version; more get UNAVAILABLE.
