@@ -10,17 +10,21 @@ use serde_json::Value;
 
 use common::{Repository, Server, check_simple_response, nexus, simple_request};
 
-/// Whether this machine has a GPU this process may use (then the no-GPU paths cannot show).
-fn gpu_here() -> bool {
-    nexus_gpu::Gpus::discover(None)
+/// Whether this machine has a GPU this process may use: then the no-GPU paths cannot show,
+/// and the test says it is skipped.
+fn skipped_for_a_gpu() -> bool {
+    let here = nexus_gpu::Gpus::discover(None)
         .and_then(|g| g.visible())
-        .is_ok_and(|v| !v.is_empty())
+        .is_ok_and(|v| !v.is_empty());
+    if here {
+        eprintln!("skipped: this machine has a usable GPU");
+    }
+    here
 }
 
 #[tokio::test]
 async fn nexus_gpu_says_why_there_is_no_gpu_and_what_each_runtime_needs() -> Result<()> {
-    if gpu_here() {
-        eprintln!("skipped: this machine has a usable GPU");
+    if skipped_for_a_gpu() {
         return Ok(());
     }
     let text = nexus(&["gpu"]).await?;
@@ -67,8 +71,7 @@ fn with_group(repository: &Repository, name: &str, group: &str) -> Result<()> {
 
 #[tokio::test]
 async fn instance_groups_are_placed_where_they_can_run() -> Result<()> {
-    if gpu_here() {
-        eprintln!("skipped: this machine has a usable GPU");
+    if skipped_for_a_gpu() {
         return Ok(());
     }
     let repository = Repository::examples()?;
@@ -123,8 +126,7 @@ async fn instance_groups_are_placed_where_they_can_run() -> Result<()> {
 
 #[tokio::test]
 async fn asking_for_gpus_that_cannot_exist_stops_start_up_with_the_reason() -> Result<()> {
-    if gpu_here() {
-        eprintln!("skipped: this machine has a usable GPU");
+    if skipped_for_a_gpu() {
         return Ok(());
     }
     let mut server = Server::spawn(Repository::empty()?, &["--gpus", "0"], &[])?;

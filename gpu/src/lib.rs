@@ -93,9 +93,13 @@ impl Gpus {
 
     /// The devices this process may use, with current readings, or why there are none.
     pub fn visible(&self) -> Result<Vec<VisibleGpu>, String> {
-        let inventory = self.inventory()?;
+        self.select(&self.inventory()?)
+    }
+
+    /// The devices of `inventory` this process may use (one snapshot read for several uses).
+    pub fn select(&self, inventory: &Inventory) -> Result<Vec<VisibleGpu>, String> {
         visible::select(
-            &inventory,
+            inventory,
             self.cuda_visible.as_deref(),
             self.only.as_deref(),
         )
@@ -109,7 +113,15 @@ impl Gpus {
         estimate: u64,
         limits: &GpuLimits,
     ) -> Result<placement::Plan, PlacementError> {
-        let visible = self.visible();
+        // Only a group that may run on a GPU needs the devices' readings (an NVML snapshot).
+        let may_use_gpu = groups
+            .iter()
+            .any(|g| matches!(g.kind, GroupKind::Gpu | GroupKind::Auto));
+        let visible = if may_use_gpu {
+            self.visible()
+        } else {
+            Ok(Vec::new())
+        };
         let gpus = match &visible {
             Ok(v) => Ok(&v[..]),
             Err(why) => Err(why.as_str()),

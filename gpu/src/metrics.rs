@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::{Gpu, Gpus};
+use crate::{Gpu, Gpus, VisibleGpu};
 
 /// Names and help texts, in Triton's units (utilisation as a fraction, power in watts,
 /// energy in joules).
@@ -45,10 +45,17 @@ pub fn record(gpu: &Gpu) {
     }
 }
 
-/// Samples the visible GPUs every `every` for as long as the runtime runs. Returns `None`
-/// (and starts nothing) when no GPU is visible.
-pub fn spawn_sampler(gpus: Gpus, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
-    let first = gpus.visible().ok().filter(|v| !v.is_empty())?;
+/// Records `first` (the start-up reading of the visible GPUs), then samples them every
+/// `every` for as long as the runtime runs. Starts nothing, and returns `None`, when no GPU
+/// is visible.
+pub fn spawn_sampler(
+    gpus: Gpus,
+    first: &[VisibleGpu],
+    every: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if first.is_empty() {
+        return None;
+    }
     describe();
     first.iter().for_each(|v| record(&v.gpu));
     Some(tokio::spawn(async move {

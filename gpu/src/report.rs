@@ -39,7 +39,11 @@ pub struct DeviceLine {
 impl Report {
     pub fn gather(gpus: &Gpus, runtimes: Vec<RuntimeSupport>) -> Self {
         let inventory = gpus.inventory();
-        let visible = gpus.visible().unwrap_or_default();
+        let visible = inventory
+            .as_ref()
+            .ok()
+            .and_then(|i| gpus.select(i).ok())
+            .unwrap_or_default();
         let (driver_version, nvml_error, devices) = match inventory {
             Ok(inventory) => {
                 let devices = inventory

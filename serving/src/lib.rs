@@ -193,7 +193,8 @@ pub async fn serve(
     let repository = ModelRepository::open_all(roots)?;
     let prometheus = metrics::prometheus().map_err(ServeError::Server)?;
     let gpus = nexus_gpu::Gpus::discover(args.gpus.clone()).map_err(ServeError::Server)?;
-    match gpus.visible() {
+    let visible = gpus.visible();
+    match &visible {
         Ok(visible) if !visible.is_empty() => {
             let names: Vec<String> = visible
                 .iter()
@@ -204,7 +205,8 @@ pub async fn serve(
         Ok(_) => tracing::info!("no GPU is visible to this process: models run on the CPU"),
         Err(why) => tracing::info!(%why, "no GPUs: models run on the CPU"),
     }
-    nexus_gpu::metrics::spawn_sampler(gpus.clone(), GPU_METRICS_INTERVAL);
+    let first = visible.unwrap_or_default();
+    nexus_gpu::metrics::spawn_sampler(gpus.clone(), &first, GPU_METRICS_INTERVAL);
 
     let http = bind("HTTP", SocketAddr::new(args.address, args.http_port)).await?;
     let grpc = bind("gRPC", SocketAddr::new(args.address, args.grpc_port)).await?;
