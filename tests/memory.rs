@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use nexus_serving::pb;
 use nexus_serving::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use tonic::transport::Channel;
@@ -42,38 +42,6 @@ const BYTES_PER_REQUEST: u64 = 10;
 const TOTAL_BOUND: u64 = 16 << 20;
 /// How long the server idles before a measurement (metrics upkeep runs every 2 s).
 const SETTLE: Duration = Duration::from_secs(3);
-
-/// The pid of the `nexus` process listening on `server`'s HTTP port.
-fn pid_of(server: &Server) -> Result<u32> {
-    let wanted = format!("--http-port\0{}\0", server.http_port);
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmdline).contains(&wanted) {
-            return Ok(pid);
-        }
-    }
-    anyhow::bail!("no process listens on HTTP port {}", server.http_port)
-}
-
-/// `RssAnon` of `pid`, in bytes.
-fn rss_anon(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .context("no RssAnon in /proc/PID/status")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kb * 1024)
-}
 
 fn int32_bytes(values: &[i32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -123,7 +91,6 @@ async fn drive(channels: &[Channel], total: usize) -> Result<()> {
 /// [`WINDOW`] more grow it by less than [`BYTES_PER_REQUEST`] in the median window and by
 /// less than [`TOTAL_BOUND`] in all.
 async fn assert_flat(server: &Server, what: &str, warm_up: usize) -> Result<()> {
-    let pid = pid_of(server)?;
     let mut channels = Vec::new();
     for _ in 0..CHANNELS {
         channels.push(Channel::from_shared(server.grpc_url())?.connect().await?);
@@ -131,14 +98,14 @@ async fn assert_flat(server: &Server, what: &str, warm_up: usize) -> Result<()> 
     let started = Instant::now();
     drive(&channels, warm_up).await?;
     tokio::time::sleep(SETTLE).await;
-    let mut samples = vec![rss_anon(pid)?];
+    let mut samples = vec![server.rss_anon()?];
     let mut busy = Duration::ZERO;
     for _ in 0..WINDOWS {
         let window = Instant::now();
         drive(&channels, WINDOW).await?;
         busy += window.elapsed();
         tokio::time::sleep(SETTLE).await;
-        samples.push(rss_anon(pid)?);
+        samples.push(server.rss_anon()?);
     }
     let mut growths: Vec<i64> = samples
         .windows(2)

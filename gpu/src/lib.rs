@@ -21,7 +21,7 @@ pub mod visible;
 use std::sync::Arc;
 
 pub use inventory::{FixedSource, Gpu, GpuError, GpuSource, Inventory};
-pub use placement::{GpuLimits, GroupKind, GroupRequest, Placed, PlacementError, Plan};
+pub use placement::{GroupKind, GroupRequest, Placed, PlacementError, Plan, Reclaimable};
 pub use visible::{SelectError, VisibleGpu};
 
 /// The GPUs this process may use: where their readings come from, and the restrictions
@@ -111,7 +111,7 @@ impl Gpus {
         &self,
         groups: &[GroupRequest],
         estimate: u64,
-        limits: &GpuLimits,
+        reclaimable: &Reclaimable,
     ) -> Result<placement::Plan, PlacementError> {
         // Only a group that may run on a GPU needs the devices' readings (an NVML snapshot).
         let may_use_gpu = groups
@@ -126,6 +126,6 @@ impl Gpus {
             Ok(v) => Ok(&v[..]),
             Err(why) => Err(why.as_str()),
         };
-        placement::place(groups, gpus, estimate, limits)
+        placement::place(groups, gpus, estimate, reclaimable)
     }
 }

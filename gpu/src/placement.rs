@@ -7,8 +7,8 @@
 //! - `KIND_CPU` (and `KIND_MODEL`, which leaves the choice to a backend that has none): CPU.
 //!
 //! Memory: an instance goes on a GPU only if the model's estimated size fits in what the
-//! device has free, less what earlier instances of the same plan take, and within the
-//! device's budget when one is set. A model that does not fit is not loaded at all (it is
+//! device has free (plus what evictions would free), less what earlier instances of the same
+//! plan take. A model that does not fit is not loaded at all (it is
 //! UNAVAILABLE with the reason) rather than loaded on some of its GPUs.
 
 use std::collections::BTreeMap;
@@ -36,7 +36,7 @@ pub enum GroupKind {
 }
 
 /// Where one instance runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "gpu")]
 pub enum Placed {
     Cpu,
@@ -52,14 +52,11 @@ impl std::fmt::Display for Placed {
     }
 }
 
-/// What placement may use on each GPU, beyond the device's own free memory.
-#[derive(Debug, Clone, Default)]
-pub struct GpuLimits {
-    /// `--model-memory-budget` per CUDA ordinal: the most the models may hold on it.
-    pub budget: BTreeMap<i32, u64>,
-    /// What the models already loaded hold on each GPU (measured after their load).
-    pub held: BTreeMap<i32, u64>,
-}
+/// Memory on each GPU (by CUDA ordinal) that models loaded here hold but would give up for
+/// this one: with `--model-control-mode on-demand`, idle models are evicted to make room, so
+/// what they hold counts as free. The budget itself (`--model-memory-budget`) is the serving
+/// side's, which checks host and GPU memory alike.
+pub type Reclaimable = BTreeMap<i32, u64>;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlacementError {
@@ -96,7 +93,7 @@ pub fn place(
     groups: &[GroupRequest],
     gpus: Result<&[VisibleGpu], &str>,
     estimate: u64,
-    limits: &GpuLimits,
+    reclaimable: &Reclaimable,
 ) -> Result<Plan, PlacementError> {
     let default_group = [GroupRequest {
         kind: GroupKind::Cpu,
@@ -156,7 +153,7 @@ pub fn place(
             gpus: ordinals,
         });
     }
-    check_memory(&plan, gpus.unwrap_or(&[]), estimate, limits)?;
+    check_memory(&plan, gpus.unwrap_or(&[]), estimate, reclaimable)?;
     Ok(Plan {
         instances: plan,
         groups: placed_groups,
@@ -168,7 +165,7 @@ fn check_memory(
     plan: &[Placed],
     visible: &[VisibleGpu],
     estimate: u64,
-    limits: &GpuLimits,
+    reclaimable: &Reclaimable,
 ) -> Result<(), PlacementError> {
     let mut per_gpu: BTreeMap<i32, u32> = BTreeMap::new();
     for placed in plan {
@@ -180,11 +177,10 @@ fn check_memory(
         let Some(device) = visible.iter().find(|v| v.ordinal == ordinal) else {
             continue;
         };
-        let mut free = device.gpu.memory_free_bytes();
-        if let Some(&budget) = limits.budget.get(&ordinal) {
-            let held = limits.held.get(&ordinal).copied().unwrap_or(0);
-            free = free.min(budget.saturating_sub(held));
-        }
+        let free = device
+            .gpu
+            .memory_free_bytes()
+            .saturating_add(reclaimable.get(&ordinal).copied().unwrap_or(0));
         if estimate.saturating_mul(u64::from(instances)) > free {
             return Err(PlacementError::NoMemory {
                 ordinal,
@@ -226,7 +222,7 @@ mod tests {
         groups: &[GroupRequest],
         gpus: &[VisibleGpu],
     ) -> Result<Vec<Placed>, PlacementError> {
-        place(groups, Ok(gpus), GIB, &GpuLimits::default()).map(|plan| plan.instances)
+        place(groups, Ok(gpus), GIB, &Reclaimable::new()).map(|plan| plan.instances)
     }
 
     #[test]
@@ -256,7 +252,7 @@ mod tests {
             &[group(GroupKind::Gpu, 1, &[])],
             Err("no NVIDIA driver found"),
             GIB,
-            &GpuLimits::default(),
+            &Reclaimable::new(),
         )
         .unwrap_err();
         assert_eq!(
@@ -291,14 +287,14 @@ mod tests {
             ]
         );
         assert_eq!(place_on(&auto, &[]).unwrap(), [Placed::Cpu, Placed::Cpu]);
-        let none = place(&auto, Err("no driver"), GIB, &GpuLimits::default()).unwrap();
+        let none = place(&auto, Err("no driver"), GIB, &Reclaimable::new()).unwrap();
         assert_eq!(none.instances, [Placed::Cpu, Placed::Cpu]);
         assert_eq!(
             none.groups,
             [group(GroupKind::Cpu, 2, &[])],
             "resolved for the config"
         );
-        let resolved = place(&auto, Ok(&two), GIB, &GpuLimits::default()).unwrap();
+        let resolved = place(&auto, Ok(&two), GIB, &Reclaimable::new()).unwrap();
         assert_eq!(resolved.groups, [group(GroupKind::Gpu, 2, &[0, 1])]);
     }
 
@@ -340,19 +336,16 @@ mod tests {
     }
 
     #[test]
-    fn a_budget_caps_what_models_may_hold_on_a_gpu() {
-        let big = visible(&[(80, 0), (80, 0)]);
-        let limits = GpuLimits {
-            budget: BTreeMap::from([(1, 10 * GIB)]),
-            held: BTreeMap::from([(1, 8 * GIB)]),
-        };
+    fn memory_that_evictions_free_counts_as_free() {
+        // 16 GiB with 15 in use, 4 of them held by idle models that may be evicted.
+        let full = visible(&[(16, 15)]);
         let ask = [group(GroupKind::Gpu, 3, &[])];
-        let err = place(&ask, Ok(&big), GIB, &limits).unwrap_err();
+        let err = place(&ask, Ok(&full), GIB, &Reclaimable::new()).unwrap_err();
         assert!(
-            matches!(err, PlacementError::NoMemory { ordinal: 1, free, .. } if free == 2 * GIB),
+            matches!(err, PlacementError::NoMemory { free, .. } if free == GIB),
             "{err}"
         );
-        let two = [group(GroupKind::Gpu, 2, &[])];
-        assert!(place(&two, Ok(&big), GIB, &limits).is_ok());
+        let idle = Reclaimable::from([(0, 4 * GIB)]);
+        assert!(place(&ask, Ok(&full), GIB, &idle).is_ok());
     }
 }

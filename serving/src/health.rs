@@ -54,7 +54,7 @@ pub struct Component {
     /// Named checks that must pass for the component (and the process) to be ready.
     pub checks: Vec<(String, Arc<dyn HealthCheck>)>,
     /// Settings a client may adapt to, listed beside the address (serving's
-    /// `model_control_mode`: the web console offers load/unload only when it is `explicit`).
+    /// `model_control_mode`: the web console offers load/unload only when it is `explicit` or `on-demand`).
     pub settings: serde_json::Map<String, Value>,
 }
 

@@ -42,6 +42,8 @@ const GAP_PER_EXECUTION: u64 = 8;
 pub struct InstancePool {
     queue: Arc<Queue>,
     instances: Vec<Arc<Slot>>,
+    /// Disconnected once every instance's backend has been dropped.
+    released: crossbeam_channel::Receiver<()>,
     batcher: Option<Arc<Batcher>>,
     /// Requests of this version between `run_inline` and their answer.
     in_flight: AtomicUsize,
@@ -59,6 +61,9 @@ struct Slot {
     backend: Mutex<Box<dyn Backend>>,
     last_ns: AtomicU64,
     stats: Arc<VersionStats>,
+    /// Never sent on: dropped after `backend` (fields drop in order), it tells [`Released`]
+    /// the model has been freed.
+    _freed: crossbeam_channel::Sender<()>,
 }
 
 impl InstancePool {
@@ -72,6 +77,7 @@ impl InstancePool {
         stats: Arc<VersionStats>,
     ) -> Result<Self, ServingError> {
         let mut instances = Vec::with_capacity(backends.len());
+        let (freed, released) = crossbeam_channel::bounded(0);
         for (i, backend) in backends.into_iter().enumerate() {
             let slot = Arc::new(Slot {
                 name: format!("{label}#{i}"),
@@ -79,6 +85,7 @@ impl InstancePool {
                 // Unknown until the first execution, which runs on the instance thread.
                 last_ns: AtomicU64::new(u64::MAX),
                 stats: Arc::clone(&stats),
+                _freed: freed.clone(),
             });
             let (pending, counts) = queue.subscribe();
             let instance = Instance {
@@ -98,12 +105,23 @@ impl InstancePool {
         Ok(InstancePool {
             queue,
             instances,
+            released,
             batcher,
             in_flight: AtomicUsize::new(0),
             last_entry_ns: AtomicU64::new(0),
             gap_ns: AtomicU64::new(0),
             epoch: Instant::now(),
         })
+    }
+
+    /// Requests of this version between entering and their answer.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// A watch on the instances' backends, to learn when an unload has really freed them.
+    pub(crate) fn released(&self) -> Released {
+        Released(self.released.clone())
     }
 
     /// Counts a request in flight until the guard drops.
@@ -158,6 +176,26 @@ impl InstancePool {
             }));
         }
         Err(work)
+    }
+}
+
+/// The backends of an unloaded version: each is dropped, freeing its model, when the last
+/// request that reached it has finished and its instance thread has exited.
+///
+/// Watching the slots' reference counts is not enough: a count reaches zero before the
+/// backend's destructor runs, and a runtime takes milliseconds to free a model, so memory
+/// measured (or trimmed) then is not yet free. A channel whose sender each slot drops after
+/// its backend says when the destructors are done.
+pub struct Released(crossbeam_channel::Receiver<()>);
+
+impl Released {
+    /// Waits until every backend has been dropped, for at most `within`; false if some
+    /// still run a request then.
+    pub fn wait(&self, within: Duration) -> bool {
+        matches!(
+            self.0.recv_timeout(within),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        )
     }
 }
 

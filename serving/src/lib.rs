@@ -5,6 +5,7 @@
 //! `metrics::run`); [`serve`] binds their ports, starts the manager and joins them.
 
 pub mod batcher;
+pub mod budget;
 pub mod error;
 pub mod grpc;
 pub mod health;
@@ -73,12 +74,22 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8002)]
     pub metrics_port: u16,
     /// none: load every model at start-up; explicit: load only --load-model and what the
-    /// repository API asks for; poll: load every model and apply repository changes.
+    /// repository API asks for; poll: load every model and apply repository changes;
+    /// on-demand: as explicit, and a request for a model that is not loaded loads it.
     #[arg(long, value_enum, default_value_t = ControlMode::None)]
     pub model_control_mode: ControlMode,
-    /// Model to load at start-up in explicit mode (repeatable; `*` loads all).
+    /// Model to load at start-up in explicit and on-demand modes (repeatable; `*` loads all).
     #[arg(long = "load-model", value_name = "MODEL")]
     pub load_models: Vec<String>,
+    /// Memory the loaded models may hold, per device: cpu=SIZE (resident memory), gpu=SIZE
+    /// (each GPU) or gpuN=SIZE, e.g. `cpu=8GiB,gpu=20GiB` (repeatable). A load that would
+    /// exceed it fails with the numbers; in on-demand mode the least recently used idle models
+    /// are unloaded first.
+    #[arg(long, value_delimiter = ',', value_name = "DEVICE=SIZE")]
+    pub model_memory_budget: Vec<budget::BudgetEntry>,
+    /// Seconds a request waits for its model to load in on-demand mode (UNAVAILABLE after).
+    #[arg(long, default_value_t = 120)]
+    pub model_load_timeout_secs: u64,
     /// Seconds between repository scans in poll mode.
     #[arg(long, default_value_t = 15)]
     pub repository_poll_secs: u64,
@@ -205,8 +216,20 @@ pub async fn serve(
         Ok(_) => tracing::info!("no GPU is visible to this process: models run on the CPU"),
         Err(why) => tracing::info!(%why, "no GPUs: models run on the CPU"),
     }
+    let no_gpu = match &visible {
+        Ok(visible) if !visible.is_empty() => None,
+        Ok(_) => Some("no GPU is visible to this process".to_string()),
+        Err(why) => Some(why.clone()),
+    };
     let first = visible.unwrap_or_default();
     nexus_gpu::metrics::spawn_sampler(gpus.clone(), &first, GPU_METRICS_INTERVAL);
+    budget::tune_heap();
+    let memory_budget = budget::MemoryBudget::new(&args.model_memory_budget);
+    let ordinals: Vec<i32> = first.iter().map(|v| v.ordinal).collect();
+    budget::export(&memory_budget, &ordinals);
+    for (device, bytes) in memory_budget.devices(&ordinals) {
+        tracing::info!(%device, budget = %budget::human(bytes), "model memory budget");
+    }
 
     let http = bind("HTTP", SocketAddr::new(args.address, args.http_port)).await?;
     let grpc = bind("gRPC", SocketAddr::new(args.address, args.grpc_port)).await?;
@@ -231,6 +254,8 @@ pub async fn serve(
             intra_op_threads: args.ort_intra_threads,
             backends: extensions.backends.clone(),
             gpus,
+            memory_budget,
+            load_timeout: Duration::from_secs(args.model_load_timeout_secs.max(1)),
         },
     );
     if let Some(hooks) = &extensions.hooks {
@@ -277,7 +302,7 @@ pub async fn serve(
         );
     }
     let inflight = limits::InflightBytes::new(args.max_inflight_bytes);
-    let shm = Arc::new(shm::SharedMemory::default());
+    let shm = Arc::new(shm::SharedMemory::new(no_gpu));
     let health = health::router(
         Arc::clone(&manager),
         format!(

@@ -1,9 +1,10 @@
 //! The model manager: which models and versions are loaded, loading and unloading
-//! them, Triton's model control modes (none, explicit, poll), and the optimiser's hooks
-//! that route and record its requests.
+//! them, Triton's model control modes (none, explicit, poll) and on-demand loading, memory
+//! budgets with eviction (see [`crate::budget`]), and the optimiser's hooks that route and
+//! record its requests.
 //!
-//! A model that fails to load (corrupt file, bad config, missing runtime) is recorded as
-//! UNAVAILABLE with its reason; the others keep serving.
+//! A model that fails to load (corrupt file, bad config, missing runtime, no room) is
+//! recorded as UNAVAILABLE with its reason; the others keep serving.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,16 +15,18 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use tracing::Instrument;
 
-use nexus_gpu::{GpuLimits, Gpus, GroupKind, GroupRequest, Placed};
+use nexus_gpu::{Gpus, GroupKind, GroupRequest, Placed, Reclaimable};
 use nexus_models::backend::{Backends, LoadOptions};
 use nexus_models::config::{self, ModelSignature};
 use nexus_models::pb::ModelInstanceGroup;
 use nexus_models::pb::model_instance_group::Kind;
 use nexus_models::{Backend, Device, ModelConfig, ModelRepository};
 
+use crate::budget::{self, Candidate, Footprint, MemoryBudget};
 use crate::error::ServingError;
 use crate::hooks::{InferenceRecord, Protocol, RequestIds};
 use crate::infer::{InferRequest, InferResponse};
+use crate::instance::Released;
 use crate::metrics::VersionStats;
 use crate::pb::repository_index_response::ModelIndex;
 use crate::remote::{ModelSource, RemoteSpec};
@@ -39,7 +42,15 @@ pub enum ControlMode {
     Explicit,
     /// Load everything, then rescan the repository and apply changes periodically.
     Poll,
+    /// As explicit, and a request for a model that is not loaded loads it (the request waits);
+    /// with `--model-memory-budget`, the least recently used idle models are unloaded to
+    /// make room.
+    OnDemand,
 }
+
+/// How long an unload or eviction waits for the requests still running on a model before
+/// reporting it freed anyway (their model is freed when they finish).
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// Settings that apply to every model.
 #[derive(Debug, Clone)]
@@ -57,6 +68,10 @@ pub struct ManagerOptions {
     pub backends: Backends,
     /// The GPUs instances may be placed on (none, with the reason, on a CPU machine).
     pub gpus: Gpus,
+    /// What the loaded models may hold on each device.
+    pub memory_budget: MemoryBudget,
+    /// How long a request waits for its model to load in on-demand mode.
+    pub load_timeout: Duration,
 }
 
 /// The seam where the optimiser plugs into serving: it picks the version of requests that
@@ -108,6 +123,29 @@ struct ModelEntry {
     reason: Option<String>,
     loading: bool,
     fingerprint: Option<u64>,
+    /// The last load failed: on-demand requests do not retry it until the files change.
+    failed: bool,
+    /// Memory the loaded versions took, per device: what unloading the model frees.
+    footprint: Footprint,
+    /// When the versions were loaded, in ms since the Unix epoch (a use, for eviction).
+    loaded_ms: u64,
+}
+
+impl ModelEntry {
+    fn ready(&self) -> impl Iterator<Item = Arc<LoadedVersion>> + '_ {
+        self.versions.values().filter_map(VersionState::ready)
+    }
+
+    /// When it was last loaded or answered a request.
+    fn last_used_ms(&self) -> u64 {
+        self.ready()
+            .map(|v| v.stats.last_inference_ms.load(Ordering::Relaxed))
+            .fold(self.loaded_ms, u64::max)
+    }
+
+    fn busy(&self) -> bool {
+        self.ready().any(|v| v.scheduler.in_flight() > 0)
+    }
 }
 
 /// Loads, unloads and looks up model versions.
@@ -150,7 +188,7 @@ impl ModelManager {
     /// hooks route it to, else the newest. With hooks installed, a request without an id
     /// gets one (returned to the client, the key for feedback) and is recorded.
     pub async fn infer(
-        &self,
+        self: &Arc<Self>,
         model: &str,
         version: &str,
         request: InferRequest,
@@ -163,14 +201,14 @@ impl ModelManager {
     }
 
     async fn infer_traced(
-        &self,
+        self: &Arc<Self>,
         model: &str,
         version: &str,
         mut request: InferRequest,
         protocol: Protocol,
     ) -> Result<InferResponse, ServingError> {
         let Some(hooks) = self.hooks.get() else {
-            return self.get(model, version)?.infer(request).await;
+            return self.resolve(model, version).await?.infer(request).await;
         };
         let start = Instant::now();
         let routed = match version.is_empty() {
@@ -189,7 +227,7 @@ impl ModelManager {
         let routed = routed.and_then(|v| self.get_version(model, v));
         let target = match &routed {
             Some(loaded) => Ok(Arc::clone(loaded)),
-            None => self.get(model, version),
+            None => self.resolve(model, version).await,
         };
         let (served, result) = match target {
             Ok(loaded) => (loaded.version.to_string(), loaded.infer(request).await),
@@ -215,10 +253,11 @@ impl ModelManager {
         self.options.control_mode
     }
 
-    /// Refuses repository load/unload requests unless the mode is explicit, as Triton does.
+    /// Refuses repository load/unload requests unless the mode is explicit (or on-demand),
+    /// as Triton does.
     pub fn ensure_explicit(&self) -> Result<(), ServingError> {
         match self.options.control_mode {
-            ControlMode::Explicit => Ok(()),
+            ControlMode::Explicit | ControlMode::OnDemand => Ok(()),
             mode => Err(ServingError::InvalidArgument(format!(
                 "explicit model load / unload is not allowed in model control mode '{}'; start the server with --model-control-mode explicit",
                 format!("{mode:?}").to_lowercase()
@@ -237,7 +276,9 @@ impl ModelManager {
             }
         };
         let wanted: Vec<String> = match self.options.control_mode {
-            ControlMode::Explicit if !explicit.iter().any(|m| m == "*") => explicit.to_vec(),
+            ControlMode::Explicit | ControlMode::OnDemand if !explicit.iter().any(|m| m == "*") => {
+                explicit.to_vec()
+            }
             _ => names,
         };
         for name in wanted {
@@ -292,7 +333,9 @@ impl ModelManager {
         for name in gone {
             tracing::info!(model = %name, "model removed from the repository, unloading");
             let _guard = self.changes.lock().await;
+            let released = self.take_down(&name, "removed from the repository".into());
             self.models.write().remove(&name);
+            release_in_background(released);
         }
     }
 
@@ -304,6 +347,78 @@ impl ModelManager {
         config_override: Option<ModelConfig>,
     ) -> Result<(), ServingError> {
         let _guard = self.changes.lock().await;
+        self.load_locked(name, config_override).await
+    }
+
+    /// The version to serve, as [`Self::get`]. With `--model-control-mode on-demand`, a model
+    /// of the repository that is not loaded is loaded first, the request waiting for at most
+    /// the load timeout; a model whose last load failed is not retried until its files change.
+    pub async fn resolve(
+        self: &Arc<Self>,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<LoadedVersion>, ServingError> {
+        let found = self.get(name, version);
+        if self.options.control_mode != ControlMode::OnDemand
+            || found.is_ok()
+            || !self.loads_on_demand(name)
+        {
+            return found;
+        }
+        let start = Instant::now();
+        let this = Arc::clone(self);
+        let model = name.to_string();
+        // Its own task: a request that gives up (timeout, client gone) leaves the load to
+        // finish for the next one, rather than cancelling it half-way.
+        let loading = tokio::spawn(async move { this.ensure_loaded(&model).await });
+        let timeout = self.options.load_timeout;
+        match tokio::time::timeout(timeout, loading).await {
+            Ok(Ok(Ok(()))) => budget::record_cold_start(name, start.elapsed()),
+            // The model is UNAVAILABLE, and `get` says why (a 503, where the repository API's
+            // own load answers a failed load with 400 as Triton does).
+            Ok(Ok(Err(_))) => {}
+            Ok(Err(e)) => return Err(ServingError::Internal(format!("loading '{name}': {e}"))),
+            Err(_) => {
+                return Err(ServingError::Unavailable(format!(
+                    "model '{name}' is still loading after {} s (--model-load-timeout-secs); retry later",
+                    timeout.as_secs()
+                )));
+            }
+        }
+        self.get(name, version)
+    }
+
+    /// Whether a request may load `name`: it is in the repository, not ready, and not a
+    /// failed load of the same files.
+    fn loads_on_demand(&self, name: &str) -> bool {
+        let known = self
+            .models
+            .read()
+            .get(name)
+            .map(|e| (e.ready().next().is_some(), e.failed, e.fingerprint));
+        match known {
+            Some((true, _, _)) => false,
+            Some((false, true, failed)) => self.repository.fingerprint(name) != failed,
+            _ => self.repository.fingerprint(name).is_some(),
+        }
+    }
+
+    /// Loads `name` unless a load that finished while this one waited made it ready or failed
+    /// on the same files.
+    async fn ensure_loaded(self: &Arc<Self>, name: &str) -> Result<(), ServingError> {
+        let _guard = self.changes.lock().await;
+        if !self.loads_on_demand(name) {
+            return self.get(name, "").map(|_| ());
+        }
+        self.load_locked(name, None).await
+    }
+
+    /// [`Self::load`] once the caller holds `changes`.
+    async fn load_locked(
+        self: &Arc<Self>,
+        name: &str,
+        config_override: Option<ModelConfig>,
+    ) -> Result<(), ServingError> {
         let Some(fingerprint) = self.repository.fingerprint(name) else {
             // Gone from disk (or never there): nothing to load, and nothing left serving.
             self.models.write().remove(name);
@@ -318,17 +433,23 @@ impl ModelManager {
             .loading = true;
         let this = Arc::clone(self);
         let model = name.to_string();
+        let started = Instant::now();
         let outcome =
             tokio::task::spawn_blocking(move || this.load_versions(&model, config_override))
                 .await
                 .unwrap_or_else(|e| Err(format!("loader failed: {e}")));
+        budget::record_load(name, outcome.is_ok(), started.elapsed());
 
         let mut models = self.models.write();
         let entry = models.entry(name.to_string()).or_default();
         entry.loading = false;
         entry.fingerprint = Some(fingerprint);
+        entry.failed = !matches!(&outcome, Ok((versions, _)) if versions.values().any(|s| s.ready().is_some()));
         match outcome {
-            Ok(versions) => {
+            Ok((versions, footprint)) => {
+                budget::record_footprint(name, &entry.footprint, &footprint);
+                entry.footprint = footprint;
+                entry.loaded_ms = crate::metrics::now_ms();
                 let failures: Vec<String> = versions
                     .iter()
                     .filter_map(|(v, s)| match s {
@@ -366,20 +487,100 @@ impl ModelManager {
         }
     }
 
-    /// Unloads every version of `name`; requests already running finish first.
+    /// Unloads every version of `name`; requests already running finish first, and the
+    /// model's memory is given back to the system once they have.
     pub async fn unload(&self, name: &str) -> Result<(), ServingError> {
         let _guard = self.changes.lock().await;
-        let mut models = self.models.write();
-        match models.get_mut(name) {
-            Some(entry) => {
-                entry.versions.clear();
-                entry.reason = Some("unloaded".into());
-                tracing::info!(model = %name, "model unloaded");
-                Ok(())
-            }
-            None if self.repository.read(name).is_ok() => Ok(()),
-            None => Err(ServingError::NotFound(format!("unknown model '{name}'"))),
+        if !self.models.read().contains_key(name) {
+            return match self.repository.read(name) {
+                Ok(_) => Ok(()),
+                Err(_) => Err(ServingError::NotFound(format!("unknown model '{name}'"))),
+            };
         }
+        release_in_background(self.take_down(name, "unloaded".into()));
+        tracing::info!(model = %name, "model unloaded");
+        Ok(())
+    }
+
+    /// Takes every version of `name` out of service (they are dropped once their last
+    /// request has finished) and returns watches on their instances.
+    fn take_down(&self, name: &str, reason: String) -> Vec<Released> {
+        let mut models = self.models.write();
+        let Some(entry) = models.get_mut(name) else {
+            return Vec::new();
+        };
+        let released = entry.ready().map(|v| v.scheduler.released()).collect();
+        entry.versions.clear();
+        entry.reason = Some(reason);
+        entry.failed = false;
+        budget::record_footprint(name, &entry.footprint, &Footprint::new());
+        entry.footprint.clear();
+        released
+    }
+
+    /// Makes room on every device for `need`, the estimate of `name`'s load, within the
+    /// memory budget: in on-demand mode by unloading the least recently used idle models
+    /// (and waiting until their memory is freed); in the other modes it only checks.
+    fn make_room(&self, name: &str, need: &Footprint) -> Result<(), String> {
+        let budget = &self.options.memory_budget;
+        if budget.is_empty() {
+            return Ok(());
+        }
+        let evict = self.options.control_mode == ControlMode::OnDemand;
+        let victims: Vec<String> = {
+            let models = self.models.read();
+            // The model's own versions are replaced by this load, so they do not count.
+            let others: Vec<(&String, &ModelEntry)> =
+                models.iter().filter(|(n, _)| *n != name).collect();
+            let mut held = Footprint::new();
+            for (_, entry) in &others {
+                for (device, bytes) in &entry.footprint {
+                    *held.entry(*device).or_default() += bytes;
+                }
+            }
+            let candidates: Vec<Candidate<'_>> = others
+                .iter()
+                .filter(|(_, e)| !e.footprint.is_empty())
+                .map(|(n, e)| Candidate {
+                    name: n.as_str(),
+                    last_used_ms: e.last_used_ms(),
+                    busy: e.busy(),
+                    footprint: &e.footprint,
+                })
+                .collect();
+            let chosen = budget::evictions(budget, need, &held, &candidates, evict)
+                .map_err(|e| format!("memory budget: the model {e}"))?;
+            chosen
+                .into_iter()
+                .map(|i| candidates[i].name.to_string())
+                .collect()
+        };
+        for victim in victims {
+            let why = format!("evicted to make room for '{name}' (--model-memory-budget)");
+            let freed = release(self.take_down(&victim, why));
+            budget::record_eviction(&victim);
+            tracing::info!(model = %victim, for_model = %name, freed, "model evicted");
+        }
+        Ok(())
+    }
+
+    /// Memory on each GPU that evicting idle models would free for `name` (on-demand mode).
+    fn reclaimable(&self, name: &str) -> Reclaimable {
+        let mut reclaimable = Reclaimable::new();
+        if self.options.control_mode != ControlMode::OnDemand {
+            return reclaimable;
+        }
+        for (_, entry) in self.models.read().iter().filter(|(n, _)| *n != name) {
+            if entry.busy() {
+                continue;
+            }
+            for (device, bytes) in &entry.footprint {
+                if let Placed::Gpu(ordinal) = device {
+                    *reclaimable.entry(*ordinal).or_default() += bytes;
+                }
+            }
+        }
+        reclaimable
     }
 
     /// Blocking part of a load: reads the repository, opens every selected version,
@@ -388,7 +589,7 @@ impl ModelManager {
         &self,
         name: &str,
         config_override: Option<ModelConfig>,
-    ) -> Result<BTreeMap<u64, VersionState>, String> {
+    ) -> Result<(BTreeMap<u64, VersionState>, Footprint), String> {
         let source = self.repository.read(name).map_err(|e| e.to_string())?;
         let mut config = config_override.unwrap_or(source.config);
         let available: Vec<u64> = source.versions.iter().map(|(v, _)| *v).collect();
@@ -416,8 +617,12 @@ impl ModelManager {
         let model_file = config.default_model_filename.clone();
         let model_path = |dir: &Path| runtime.model_path(dir, &model_file);
         let newest_model = newest.map(model_path).unwrap_or_default();
-        let (plan, placed) = self.instance_plan(&config, &newest_model)?;
+        let estimate = model_size(&newest_model);
+        let (plan, placed) = self.instance_plan(&config, estimate, &self.reclaimable(name))?;
         config.instance_group = placed;
+        let need = need_of(&plan, estimate, selected.len());
+        self.make_room(name, &need)?;
+        let before = self.usage(&need);
 
         // Open the first instance of each version, newest first; the first model that opens
         // completes the config, and every version is then checked against it.
@@ -433,7 +638,7 @@ impl ModelManager {
             }
         }
         let Some((_, _, first)) = opened.first() else {
-            return Ok(states);
+            return Ok((states, Footprint::new()));
         };
         let max_batch = self.options.default_max_batch_size;
         let signature = ModelSignature {
@@ -468,7 +673,27 @@ impl ModelManager {
             };
             states.insert(version, state);
         }
-        Ok(states)
+        let footprint = match states.values().any(|s| s.ready().is_some()) {
+            true => before.footprint(&self.usage(&need), &need),
+            false => Footprint::new(),
+        };
+        Ok((states, footprint))
+    }
+
+    /// The process's resident memory, and the memory used on the GPUs `need` names.
+    fn usage(&self, need: &Footprint) -> Usage {
+        let on_gpu = need.keys().any(|d| matches!(d, Placed::Gpu(_)));
+        let gpus = match on_gpu {
+            true => self.options.gpus.visible().unwrap_or_default(),
+            false => Vec::new(),
+        };
+        Usage {
+            resident: budget::resident_bytes().unwrap_or(0),
+            gpus: gpus
+                .iter()
+                .map(|v| (v.ordinal, v.gpu.memory_used_bytes))
+                .collect(),
+        }
     }
 
     fn start_version(
@@ -498,7 +723,8 @@ impl ModelManager {
     fn instance_plan(
         &self,
         config: &ModelConfig,
-        model: &Path,
+        estimate: u64,
+        reclaimable: &Reclaimable,
     ) -> Result<(Vec<LoadOptions>, Vec<ModelInstanceGroup>), String> {
         let threads = |lower: &str, upper: &str| -> Result<Option<usize>, config::ConfigError> {
             Ok(config::parameter::<usize>(config, lower)?.or(config::parameter(config, upper)?))
@@ -518,11 +744,10 @@ impl ModelManager {
             }
             groups.iter_mut().for_each(|g| g.count = n.max(1) as u32);
         }
-        let estimate = model_size(model);
         let plan = self
             .options
             .gpus
-            .place(&groups, estimate, &GpuLimits::default())
+            .place(&groups, estimate, reclaimable)
             .map_err(|e| e.to_string())?;
         // The config's bound counts per group; a group without `gpus` multiplies by the GPUs.
         if plan.instances.len() > config::MAX_INSTANCES as usize {
@@ -577,7 +802,15 @@ impl ModelManager {
                 .rev()
                 .find_map(VersionState::ready)
                 .ok_or_else(|| {
-                    let why = entry.reason.as_deref().unwrap_or("no version loaded");
+                    let newest_failure = entry.versions.values().rev().find_map(|s| match s {
+                        VersionState::Unavailable(why) => Some(why.as_str()),
+                        VersionState::Ready(_) => None,
+                    });
+                    let why = entry
+                        .reason
+                        .as_deref()
+                        .or(newest_failure)
+                        .unwrap_or("no version loaded");
                     ServingError::Unavailable(format!("model '{name}' is not ready: {why}"))
                 });
         }
@@ -693,6 +926,66 @@ impl ModelManager {
             rows.retain(|r| r.state == "READY");
         }
         rows
+    }
+}
+
+/// Memory readings around a load.
+struct Usage {
+    resident: u64,
+    /// Used bytes per GPU ordinal.
+    gpus: BTreeMap<i32, u64>,
+}
+
+impl Usage {
+    /// What a load took between `self` and `after`: on each device it was expected to use,
+    /// the larger of the measurement and the estimate `need` (other requests allocate and free
+    /// meanwhile, and freed memory may be reused, so a measurement alone can undercount), and
+    /// on the host what it measured there even for a model placed on GPUs (runtime, CUDA
+    /// context).
+    fn footprint(&self, after: &Usage, need: &Footprint) -> Footprint {
+        let mut footprint = need.clone();
+        let host = after.resident.saturating_sub(self.resident);
+        if host > 0 {
+            let cpu = footprint.entry(Placed::Cpu).or_default();
+            *cpu = (*cpu).max(host);
+        }
+        for (ordinal, used) in &after.gpus {
+            let grew = used.saturating_sub(self.gpus.get(ordinal).copied().unwrap_or(*used));
+            if let Some(gpu) = footprint.get_mut(&Placed::Gpu(*ordinal)) {
+                *gpu = (*gpu).max(grew);
+            }
+        }
+        footprint
+    }
+}
+
+/// What loading `versions` versions with `plan` is expected to take: `estimate` per instance
+/// on its device.
+fn need_of(plan: &[LoadOptions], estimate: u64, versions: usize) -> Footprint {
+    let mut need = Footprint::new();
+    for options in plan {
+        let device = match options.device {
+            Device::Cpu => Placed::Cpu,
+            Device::Gpu(ordinal) => Placed::Gpu(ordinal),
+        };
+        let bytes = need.entry(device).or_default();
+        *bytes = bytes.saturating_add(estimate.saturating_mul(versions as u64));
+    }
+    need
+}
+
+/// Waits until the instances of unloaded versions are dropped, then gives the freed heap
+/// back to the system; false if requests still held some after [`RELEASE_WAIT`].
+fn release(released: Vec<Released>) -> bool {
+    let freed = released.iter().all(|r| r.wait(RELEASE_WAIT));
+    budget::trim_heap();
+    freed
+}
+
+/// [`release`] on a blocking thread, for callers that do not wait for it.
+fn release_in_background(released: Vec<Released>) {
+    if !released.is_empty() {
+        tokio::task::spawn_blocking(move || release(released));
     }
 }
 

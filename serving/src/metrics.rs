@@ -355,14 +355,16 @@ impl VersionStats {
     }
 
     fn touch(&self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        self.last_inference_ms.store(
-            u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.last_inference_ms.store(now_ms(), Ordering::Relaxed);
     }
+}
+
+/// Milliseconds since the Unix epoch (Triton's `last_inference` unit).
+pub(crate) fn now_ms() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

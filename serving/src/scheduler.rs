@@ -8,7 +8,7 @@ use nexus_models::{Backend, ModelConfig};
 
 use crate::batcher::{BatchPolicy, Batcher};
 use crate::error::ServingError;
-use crate::instance::InstancePool;
+use crate::instance::{InstancePool, Released};
 use crate::metrics::VersionStats;
 use crate::queue::{Done, Queue, Work};
 
@@ -48,6 +48,16 @@ impl Scheduler {
     /// The dynamic batcher, when the version has one.
     pub fn batcher(&self) -> Option<&Batcher> {
         self.batcher.as_deref()
+    }
+
+    /// Requests in flight (an idle version has none).
+    pub fn in_flight(&self) -> usize {
+        self.pool.in_flight()
+    }
+
+    /// A watch on the instances, to wait for an unload to free them.
+    pub fn released(&self) -> Released {
+        self.pool.released()
     }
 
     /// Runs `work` and returns its outputs.

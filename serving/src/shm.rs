@@ -61,6 +61,8 @@ pub enum ShmError {
     Open { key: String, source: std::io::Error },
     #[error("CUDA shared memory is not supported by this server; use system shared memory")]
     CudaUnsupported,
+    #[error("CUDA shared memory needs a usable GPU, and this server has none: {0}")]
+    NoGpu(String),
 }
 
 /// Inside an inference every shared-memory failure is the request's fault.
@@ -89,6 +91,8 @@ struct Region {
 #[derive(Debug, Default)]
 pub struct SharedMemory {
     regions: Mutex<BTreeMap<String, Arc<Region>>>,
+    /// Why no GPU is usable here, if none is: CUDA regions then cannot exist.
+    no_gpu: Option<String>,
 }
 
 /// A tensor's `shared_memory_region`, `shared_memory_offset` and `shared_memory_byte_size`.
@@ -213,6 +217,23 @@ impl SharedOutputs {
 }
 
 impl SharedMemory {
+    /// No regions yet; `no_gpu` says why no GPU is usable here (`None` when one is).
+    pub fn new(no_gpu: Option<String>) -> Self {
+        Self {
+            regions: Mutex::default(),
+            no_gpu,
+        }
+    }
+
+    /// Why a CUDA region cannot be registered: there is no GPU (UNAVAILABLE, with the
+    /// reason), or, with one, CUDA regions are not supported yet.
+    pub fn cuda_refusal(&self) -> ShmError {
+        match &self.no_gpu {
+            Some(why) => ShmError::NoGpu(why.clone()),
+            None => ShmError::CudaUnsupported,
+        }
+    }
+
     /// Maps `byte_size` bytes at `offset` of the object `key` and registers them as `name`.
     pub fn register(
         &self,

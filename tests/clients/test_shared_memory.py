@@ -229,17 +229,17 @@ def test_hostile_references_are_refused(client, regions):
     np.testing.assert_array_equal(want["OUTPUT0"], A + B)
 
 
-def test_cuda_shared_memory_is_declined(client):
+def test_cuda_shared_memory_without_a_gpu_is_unavailable_with_the_reason(client):
     answer = client.api.get_cuda_shared_memory_status()
     regions = answer if client.protocol == "http" else client.as_dict(answer)["regions"]
     assert len(regions) == 0
     handle = "eA=="  # base64, as both clients take it
-    unsupported = {"http": "501", "grpc": "StatusCode.UNIMPLEMENTED"}
+    unavailable = {"http": "503", "grpc": "StatusCode.UNAVAILABLE"}
     assert_refused(
         client,
         lambda: client.api.register_cuda_shared_memory("gpu", handle, 0, 64),
-        unsupported,
-        "CUDA shared memory is not supported",
+        unavailable,
+        "CUDA shared memory needs a usable GPU, and this server has none: no NVIDIA driver found",
     )
     client.api.unregister_cuda_shared_memory("gpu")
     client.api.unregister_cuda_shared_memory()

@@ -86,6 +86,11 @@ impl Repository {
         Self::from_script("tests/fixtures/batching_models.py")
     }
 
+    /// Three models of 48 MiB of weights each, written by `tests/fixtures/weighty_models.py`.
+    pub fn weighty() -> Result<Self> {
+        Self::from_script("tests/fixtures/weighty_models.py")
+    }
+
     /// A repository written by the Python `script` (relative to the project root), which
     /// takes `--out DIR`.
     fn from_script(script: &str) -> Result<Self> {
@@ -392,6 +397,39 @@ impl Server {
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// The pid of the `nexus` process listening on this server's HTTP port.
+    pub fn pid(&self) -> Result<u32> {
+        let wanted = format!("--http-port\0{}\0", self.http_port);
+        for entry in fs::read_dir("/proc")? {
+            let entry = entry?;
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmdline).contains(&wanted) {
+                return Ok(pid);
+            }
+        }
+        bail!("no process listens on HTTP port {}", self.http_port)
+    }
+
+    /// The server's anonymous resident memory (`RssAnon` in /proc: heap and private
+    /// mappings, not the shared libraries' pages), in bytes.
+    pub fn rss_anon(&self) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .context("no RssAnon in /proc/PID/status")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()?;
+        Ok(kb * 1024)
     }
 
     /// What the server wrote to stderr so far.

@@ -7,6 +7,8 @@
 //! `ORT_DYLIB_PATH`. A missing or incompatible library is a [`BackendError::Runtime`]
 //! (the model is UNAVAILABLE with that reason).
 
+pub mod accelerators;
+
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -166,9 +168,18 @@ impl OnnxBackend {
                 .with_device_id(id)
                 .build()
                 .error_on_failure();
-            builder = builder.with_execution_providers([cuda]).map_err(|e| {
+            let tensorrt = accelerators::tensorrt(&options.config).map_err(fail)?;
+            let providers = match &tensorrt {
+                Some(settings) => vec![settings.provider(id).build().error_on_failure(), cuda],
+                None => vec![cuda],
+            };
+            let wanted = match tensorrt {
+                Some(_) => "TensorRT (with CUDA)",
+                None => "CUDA",
+            };
+            builder = builder.with_execution_providers(providers).map_err(|e| {
                 BackendError::NoGpu(format!(
-                    "CUDA device {id} is not usable by ONNX Runtime ({e}); use instance_group kind KIND_CPU or install the onnxruntime-gpu library"
+                    "CUDA device {id} is not usable by ONNX Runtime's {wanted} execution provider ({e}); use instance_group kind KIND_CPU or install the onnxruntime-gpu library (scripts/install-onnxruntime.sh --gpu)"
                 ))
             })?;
         }

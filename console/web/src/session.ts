@@ -18,7 +18,7 @@ export type Part = "serving" | "registry" | "pipelines" | "optimizer";
 export interface Session {
   who: WhoAmI;
   parts: Set<Part>;
-  /** Serving's `--model-control-mode`: the repository API loads and unloads only in `explicit`. */
+  /** Serving's `--model-control-mode`: the repository API loads and unloads only in `explicit` and `on-demand`. */
   modelControlMode: string | null;
   /** Whether the caller's role allows requests of `routeClass` (e.g. "registry_write"). */
   can(routeClass: string): boolean;

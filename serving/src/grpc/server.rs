@@ -59,6 +59,7 @@ impl From<ShmError> for Status {
             ShmError::AlreadyExists(_) => Status::already_exists(message),
             ShmError::TooMany => Status::resource_exhausted(message),
             ShmError::CudaUnsupported => Status::unimplemented(message),
+            ShmError::NoGpu(_) => Status::unavailable(message),
             ShmError::Invalid(_) | ShmError::OutOfBounds(_) | ShmError::Open { .. } => {
                 Status::invalid_argument(message)
             }
@@ -377,7 +378,7 @@ fn call_traceparent<T>(request: &Request<T>) -> Option<String> {
 }
 
 async fn infer(
-    manager: &ModelManager,
+    manager: &Arc<ModelManager>,
     inflight: &Arc<InflightBytes>,
     shm: &SharedMemory,
     mut request: pb::ModelInferRequest,
@@ -388,8 +389,8 @@ async fn infer(
     let mut reservation = inflight.reserve(request.encoded_len())?;
     let model = std::mem::take(&mut request.model_name);
     let version = std::mem::take(&mut request.model_version);
-    // Fail fast on an unknown model, before decoding the tensors.
-    manager.get(&model, &version)?;
+    // Fail fast on an unknown model, before decoding the tensors (and load it on demand).
+    manager.resolve(&model, &version).await?;
     let (mut request, shared) = decode(request, shm, &mut reservation)?;
     request.traceparent = traceparent;
     let response = manager
@@ -446,7 +447,7 @@ impl GrpcInferenceService for GrpcService {
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let loaded = self.manager.get(&r.name, &r.version)?;
+        let loaded = self.manager.resolve(&r.name, &r.version).await?;
         let versions = if r.version.is_empty() {
             self.manager.ready_versions(&r.name)
         } else {
@@ -515,7 +516,7 @@ impl GrpcInferenceService for GrpcService {
         request: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let r = request.into_inner();
-        let loaded = self.manager.get(&r.name, &r.version)?;
+        let loaded = self.manager.resolve(&r.name, &r.version).await?;
         Ok(Response::new(pb::ModelConfigResponse {
             config: Some((*loaded.config).clone()),
         }))
@@ -639,7 +640,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         _: Request<pb::CudaSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
-        Err(ShmError::CudaUnsupported.into())
+        Err(self.shm.cuda_refusal().into())
     }
 
     /// As for system regions, unregistering a region that is not registered succeeds.

@@ -53,6 +53,7 @@ impl IntoResponse for ShmError {
         let status = match self {
             ShmError::NotFound(_) => StatusCode::NOT_FOUND,
             ShmError::CudaUnsupported => StatusCode::NOT_IMPLEMENTED,
+            ShmError::NoGpu(_) => StatusCode::SERVICE_UNAVAILABLE,
             ShmError::Invalid(_)
             | ShmError::OutOfBounds(_)
             | ShmError::AlreadyExists(_)
@@ -219,7 +220,7 @@ async fn model_metadata(
     State(state): AppState,
     Path(model): Path<String>,
 ) -> Result<axum::Json<pb::ModelMetadataResponse>, ServingError> {
-    let loaded = state.manager.get(&model, "")?;
+    let loaded = state.manager.resolve(&model, "").await?;
     Ok(axum::Json(
         loaded.metadata(&state.manager.ready_versions(&model)),
     ))
@@ -229,7 +230,7 @@ async fn version_metadata(
     State(state): AppState,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<axum::Json<pb::ModelMetadataResponse>, ServingError> {
-    let loaded = state.manager.get(&model, &version)?;
+    let loaded = state.manager.resolve(&model, &version).await?;
     Ok(axum::Json(loaded.metadata(&[loaded.version])))
 }
 
@@ -264,7 +265,7 @@ async fn model_config(
     State(state): AppState,
     Path(model): Path<String>,
 ) -> Result<axum::Json<Value>, ServingError> {
-    let loaded = state.manager.get(&model, "")?;
+    let loaded = state.manager.resolve(&model, "").await?;
     Ok(axum::Json(config::to_json(&loaded.config)))
 }
 
@@ -272,7 +273,7 @@ async fn version_config(
     State(state): AppState,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ServingError> {
-    let loaded = state.manager.get(&model, &version)?;
+    let loaded = state.manager.resolve(&model, &version).await?;
     Ok(axum::Json(config::to_json(&loaded.config)))
 }
 
@@ -372,8 +373,8 @@ async fn infer(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ServingError> {
-    // Fail fast on an unknown model, before reading the body.
-    state.manager.get(model, version)?;
+    // Fail fast on an unknown model, before reading the body (and load it on demand).
+    state.manager.resolve(model, version).await?;
     let header_length = match headers.get(codec::HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -557,8 +558,8 @@ async fn cuda_status(Path(name): Path<String>) -> (StatusCode, axum::Json<Value>
     (StatusCode::NOT_FOUND, axum::Json(json!({ "error": error })))
 }
 
-async fn cuda_register() -> ShmError {
-    ShmError::CudaUnsupported
+async fn cuda_register(State(state): AppState) -> ShmError {
+    state.shm.cuda_refusal()
 }
 
 /// As for system regions, unregistering a region that is not registered succeeds.
@@ -595,6 +596,8 @@ mod tests {
                 intra_op_threads: 0,
                 backends: Backends::default(),
                 gpus: nexus_gpu::Gpus::none("a test without GPUs"),
+                memory_budget: Default::default(),
+                load_timeout: std::time::Duration::from_secs(60),
             },
         );
         assert!(manager.load("broken", None).await.is_err());

@@ -118,8 +118,7 @@ export function ServingPage() {
   const entries = index.data ?? [];
   const ready = [...new Set(entries.filter((e) => e.state === "READY").map((e) => e.name))];
   const configs = useConfigs(ready);
-  // The repository API loads and unloads only in explicit mode: elsewhere nothing is offered.
-  const control = session.can("model_control") && session.modelControlMode === "explicit";
+  const control = session.can("model_control") && controlsModels(session.modelControlMode);
 
   return (
     <div class="page">
@@ -127,7 +126,7 @@ export function ServingPage() {
       <p class="lead">
         What this server serves, with each version's state and the live figures from its own metrics (refreshed every{" "}
         {METRICS_INTERVAL_MS / 1000} s; rates and percentiles are over the last interval).
-        {session.can("model_control") && !control && " Models load at start-up (model control mode " + session.modelControlMode + "); start with --model-control-mode explicit to load and unload them here."}
+        {session.can("model_control") && !control && " Models load at start-up (model control mode " + session.modelControlMode + "); start with --model-control-mode explicit or on-demand to load and unload them here."}
       </p>
       <ErrorBox error={index.error} />
       <ErrorBox error={live.error} />
@@ -173,8 +172,14 @@ export function ServingPage() {
   );
 }
 
+/** Whether the repository API loads and unloads in this model control mode (explicit, and
+ * on-demand, which also loads a model when a request asks for it): elsewhere nothing is offered. */
+function controlsModels(mode: string | null): boolean {
+  return mode === "explicit" || mode === "on-demand";
+}
+
 /** Load or unload (Triton's repository API), for roles with model control. The server
- * refuses both unless it runs with --model-control-mode explicit, and says so. */
+ * refuses both unless it runs with --model-control-mode explicit or on-demand, and says so. */
 export function ControlButtons({ model, loaded, onDone }: { model: string; loaded: boolean; onDone: () => void }) {
   const path = (what: string) => `/v2/repository/models/${encodeURIComponent(model)}/${what}`;
   return loaded ? (
@@ -188,9 +193,12 @@ export function ServingModelPage({ model }: { model: string }) {
   const session = useSession();
   const index = usePoll((signal) => postJson<IndexEntry[]>("/v2/repository/index", {}, signal), [], 3000);
   const versions = (index.data ?? []).filter((e) => e.name === model);
+  const ready = versions.some((v) => v.state === "READY");
+  // Only a loaded model's config: in on-demand mode asking for another's would load it.
   const config = usePoll(
-    (signal) => getJson<ModelConfig>(`/v2/models/${encodeURIComponent(model)}/config`, signal),
-    [model, versions.some((v) => v.state === "READY")],
+    (signal) =>
+      ready ? getJson<ModelConfig>(`/v2/models/${encodeURIComponent(model)}/config`, signal) : Promise.resolve(null),
+    [model, ready],
   );
   const live = useServingFigures();
   const c = config.data;
@@ -205,8 +213,8 @@ export function ServingModelPage({ model }: { model: string }) {
         title="Versions"
         actions={
           session.can("model_control") &&
-          session.modelControlMode === "explicit" && (
-            <ControlButtons model={model} loaded={versions.some((v) => v.state === "READY")} onDone={index.reload} />
+          controlsModels(session.modelControlMode) && (
+            <ControlButtons model={model} loaded={ready} onDone={index.reload} />
           )
         }
       >
