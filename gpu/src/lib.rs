@@ -12,6 +12,7 @@
 
 pub mod cuda;
 pub mod inventory;
+pub mod ipc;
 pub mod metrics;
 pub mod nvml;
 pub mod placement;

@@ -1,6 +1,8 @@
-//! Triton's system shared-memory extension: POSIX shared-memory objects (`/dev/shm`) that a
-//! local client registers by name, so that input tensors reach a model, and its outputs reach
-//! the client, without crossing the socket.
+//! Triton's shared-memory extensions: POSIX shared-memory objects (`/dev/shm`) that a local
+//! client registers by name, and (CUDA shared memory) its GPU buffers, registered by their
+//! CUDA IPC handle, so that input tensors reach a model, and its outputs reach the client,
+//! without crossing the socket. A CUDA region is read and written with one device copy each
+//! way (`nexus_gpu::ipc`), since the runtimes take host tensors.
 //!
 //! One [`SharedMemory`] serves both front ends. A request resolves each region it names once,
 //! to a [`Slice`] holding an `Arc` of the mapping, so a region unregistered while the request
@@ -23,6 +25,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use nexus_gpu::ipc::{IpcError, IpcMemory};
 use nexus_models::tensor::element_count;
 use nexus_models::{DataType, Tensor, TensorData};
 
@@ -59,8 +62,8 @@ pub enum ShmError {
     TooMany,
     #[error("unable to open shared memory key '{key}': {source}")]
     Open { key: String, source: std::io::Error },
-    #[error("CUDA shared memory is not supported by this server; use system shared memory")]
-    CudaUnsupported,
+    #[error("Unable to find cuda shared memory region: '{0}'")]
+    CudaNotFound(String),
     #[error("CUDA shared memory needs a usable GPU, and this server has none: {0}")]
     NoGpu(String),
 }
@@ -81,10 +84,49 @@ pub struct RegionStatus {
     pub byte_size: u64,
 }
 
+/// A CUDA region as Triton's status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CudaRegionStatus {
+    pub name: String,
+    pub device_id: i64,
+    pub byte_size: u64,
+}
+
+/// A registered region: a system shared-memory object mapped here, or a client's GPU memory
+/// opened through its CUDA IPC handle. One namespace holds both, as in Triton.
 #[derive(Debug)]
-struct Region {
-    status: RegionStatus,
-    map: MmapRaw,
+enum Region {
+    System {
+        status: RegionStatus,
+        map: MmapRaw,
+    },
+    Cuda {
+        status: CudaRegionStatus,
+        memory: IpcMemory,
+    },
+}
+
+impl Region {
+    fn byte_size(&self) -> u64 {
+        match self {
+            Region::System { status, .. } => status.byte_size,
+            Region::Cuda { status, .. } => status.byte_size,
+        }
+    }
+
+    fn system(&self) -> Option<&RegionStatus> {
+        match self {
+            Region::System { status, .. } => Some(status),
+            Region::Cuda { .. } => None,
+        }
+    }
+
+    fn cuda(&self) -> Option<&CudaRegionStatus> {
+        match self {
+            Region::Cuda { status, .. } => Some(status),
+            Region::System { .. } => None,
+        }
+    }
 }
 
 /// The registered regions, by name.
@@ -137,8 +179,16 @@ pub struct Slice {
 }
 
 impl Slice {
-    /// Copies the slice out of the mapping.
-    fn copy_out(&self) -> Vec<u8> {
+    /// Copies the slice out of its region.
+    fn copy_out(&self) -> Result<Vec<u8>, ShmError> {
+        let map = match &*self.region {
+            Region::System { map, .. } => map,
+            Region::Cuda { memory, .. } => {
+                let mut out = vec![0; self.len];
+                memory.read(self.offset, &mut out).map_err(cuda_error)?;
+                return Ok(out);
+            }
+        };
         let mut out = Vec::with_capacity(self.len);
         // SAFETY: `offset + len` lies within the mapping (checked in `SharedMemory::slice`),
         // which `self.region` keeps mapped, and `out` has room for `len` bytes. The other
@@ -146,27 +196,42 @@ impl Slice {
         // compiler they do not change, so they are only read through this raw copy.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                self.region.map.as_ptr().add(self.offset),
+                map.as_ptr().add(self.offset),
                 out.as_mut_ptr(),
                 self.len,
             );
             out.set_len(self.len);
         }
-        out
+        Ok(out)
     }
 
     /// Copies `data` to the start of the slice; it must fit.
-    fn copy_in(&self, data: &[u8]) {
+    fn copy_in(&self, data: &[u8]) -> Result<(), ShmError> {
         assert!(data.len() <= self.len, "caller checks the size");
+        let map = match &*self.region {
+            Region::System { map, .. } => map,
+            Region::Cuda { memory, .. } => {
+                return memory.write(self.offset, data).map_err(cuda_error);
+            }
+        };
         // SAFETY: as in `copy_out`; the mapping is writable (mapped from a file opened
         // read-write) and `data` is server memory, so the two never overlap.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),
-                self.region.map.as_mut_ptr().add(self.offset),
+                map.as_mut_ptr().add(self.offset),
                 data.len(),
             );
         }
+        Ok(())
+    }
+}
+
+/// A failed IPC open or copy: the client's handle or device was wrong (or the GPU failed).
+fn cuda_error(e: IpcError) -> ShmError {
+    match e {
+        IpcError::NoDriver => ShmError::NoGpu(e.to_string()),
+        other => ShmError::Invalid(format!("CUDA shared memory: {other}")),
     }
 }
 
@@ -210,7 +275,7 @@ impl SharedOutputs {
                     raw.len()
                 )));
             }
-            slice.copy_in(&raw);
+            slice.copy_in(&raw)?;
         }
         Ok(())
     }
@@ -225,13 +290,42 @@ impl SharedMemory {
         }
     }
 
-    /// Why a CUDA region cannot be registered: there is no GPU (UNAVAILABLE, with the
-    /// reason), or, with one, CUDA regions are not supported yet.
-    pub fn cuda_refusal(&self) -> ShmError {
-        match &self.no_gpu {
-            Some(why) => ShmError::NoGpu(why.clone()),
-            None => ShmError::CudaUnsupported,
+    /// Opens `byte_size` bytes of a client's GPU memory on CUDA device `device_id` from its
+    /// IPC handle (`cudaIpcGetMemHandle`'s 64 bytes) and registers them as `name`. Without a
+    /// usable GPU: UNAVAILABLE, with the reason.
+    pub fn register_cuda(
+        &self,
+        name: &str,
+        handle: &[u8],
+        device_id: i64,
+        byte_size: u64,
+    ) -> Result<(), ShmError> {
+        check_name(name)?;
+        if let Some(why) = &self.no_gpu {
+            return Err(ShmError::NoGpu(why.clone()));
         }
+        let ordinal = i32::try_from(device_id).map_err(|_| {
+            ShmError::Invalid(format!("device_id {device_id} is not a CUDA device"))
+        })?;
+        let size = usize::try_from(byte_size)
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| {
+                ShmError::Invalid(format!(
+                    "cuda shared memory region '{name}': byte_size must be more than 0"
+                ))
+            })?;
+        self.check_free(name)?;
+        let memory = IpcMemory::open(handle, ordinal, size).map_err(cuda_error)?;
+        let status = CudaRegionStatus {
+            name: name.to_string(),
+            device_id,
+            byte_size,
+        };
+        let mut regions = self.regions.lock();
+        check_free_in(&regions, name)?;
+        regions.insert(name.to_string(), Arc::new(Region::Cuda { status, memory }));
+        Ok(())
     }
 
     /// Maps `byte_size` bytes at `offset` of the object `key` and registers them as `name`.
@@ -261,7 +355,7 @@ impl SharedMemory {
         };
         let mut regions = self.regions.lock();
         check_free_in(&regions, name)?;
-        regions.insert(name.to_string(), Arc::new(Region { status, map }));
+        regions.insert(name.to_string(), Arc::new(Region::System { status, map }));
         Ok(())
     }
 
@@ -269,26 +363,51 @@ impl SharedMemory {
         check_free_in(&self.regions.lock(), name)
     }
 
-    /// Unregisters region `name`, or every region when `name` is empty. As in Triton, a name
-    /// that is not registered is no error. Requests that hold the region finish with it.
+    /// Unregisters system region `name`, or every system region when `name` is empty. As in
+    /// Triton, a name that is not registered is no error. Requests that hold the region finish
+    /// with it.
     pub fn unregister(&self, name: &str) {
+        self.unregister_where(name, |r| r.system().is_some());
+    }
+
+    /// [`Self::unregister`] for CUDA regions (closed once no request holds them).
+    pub fn unregister_cuda(&self, name: &str) {
+        self.unregister_where(name, |r| r.cuda().is_some());
+    }
+
+    fn unregister_where(&self, name: &str, kind: impl Fn(&Region) -> bool) {
         let mut regions = self.regions.lock();
         if name.is_empty() {
-            regions.clear();
-        } else {
+            regions.retain(|_, r| !kind(r));
+        } else if regions.get(name).is_some_and(|r| kind(r)) {
             regions.remove(name);
         }
     }
 
-    /// The status of region `name`, or of every region (by name) when `name` is empty.
+    /// The status of system region `name`, or of every one (by name) when `name` is empty.
     pub fn status(&self, name: &str) -> Result<Vec<RegionStatus>, ShmError> {
+        self.status_of(name, |r| r.system().cloned())
+    }
+
+    /// The status of CUDA region `name`, or of every one (by name) when `name` is empty.
+    pub fn cuda_status(&self, name: &str) -> Result<Vec<CudaRegionStatus>, ShmError> {
+        self.status_of(name, |r| r.cuda().cloned())
+            .map_err(|_| ShmError::CudaNotFound(name.to_string()))
+    }
+
+    fn status_of<T>(
+        &self,
+        name: &str,
+        of: impl Fn(&Region) -> Option<T>,
+    ) -> Result<Vec<T>, ShmError> {
         let regions = self.regions.lock();
         if name.is_empty() {
-            return Ok(regions.values().map(|r| r.status.clone()).collect());
+            return Ok(regions.values().filter_map(|r| of(r)).collect());
         }
         regions
             .get(name)
-            .map(|r| vec![r.status.clone()])
+            .and_then(|r| of(r))
+            .map(|s| vec![s])
             .ok_or_else(|| ShmError::NotFound(name.to_string()))
     }
 
@@ -300,7 +419,7 @@ impl SharedMemory {
             .get(&reference.region)
             .cloned()
             .ok_or_else(|| ShmError::NotFound(reference.region.clone()))?;
-        let size = region.status.byte_size;
+        let size = region.byte_size();
         let fits = reference
             .offset
             .checked_add(reference.byte_size)
@@ -350,7 +469,7 @@ impl SharedMemory {
             }
         }
         reservation.grow(slice.len)?;
-        let raw = Bytes::from(slice.copy_out());
+        let raw = Bytes::from(slice.copy_out()?);
         let data = TensorData::from_raw(&name, datatype, &raw)?;
         Ok(Tensor::new(name, shape, data)?)
     }
@@ -654,5 +773,28 @@ mod tests {
         outputs.write(&[y]).unwrap();
         let written = std::fs::read(format!("{SHM_DIR}{}", object.key)).unwrap();
         assert_eq!(&written[..8], &7i64.to_le_bytes());
+    }
+
+    #[test]
+    fn cuda_regions_need_a_gpu_and_a_whole_handle() {
+        let memory = SharedMemory::new(Some("no NVIDIA driver found".into()));
+        let err = memory.register_cuda("gpu", &[0; 64], 0, 64).unwrap_err();
+        assert!(matches!(err, ShmError::NoGpu(_)), "{err}");
+        assert_eq!(memory.cuda_status("").unwrap(), []);
+        assert!(matches!(
+            memory.cuda_status("gpu"),
+            Err(ShmError::CudaNotFound(_))
+        ));
+        // Where a GPU is usable the handle is checked before any driver call.
+        let memory = SharedMemory::default();
+        let err = memory.register_cuda("gpu", &[0; 8], 0, 64).unwrap_err();
+        assert!(err.to_string().contains("64 bytes, not 8"), "{err}");
+        let err = memory.register_cuda("gpu", &[0; 64], 0, 0).unwrap_err();
+        assert!(
+            err.to_string().contains("byte_size must be more than 0"),
+            "{err}"
+        );
+        // Unregistering a CUDA name leaves a system region of that name alone.
+        memory.unregister_cuda("");
     }
 }

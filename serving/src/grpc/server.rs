@@ -55,10 +55,9 @@ impl From<ShmError> for Status {
     fn from(e: ShmError) -> Self {
         let message = e.to_string();
         match e {
-            ShmError::NotFound(_) => Status::not_found(message),
+            ShmError::NotFound(_) | ShmError::CudaNotFound(_) => Status::not_found(message),
             ShmError::AlreadyExists(_) => Status::already_exists(message),
             ShmError::TooMany => Status::resource_exhausted(message),
-            ShmError::CudaUnsupported => Status::unimplemented(message),
             ShmError::NoGpu(_) => Status::unavailable(message),
             ShmError::Invalid(_) | ShmError::OutOfBounds(_) | ShmError::Open { .. } => {
                 Status::invalid_argument(message)
@@ -621,33 +620,45 @@ impl GrpcInferenceService for GrpcService {
         Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
     }
 
-    /// No CUDA region is ever registered: every region is unknown and the list is empty.
     async fn cuda_shared_memory_status(
         &self,
         request: Request<pb::CudaSharedMemoryStatusRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
-        let name = request.into_inner().name;
-        if !name.is_empty() {
-            return Err(Status::not_found(format!(
-                "Unable to find cuda shared memory region: '{name}' ({})",
-                ShmError::CudaUnsupported
-            )));
-        }
-        Ok(Response::new(pb::CudaSharedMemoryStatusResponse::default()))
+        use pb::cuda_shared_memory_status_response::RegionStatus;
+        let regions = self
+            .shm
+            .cuda_status(&request.into_inner().name)?
+            .into_iter()
+            .map(|r| {
+                let status = RegionStatus {
+                    name: r.name.clone(),
+                    device_id: r.device_id.unsigned_abs(),
+                    byte_size: r.byte_size,
+                };
+                (r.name, status)
+            })
+            .collect();
+        Ok(Response::new(pb::CudaSharedMemoryStatusResponse {
+            regions,
+        }))
     }
 
     async fn cuda_shared_memory_register(
         &self,
-        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+        request: Request<pb::CudaSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
-        Err(self.shm.cuda_refusal().into())
+        let r = request.into_inner();
+        self.shm
+            .register_cuda(&r.name, &r.raw_handle, r.device_id, r.byte_size)?;
+        Ok(Response::new(pb::CudaSharedMemoryRegisterResponse {}))
     }
 
     /// As for system regions, unregistering a region that is not registered succeeds.
     async fn cuda_shared_memory_unregister(
         &self,
-        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+        request: Request<pb::CudaSharedMemoryUnregisterRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+        self.shm.unregister_cuda(&request.into_inner().name);
         Ok(Response::new(pb::CudaSharedMemoryUnregisterResponse {}))
     }
 }

@@ -11,6 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use nexus_gateway::Gateway;
 use nexus_gateway::tls::ServerTls;
@@ -31,7 +33,7 @@ use crate::manager::ModelManager;
 use crate::metadata::{SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::pb;
 use crate::pb::repository_index_response::ModelIndex;
-use crate::shm::{RegionStatus, SharedMemory, ShmError};
+use crate::shm::{CudaRegionStatus, RegionStatus, SharedMemory, ShmError};
 use crate::trace::{ClassifyHttp, LogFailure, request_span};
 use crate::version::statistics;
 
@@ -51,8 +53,7 @@ type AppState = State<Arc<HttpState>>;
 impl IntoResponse for ShmError {
     fn into_response(self) -> Response {
         let status = match self {
-            ShmError::NotFound(_) => StatusCode::NOT_FOUND,
-            ShmError::CudaUnsupported => StatusCode::NOT_IMPLEMENTED,
+            ShmError::NotFound(_) | ShmError::CudaNotFound(_) => StatusCode::NOT_FOUND,
             ShmError::NoGpu(_) => StatusCode::SERVICE_UNAVAILABLE,
             ShmError::Invalid(_)
             | ShmError::OutOfBounds(_)
@@ -179,7 +180,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
             "/v2/cudasharedmemory/region/{name}/register",
             post(cuda_register),
         )
-        .route("/v2/cudasharedmemory/unregister", post(cuda_unregister))
+        .route("/v2/cudasharedmemory/unregister", post(cuda_unregister_all))
         .route(
             "/v2/cudasharedmemory/region/{name}/unregister",
             post(cuda_unregister),
@@ -514,20 +515,27 @@ struct RegisterRequest {
     byte_size: u64,
 }
 
+/// A register request's JSON body, or a 400 that says what `expected` (a kind of request
+/// and its fields) was.
+async fn register_body<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    body: Body,
+    expected: &str,
+) -> Result<T, Response> {
+    let (body, _reservation) = read_body(state, body)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ShmError::Invalid(format!("invalid {expected}: {e}")).into_response())
+}
+
 async fn shm_register(
     State(state): AppState,
     Path(name): Path<String>,
     body: Body,
 ) -> Result<StatusCode, Response> {
-    let (body, _reservation) = read_body(&state, body)
-        .await
-        .map_err(IntoResponse::into_response)?;
-    let request: RegisterRequest = serde_json::from_slice(&body).map_err(|e| {
-        ShmError::Invalid(format!(
-            "invalid shared memory register request (expected {{\"key\", \"offset\", \"byte_size\"}}): {e}"
-        ))
-        .into_response()
-    })?;
+    let expected = r#"shared memory register request (expected {"key", "offset", "byte_size"})"#;
+    let request: RegisterRequest = register_body(&state, body, expected).await?;
     state
         .shm
         .register(&name, &request.key, request.offset, request.byte_size)
@@ -545,25 +553,55 @@ async fn shm_unregister(State(state): AppState, Path(name): Path<String>) -> Sta
     StatusCode::OK
 }
 
-/// No CUDA region is ever registered: the list is empty.
-async fn cuda_status_all() -> axum::Json<Vec<Value>> {
-    axum::Json(Vec::new())
+type CudaStatus = Result<axum::Json<Vec<CudaRegionStatus>>, ShmError>;
+
+async fn cuda_status_all(State(state): AppState) -> CudaStatus {
+    Ok(axum::Json(state.shm.cuda_status("")?))
 }
 
-async fn cuda_status(Path(name): Path<String>) -> (StatusCode, axum::Json<Value>) {
-    let error = format!(
-        "Unable to find cuda shared memory region: '{name}' ({})",
-        ShmError::CudaUnsupported
-    );
-    (StatusCode::NOT_FOUND, axum::Json(json!({ "error": error })))
+async fn cuda_status(State(state): AppState, Path(name): Path<String>) -> CudaStatus {
+    Ok(axum::Json(state.shm.cuda_status(&name)?))
 }
 
-async fn cuda_register(State(state): AppState) -> ShmError {
-    state.shm.cuda_refusal()
+/// `{"raw_handle": {"b64": …}, "device_id": …, "byte_size": …}`, as tritonclient sends it.
+#[derive(Deserialize)]
+struct CudaRegisterRequest {
+    raw_handle: RawHandle,
+    device_id: i64,
+    byte_size: u64,
+}
+
+#[derive(Deserialize)]
+struct RawHandle {
+    b64: String,
+}
+
+async fn cuda_register(
+    State(state): AppState,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<StatusCode, Response> {
+    let expected = r#"cuda shared memory register request (expected {"raw_handle": {"b64"}, "device_id", "byte_size"})"#;
+    let request: CudaRegisterRequest = register_body(&state, body, expected).await?;
+    let handle = BASE64.decode(request.raw_handle.b64.trim()).map_err(|e| {
+        ShmError::Invalid(format!("invalid {expected}: raw_handle is not base64: {e}"))
+            .into_response()
+    })?;
+    state
+        .shm
+        .register_cuda(&name, &handle, request.device_id, request.byte_size)
+        .map_err(IntoResponse::into_response)?;
+    Ok(StatusCode::OK)
+}
+
+async fn cuda_unregister_all(State(state): AppState) -> StatusCode {
+    state.shm.unregister_cuda("");
+    StatusCode::OK
 }
 
 /// As for system regions, unregistering a region that is not registered succeeds.
-async fn cuda_unregister() -> StatusCode {
+async fn cuda_unregister(State(state): AppState, Path(name): Path<String>) -> StatusCode {
+    state.shm.unregister_cuda(&name);
     StatusCode::OK
 }
 
