@@ -1,9 +1,25 @@
-# Shared by the side-by-side benchmarks (compare.sh, torch_compare.sh): running one server at a
-# time and accounting for the CPU other processes take. Sourced; expects $python (a python3)
-# and $work (a scratch folder) to be set.
+# Shared by the side-by-side benchmarks (compare.sh, torch_compare.sh, gpu.sh): finding the nexus
+# binary, running one server at a time and accounting for the CPU other processes take. Sourced;
+# expects $python (a python3) and $work (a scratch folder) to be set.
 #
 log() { printf '\n==> %s\n' "$*"; }
 die() { echo "error: $*" >&2; exit 1; }
+
+# find_nexus: sets $nexus to $NEXUS_BIN, else target/release/nexus, else target/debug/nexus
+# (with a warning: a debug build's figures are not comparable); run from the repository root.
+find_nexus() {
+    if [[ -n "${NEXUS_BIN:-}" ]]; then
+        nexus="$NEXUS_BIN"
+    elif [[ -x target/release/nexus ]]; then
+        nexus="$PWD/target/release/nexus"
+    elif [[ -x target/debug/nexus ]]; then
+        nexus="$PWD/target/debug/nexus"
+        echo "warning: no target/release/nexus: using the DEBUG build, whose figures are not comparable" >&2
+    else
+        die "no nexus binary: cargo build --release --bin nexus (or set NEXUS_BIN)"
+    fi
+    [[ -x "$nexus" ]] || die "$nexus is not executable"
+}
 
 # --- servers: one at a time, always stopped on exit ------------------------------------------
 # Servers run in the calling script's session, like the load generators (results/NOTES.md: a setsid'd

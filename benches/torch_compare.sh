@@ -127,17 +127,7 @@ if [[ ! -f "$plugin" ]]; then
     echo "setup: no PyTorch plugin at $plugin: scripts/install-torch-backend.sh"
     plugin="$(bash scripts/install-torch-backend.sh | tail -n 1)"
 fi
-if [[ -n "${NEXUS_BIN:-}" ]]; then
-    nexus="$NEXUS_BIN"
-elif [[ -x target/release/nexus ]]; then
-    nexus="$repo/target/release/nexus"
-elif [[ -x target/debug/nexus ]]; then
-    nexus="$repo/target/debug/nexus"
-    echo "warning: no target/release/nexus: using the DEBUG build, whose figures are not comparable" >&2
-else
-    die "no nexus binary: cargo build --release --bin nexus (or set NEXUS_BIN)"
-fi
-[[ -x "$nexus" ]] || die "$nexus is not executable"
+find_nexus
 nexus_sha="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!benches' 2>/dev/null || echo '+local changes')"
 echo "nexus: $nexus (git $nexus_sha); plugin: $plugin"
 

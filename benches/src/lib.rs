@@ -1,8 +1,10 @@
 //! `nexus bench`: a closed-loop load generator for any KServe V2 server, over HTTP
 //! (JSON or binary tensors) or gRPC, plus the model's runtime in-process as the floor. Each run
 //! is a concurrency sweep saved as JSON; `report` merges runs into a markdown table and
-//! a throughput/latency plot, so several servers can be compared side by side.
+//! a throughput/latency plot, so several servers can be compared side by side. With `--gpu`
+//! each level also records the GPUs' utilisation and memory used over time.
 
+pub mod gpu;
 pub mod load;
 pub mod report;
 pub mod target;
@@ -14,8 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use nexus_models::{Backends, DataType};
+use nexus_models::{Backends, DataType, Device};
 
+use crate::gpu::{LevelGpu, RunGpu, Sampler, Source};
 use crate::load::{Level, Schedule};
 use crate::target::{InProcess, InputSpec, Protocol, Request};
 
@@ -55,6 +58,10 @@ pub struct RunArgs {
     /// Intra-op threads per instance for --protocol in-process (ONNX Runtime, libtorch).
     #[arg(long, default_value_t = 1)]
     pub ort_threads: usize,
+    /// Where --protocol in-process runs the model: cpu, or gpu:N (CUDA ordinal N), so a
+    /// server on a GPU is compared with its runtime on the same GPU.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
     /// Rows per request: fills a dynamic first dimension.
     #[arg(long, default_value_t = 1)]
     pub batch: i64,
@@ -85,6 +92,15 @@ pub struct RunArgs {
     /// Folder for results: <label>.json, report.md and throughput_latency.svg.
     #[arg(long, default_value = "bench-results")]
     pub output: PathBuf,
+    /// Sample GPU utilisation and memory used during each level (the server's nv_gpu_*
+    /// metrics, else this machine's NVML); without a GPU the run still completes and
+    /// records why nothing was sampled.
+    #[arg(long)]
+    pub gpu: bool,
+    /// The server's Prometheus page, read by --gpu (Triton's and Nexus's port 8002). An
+    /// in-process run reads this machine's NVML instead.
+    #[arg(long, default_value = "http://127.0.0.1:8002/metrics")]
+    pub metrics_url: String,
 }
 
 /// Options of `nexus bench report`.
@@ -109,6 +125,9 @@ pub struct RunResult {
     pub levels: Vec<Level>,
     pub machine: String,
     pub date: String,
+    /// With `--gpu`: where the GPU readings came from, or why there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<RunGpu>,
 }
 
 fn parse_dims(text: &str) -> Result<Vec<i64>, String> {
@@ -124,6 +143,19 @@ fn parse_dims(text: &str) -> Result<Vec<i64>, String> {
 fn parse_shape(text: &str) -> Result<(String, Vec<i64>), String> {
     let (name, dims) = text.split_once('=').ok_or("expected NAME=D1,D2,…")?;
     Ok((name.to_string(), parse_dims(dims)?))
+}
+
+fn parse_device(text: &str) -> Result<Device, String> {
+    match text.split_once(':') {
+        None if text == "cpu" => Ok(Device::Cpu),
+        Some(("gpu", ordinal)) => ordinal
+            .parse::<i32>()
+            .ok()
+            .filter(|o| *o >= 0)
+            .map(Device::Gpu)
+            .ok_or_else(|| format!("'{ordinal}' is not a CUDA ordinal")),
+        _ => Err("expected cpu or gpu:N, e.g. gpu:0".into()),
+    }
 }
 
 fn parse_input(text: &str) -> Result<InputSpec, String> {
@@ -171,62 +203,20 @@ pub async fn run(args: RunArgs, backends: &Backends) -> anyhow::Result<RunResult
         .clone()
         .unwrap_or_else(|| format!("{:?}", args.protocol).to_lowercase());
     let workers = args.concurrency.iter().copied().max().unwrap_or(1);
+    let (mut driver, target) = Driver::open(&args, backends, workers).await?;
+    let (sampler, run_gpu) = start_gpu(&args).await;
     let mut levels = Vec::new();
-    let target;
-    if args.protocol == Protocol::InProcess {
-        let file = args
-            .model_file
-            .as_ref()
-            .context("--protocol in-process needs --model-file")?;
-        target = file.display().to_string();
-        let (mut local, discovered) = InProcess::open(backends, file, workers, args.ort_threads)?;
-        let mut specs = if args.inputs.is_empty() {
-            discovered
-        } else {
-            args.inputs.clone()
-        };
-        target::fill_shapes(&mut specs, args.batch, &args.shapes);
-        local.inputs = tensors(&args, &specs)?;
-        for &c in &args.concurrency {
-            let level = load::run_in_process(&mut local, c, args.batch as u64, schedule, &label);
-            print_level(&label, &level);
-            levels.push(level);
+    for &c in &args.concurrency {
+        let from_ms = sampler.as_ref().map(Sampler::elapsed_ms);
+        let mut level = driver.level(c, args.batch as u64, schedule, &label).await?;
+        if let (Some(sampler), Some(from_ms)) = (&sampler, from_ms) {
+            let samples = sampler.take().await;
+            let measured_from = from_ms + u64::try_from(schedule.warmup.as_millis()).unwrap_or(0);
+            let summary = gpu::summarise(&samples, measured_from);
+            level.gpu = Some(LevelGpu { samples, summary });
         }
-    } else {
-        target = match args.protocol {
-            Protocol::Grpc => args.grpc_addr.clone(),
-            _ => args.http_url.clone(),
-        };
-        let mut specs = if args.inputs.is_empty() {
-            target::discover_inputs(args.protocol, &args.http_url, &args.grpc_addr, &args.model)
-                .await?
-        } else {
-            args.inputs.clone()
-        };
-        target::fill_shapes(&mut specs, args.batch, &args.shapes);
-        let data = tensors(&args, &specs)?;
-        let request = Arc::new(
-            Request::prepare(
-                args.protocol,
-                &args.http_url,
-                &args.grpc_addr,
-                &args.model,
-                &data,
-                workers,
-            )
-            .await?,
-        );
-        request
-            .send(0)
-            .await
-            .map_err(|e| anyhow::anyhow!("a first request to {target} failed: {e}"))?;
-        for &c in &args.concurrency {
-            let level =
-                load::run_server(Arc::clone(&request), c, args.batch as u64, schedule, &label)
-                    .await;
-            print_level(&label, &level);
-            levels.push(level);
-        }
+        print_level(&label, &level);
+        levels.push(level);
     }
     let result = RunResult {
         label: label.clone(),
@@ -237,6 +227,7 @@ pub async fn run(args: RunArgs, backends: &Backends) -> anyhow::Result<RunResult
         levels,
         machine: machine(),
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        gpu: run_gpu,
     };
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
@@ -245,6 +236,132 @@ pub async fn run(args: RunArgs, backends: &Backends) -> anyhow::Result<RunResult
         .with_context(|| format!("writing {}", path.display()))?;
     report::write(&args.output, "nexus bench")?;
     Ok(result)
+}
+
+/// What a run drives: a prepared request to a server, or the model's runtime in-process.
+enum Driver {
+    Server(Arc<Request>),
+    InProcess(InProcess),
+}
+
+impl Driver {
+    /// Prepares the requests (or loads the instances) for `args`; returns the target too.
+    async fn open(
+        args: &RunArgs,
+        backends: &Backends,
+        workers: usize,
+    ) -> anyhow::Result<(Self, String)> {
+        if args.protocol == Protocol::InProcess {
+            let file = args
+                .model_file
+                .as_ref()
+                .context("--protocol in-process needs --model-file")?;
+            let mut target = file.display().to_string();
+            if let Device::Gpu(ordinal) = args.device {
+                target.push_str(&format!(" on gpu:{ordinal}"));
+            }
+            let (mut local, discovered) =
+                InProcess::open(backends, file, workers, args.ort_threads, args.device)?;
+            let mut specs = if args.inputs.is_empty() {
+                discovered
+            } else {
+                args.inputs.clone()
+            };
+            target::fill_shapes(&mut specs, args.batch, &args.shapes);
+            local.inputs = tensors(args, &specs)?;
+            return Ok((Driver::InProcess(local), target));
+        }
+        if args.device != Device::Cpu {
+            bail!("--device is for --protocol in-process; a server places its own instances");
+        }
+        let target = match args.protocol {
+            Protocol::Grpc => args.grpc_addr.clone(),
+            _ => args.http_url.clone(),
+        };
+        let mut specs = if args.inputs.is_empty() {
+            target::discover_inputs(args.protocol, &args.http_url, &args.grpc_addr, &args.model)
+                .await?
+        } else {
+            args.inputs.clone()
+        };
+        target::fill_shapes(&mut specs, args.batch, &args.shapes);
+        let data = tensors(args, &specs)?;
+        let request = Request::prepare(
+            args.protocol,
+            &args.http_url,
+            &args.grpc_addr,
+            &args.model,
+            &data,
+            workers,
+        )
+        .await?;
+        request
+            .send(0)
+            .await
+            .map_err(|e| anyhow::anyhow!("a first request to {target} failed: {e}"))?;
+        Ok((Driver::Server(Arc::new(request)), target))
+    }
+
+    /// Runs one concurrency level.
+    async fn level(
+        &mut self,
+        concurrency: usize,
+        rows: u64,
+        schedule: Schedule,
+        label: &str,
+    ) -> anyhow::Result<Level> {
+        match self {
+            Driver::Server(request) => {
+                Ok(load::run_server(Arc::clone(request), concurrency, rows, schedule, label).await)
+            }
+            Driver::InProcess(local) => {
+                // The workers block their threads for the whole level: on the blocking pool,
+                // so the async tasks (the GPU sampler) keep running beside them.
+                let mut moved = std::mem::take(local);
+                let label = label.to_string();
+                let (back, level) = tokio::task::spawn_blocking(move || {
+                    let level =
+                        load::run_in_process(&mut moved, concurrency, rows, schedule, &label);
+                    (moved, level)
+                })
+                .await
+                .context("an in-process level stopped")?;
+                *local = back;
+                Ok(level)
+            }
+        }
+    }
+}
+
+/// With `--gpu`: the sampler and the run's record of its source, or no sampler and the
+/// record of why not (logged too; the run goes on without GPU figures).
+async fn start_gpu(args: &RunArgs) -> (Option<Sampler>, Option<RunGpu>) {
+    if !args.gpu {
+        return (None, None);
+    }
+    // An in-process run's GPUs are this machine's; a server's page may be anyone's.
+    let metrics_url = (args.protocol != Protocol::InProcess).then_some(args.metrics_url.as_str());
+    match Source::find(metrics_url).await {
+        Ok(source) => {
+            let described = source.describe();
+            tracing::info!(source = %described, "bench --gpu: sampling GPUs");
+            let record = RunGpu {
+                source: Some(described),
+                unavailable: None,
+            };
+            (Some(Sampler::start(source)), Some(record))
+        }
+        Err(why) => {
+            let why = why.to_string();
+            tracing::warn!(%why, "bench --gpu: no GPU was sampled");
+            println!("GPU: no GPU was sampled: {why}");
+            let record = RunGpu {
+                source: None,
+                unavailable: Some(why),
+            };
+            (None, Some(record))
+        }
+    }
 }
 
 fn tensors(args: &RunArgs, specs: &[InputSpec]) -> anyhow::Result<Vec<nexus_models::Tensor>> {
@@ -267,5 +384,18 @@ fn print_level(label: &str, level: &Level) {
     );
     if let Some(e) = &level.first_error {
         println!("{:>16} first error: {e}", "");
+    }
+    for g in level.gpu.iter().flat_map(|g| &g.summary) {
+        let percent = |u: Option<f64>| u.map_or("-".into(), |u| format!("{:.0}%", u * 100.0));
+        println!(
+            "{:>16} {}: utilisation mean {} max {}, memory used max {} MiB ({} samples)",
+            "",
+            g.gpu_uuid,
+            percent(g.mean_utilization),
+            percent(g.max_utilization),
+            g.max_memory_used_bytes
+                .map_or("-".into(), |m| (m >> 20).to_string()),
+            g.samples
+        );
     }
 }

@@ -39,6 +39,9 @@ pub struct Level {
     pub mean_us: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub first_error: Option<String>,
+    /// With `--gpu`: the GPUs' readings during the level and their summary.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gpu: Option<crate::gpu::LevelGpu>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -175,6 +178,7 @@ fn summarise(
         p99_us: hist.value_at_quantile(0.99),
         mean_us: hist.mean(),
         first_error: shared.first_error.lock().clone(),
+        gpu: None,
     }
 }
 

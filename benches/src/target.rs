@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
 use nexus_models::backend::LoadOptions;
-use nexus_models::{Backend, BackendFactory, Backends, DataType, Tensor, TensorData};
+use nexus_models::{Backend, BackendFactory, Backends, DataType, Device, Tensor, TensorData};
 use nexus_serving::pb;
 use nexus_serving::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 
@@ -310,6 +310,7 @@ impl Request {
 }
 
 /// Loaded instances of a model, one per worker thread, for the in-process baseline.
+#[derive(Default)]
 pub struct InProcess {
     pub sessions: Vec<Box<dyn Backend>>,
     pub inputs: Vec<Tensor>,
@@ -318,21 +319,28 @@ pub struct InProcess {
 
 impl InProcess {
     /// Loads `workers` instances of `model` (a model file or folder) with the runtime of
-    /// `backends` that serves it, `threads` intra-op threads each.
+    /// `backends` that serves it, `threads` intra-op threads each, on `device`.
     pub fn open(
         backends: &Backends,
         model: &Path,
         workers: usize,
         threads: usize,
+        device: Device,
     ) -> anyhow::Result<(Self, Vec<InputSpec>)> {
         let runtime = runtime_for(backends, model)?;
+        let on = match device {
+            Device::Cpu => "the CPU".to_string(),
+            Device::Gpu(ordinal) => format!("gpu:{ordinal}"),
+        };
         let options = LoadOptions {
+            device,
             intra_op_threads: threads,
             ..Default::default()
         };
         let sessions = (0..workers.max(1))
             .map(|_| runtime.load(model, &options))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("loading {} on {on}", model.display()))?;
         let specs = sessions[0]
             .inputs()
             .iter()
