@@ -22,7 +22,21 @@
 # patchelf comes from apt-get when missing (sudo unless root), else from its PyPI wheel.
 # Idempotent: a marker file is written last; a second run only prints the folder.
 # Needs ~1.1 GB free in the cache folder while it runs (the wheel), ~0.5 GB afterwards.
+#
+# --gpu: the whole libtorch for a GPU machine instead, into libtorch-2.13.0-cuda/: every library
+# of the wheel (libtorch_cuda.so included, libtorch.so left as built) and the CUDA 13 libraries
+# its dependencies pin (cuDNN, cuBLAS, NCCL, … from PyPI's nvidia-* wheels: ~4 GB on disk,
+# ~6 GB free needed while it runs), all with RUNPATH $ORIGIN. Only the driver (libcuda.so.1)
+# comes from the machine. Build the PyTorch plugin against it with
+# `scripts/install-torch-backend.sh --gpu`.
 set -euo pipefail
+
+gpu=0
+case "${1:-}" in
+    "") ;;
+    --gpu) gpu=1 ;;
+    *) echo "usage: install-libtorch.sh [--gpu]" >&2; exit 2 ;;
+esac
 
 # Pinned together: tch 0.26 expects torch 2.13.0, whose libtorch_cpu.so is linked against
 # CUDA 13.0 (libcudart.so.13, libcupti.so.13).
@@ -35,6 +49,11 @@ TORCH_WHEEL_PYTHON="3.11"
 
 cache="${NEXUS_CACHE:-$HOME/.cache/nexus}"
 dir="$cache/libtorch-$TORCH_VERSION"
+flavour="CPU"
+if [[ $gpu -eq 1 ]]; then
+    dir="$cache/libtorch-$TORCH_VERSION-cuda"
+    flavour="CUDA"
+fi
 marker="$dir/.nexus-installed"
 python="${PYTHON:-python3}"
 arch="$(uname -m)"
@@ -42,7 +61,7 @@ arch="$(uname -m)"
 say() { echo "install-libtorch: $*"; }
 
 if [[ "$(cat "$marker" 2>/dev/null || true)" == "$TORCH_VERSION" ]]; then
-    say "libtorch $TORCH_VERSION (CPU) already at $dir"
+    say "libtorch $TORCH_VERSION ($flavour) already at $dir"
     echo "$dir"
     exit 0
 fi
@@ -55,7 +74,7 @@ fi
 mkdir -p "$cache"
 # Everything is staged next to the final folder (same filesystem, not a small /tmp) and
 # moved into place at the end, so an interrupted run never leaves a half-installed libtorch.
-tmp="$(mktemp -d "$cache/.libtorch-$TORCH_VERSION.XXXXXX")"
+tmp="$(mktemp -d "$cache/.libtorch-$TORCH_VERSION-$flavour.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 stage="$tmp/libtorch"
 mkdir -p "$stage/lib" "$tmp/wheels"
@@ -88,10 +107,84 @@ PY
     chmod 0755 "$patchelf"
 fi
 
+# --- --gpu: the wheel and every CUDA library its dependencies pin -----------------------
+gpu_install() {
+    say "downloading torch==$TORCH_VERSION with its dependencies from PyPI (~3.5 GB: the nvidia-* CUDA 13 wheels)"
+    # pip takes --platform tags literally: list every manylinux a glibc 2.28 machine runs.
+    local platforms="--platform manylinux2014_$arch --platform any"
+    for minor in $(seq 17 28); do platforms+=" --platform manylinux_2_${minor}_$arch"; done
+    "$python" -m pip download --quiet --disable-pip-version-check --no-cache-dir \
+        --only-binary :all: --implementation cp --python-version "$TORCH_WHEEL_PYTHON" \
+        --abi "$py_tag" --abi none --abi abi3 $platforms \
+        "torch==$TORCH_VERSION" -d "$tmp/wheels"
+    say "downloaded in $((SECONDS - start))s; extracting"
+    "$python" - "$tmp/wheels" "$stage" "$TORCH_VERSION" <<'PY'
+import glob, os, re, shutil, sys, zipfile
+wheels, stage, version = sys.argv[1:]
+def copy(zf, name, target):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with zf.open(name) as i, open(target, "wb") as o:
+        shutil.copyfileobj(i, o, 1 << 20)
+    if re.search(r"\.so(\.|$)", target):
+        os.chmod(target, 0o755)
+torch = glob.glob(os.path.join(wheels, f"torch-{version}-*.whl"))[0]
+with zipfile.ZipFile(torch) as zf:
+    for name in zf.namelist():
+        if name.endswith("/"):
+            continue
+        if name.startswith("torch/include/"):
+            copy(zf, name, os.path.join(stage, "include", name[len("torch/include/"):]))
+        elif name.startswith("torch/lib/"):
+            copy(zf, name, os.path.join(stage, "lib", os.path.basename(name)))
+        elif name == "torch/version.py":
+            copy(zf, name, os.path.join(stage, "version.py"))
+# Every shared library of the nvidia-* wheels (and triton's none: libtorch does not need it).
+for wheel in sorted(glob.glob(os.path.join(wheels, "nvidia_*.whl"))):
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if re.match(r"nvidia/.+/lib/[^/]+\.so(\.[0-9]+)*$", name):
+                copy(zf, name, os.path.join(stage, "lib", os.path.basename(name)))
+PY
+    rm -rf "$tmp/wheels"
+    "$python" - "$stage/version.py" >"$stage/build-version" <<'PY'
+import sys
+scope = {}
+exec(open(sys.argv[1]).read(), scope)
+print(scope["__version__"])
+PY
+    rm -f "$stage/version.py"
+    ln -sfn libgomp.so.1 "$stage/lib/libgomp.so"
+    say "build-version: $(cat "$stage/build-version"); setting every library's RUNPATH to \$ORIGIN"
+    for so in "$stage"/lib/*.so*; do
+        [[ -L "$so" ]] || "$patchelf" --set-rpath '$ORIGIN' "$so"
+    done
+    # What libtorch loads (ldd follows every NEEDED edge): only the driver's own libraries may
+    # be missing here, as a GPU machine has them. (The wheels' optional plugins, such as
+    # nvshmem's MPI bootstraps and cuFile's RDMA, are opened only when asked for.)
+    missing="$(cd "$stage/lib" && for so in libtorch.so libtorch_cuda.so libc10_cuda.so; do
+        ldd "$so" | sed -n "s|^|$so: |; /not found/p"; done | grep -v -E 'libcuda\.so\.1|libnvidia-ml\.so\.1' || true)"
+    if [[ -n "$missing" ]]; then
+        echo "error: unresolved libraries in $stage/lib:" >&2
+        echo "$missing" >&2
+        exit 1
+    fi
+    say "ldd: libtorch and its CUDA libraries resolve in lib/, but for the driver's (libcuda.so.1, libnvidia-ml.so.1)"
+    echo "$TORCH_VERSION" >"$stage/.nexus-installed"
+    rm -rf "$dir"
+    mv "$stage" "$dir"
+    say "installed libtorch $TORCH_VERSION (CUDA) in $((SECONDS - start))s, $(du -sh "$dir" | cut -f1)"
+    say "build the plugin with scripts/install-torch-backend.sh --gpu"
+    echo "$dir"
+}
+
 # --- download -------------------------------------------------------------------
 start=$SECONDS
-say "downloading torch==$TORCH_VERSION from PyPI (~530 MB), plus nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION and nvidia-cuda-cupti==$CUDA_CUPTI_VERSION"
 py_tag="cp${TORCH_WHEEL_PYTHON/./}"
+if [[ $gpu -eq 1 ]]; then
+    gpu_install
+    exit 0
+fi
+say "downloading torch==$TORCH_VERSION from PyPI (~530 MB), plus nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION and nvidia-cuda-cupti==$CUDA_CUPTI_VERSION"
 "$python" -m pip download --quiet --disable-pip-version-check --no-deps --no-cache-dir \
     --only-binary :all: --implementation cp --python-version "$TORCH_WHEEL_PYTHON" \
     --abi "$py_tag" --platform "manylinux_2_28_$arch" \

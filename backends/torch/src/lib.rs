@@ -37,8 +37,6 @@ pub const PLATFORM: &str = "pytorch_libtorch";
 pub const BACKEND: &str = "pytorch";
 /// The model file of a version folder when the config names none.
 pub const MODEL_FILE: &str = "model.pt";
-/// The libtorch tch 0.26 is built against (scripts/install-libtorch.sh's `TORCH_VERSION`).
-const LIBTORCH_VERSION: &str = "2.13.0";
 
 /// The PyTorch entry of the backend table. Creating it loads nothing.
 #[derive(Debug, Default)]
@@ -77,26 +75,25 @@ impl BackendFactory for TorchRuntime {
     }
 
     /// Found without loading libtorch: the plugin, then `libtorch_cuda.so` in the libtorch
-    /// it was built against (`$LIBTORCH`, else where scripts/install-libtorch.sh puts it).
+    /// the plugin was linked against (the folder in its RUNPATH, which the plugin's build puts
+    /// there), else in `$LIBTORCH`.
     fn gpu_support(&self) -> Result<String, String> {
-        plugin::locate(self.plugin.as_deref())?;
-        let libtorch = std::env::var_os("LIBTORCH")
-            .map(PathBuf::from)
-            .or_else(|| {
-                let cache = std::env::var_os("NEXUS_CACHE")
-                    .map(PathBuf::from)
-                    .or_else(|| {
-                        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/nexus"))
-                    })?;
-                Some(cache.join(format!("libtorch-{LIBTORCH_VERSION}")))
-            })
-            .ok_or("no LIBTORCH and no HOME to find libtorch in")?;
-        let cuda = libtorch.join("lib/libtorch_cuda.so");
+        let plugin = plugin::locate(self.plugin.as_deref())?;
+        let libtorch = linked_libtorch(&plugin)
+            .or_else(|| std::env::var_os("LIBTORCH").map(|l| PathBuf::from(l).join("lib")))
+            .ok_or_else(|| {
+                format!(
+                    "cannot tell which libtorch {} was built against",
+                    plugin.display()
+                )
+            })?;
+        let cuda = libtorch.join("libtorch_cuda.so");
         if cuda.exists() {
             Ok(format!("libtorch with CUDA ({})", cuda.display()))
         } else {
             Err(format!(
-                "{} is libtorch for the CPU (scripts/install-libtorch.sh leaves out libtorch_cuda.so and its ~2 GB of CUDA libraries); a GPU machine needs the torch wheel's full CUDA set",
+                "{} was built against libtorch for the CPU ({}: scripts/install-libtorch.sh leaves out libtorch_cuda.so and its ~2 GB of CUDA libraries); on a GPU machine run scripts/install-torch-backend.sh --gpu",
+                plugin.display(),
                 libtorch.display()
             ))
         }
@@ -113,6 +110,25 @@ impl BackendFactory for TorchRuntime {
         let plugin = plugin::Plugin::get(self.plugin.as_deref())?;
         Ok(Box::new(plugin.load(path, options)?))
     }
+}
+
+/// The folder of `libtorch.so` in the RUNPATH (or RPATH) of the ELF file at `plugin`.
+fn linked_libtorch(plugin: &Path) -> Option<PathBuf> {
+    use object::read::elf::ElfFile64;
+    let data = std::fs::read(plugin).ok()?;
+    let file = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
+    let dynamic = file
+        .elf_section_table()
+        .dynamic_table(file.endian(), &*data)
+        .ok()?;
+    dynamic
+        .iter()
+        .filter(|d| d.tag == object::elf::DT_RUNPATH || d.tag == object::elf::DT_RPATH)
+        .filter_map(|d| dynamic.string(d).ok())
+        .filter_map(|paths| std::str::from_utf8(paths).ok())
+        .flat_map(|paths| paths.split(':'))
+        .map(PathBuf::from)
+        .find(|folder| folder.join("libtorch.so").exists())
 }
 
 #[cfg(test)]
