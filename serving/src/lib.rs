@@ -205,21 +205,24 @@ pub async fn serve(
     let prometheus = metrics::prometheus().map_err(ServeError::Server)?;
     let gpus = nexus_gpu::Gpus::discover(args.gpus.clone()).map_err(ServeError::Server)?;
     let visible = gpus.visible();
-    match &visible {
+    // Why no GPU is usable here, if none is (for CUDA shared memory).
+    let no_gpu = match &visible {
         Ok(visible) if !visible.is_empty() => {
             let names: Vec<String> = visible
                 .iter()
                 .map(|v| format!("cuda:{} {} ({})", v.ordinal, v.gpu.name, v.gpu.uuid))
                 .collect();
             tracing::info!(gpus = ?names, "GPUs models may be placed on");
+            None
         }
-        Ok(_) => tracing::info!("no GPU is visible to this process: models run on the CPU"),
-        Err(why) => tracing::info!(%why, "no GPUs: models run on the CPU"),
-    }
-    let no_gpu = match &visible {
-        Ok(visible) if !visible.is_empty() => None,
-        Ok(_) => Some("no GPU is visible to this process".to_string()),
-        Err(why) => Some(why.clone()),
+        Ok(_) => {
+            tracing::info!("no GPU is visible to this process: models run on the CPU");
+            Some("no GPU is visible to this process".to_string())
+        }
+        Err(why) => {
+            tracing::info!(%why, "no GPUs: models run on the CPU");
+            Some(why.clone())
+        }
     };
     let first = visible.unwrap_or_default();
     nexus_gpu::metrics::spawn_sampler(gpus.clone(), &first, GPU_METRICS_INTERVAL);

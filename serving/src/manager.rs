@@ -718,8 +718,8 @@ impl ModelManager {
 
     /// Load options for each instance the config's instance groups ask for, placed on the
     /// devices this process may use (`nexus_gpu::placement`), and the groups as placed for
-    /// the config that is shown. `model` is the newest version's model (file or folder): its
-    /// size is what each instance is expected to take on a GPU.
+    /// the config that is shown. `estimate` is what each instance is expected to take on a GPU
+    /// (the newest version's weights), `reclaimable` what evictions would free there.
     fn instance_plan(
         &self,
         config: &ModelConfig,

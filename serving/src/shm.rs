@@ -322,10 +322,7 @@ impl SharedMemory {
             device_id,
             byte_size,
         };
-        let mut regions = self.regions.lock();
-        check_free_in(&regions, name)?;
-        regions.insert(name.to_string(), Arc::new(Region::Cuda { status, memory }));
-        Ok(())
+        self.insert(name, Region::Cuda { status, memory })
     }
 
     /// Maps `byte_size` bytes at `offset` of the object `key` and registers them as `name`.
@@ -353,9 +350,15 @@ impl SharedMemory {
             offset,
             byte_size,
         };
+        self.insert(name, Region::System { status, map })
+    }
+
+    /// Registers `region` as `name` unless a region of that name was registered while it was
+    /// being opened (the opening is done without the lock held).
+    fn insert(&self, name: &str, region: Region) -> Result<(), ShmError> {
         let mut regions = self.regions.lock();
         check_free_in(&regions, name)?;
-        regions.insert(name.to_string(), Arc::new(Region::System { status, map }));
+        regions.insert(name.to_string(), Arc::new(region));
         Ok(())
     }
 

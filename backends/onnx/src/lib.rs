@@ -168,14 +168,12 @@ impl OnnxBackend {
                 .with_device_id(id)
                 .build()
                 .error_on_failure();
-            let tensorrt = accelerators::tensorrt(&options.config).map_err(fail)?;
-            let providers = match &tensorrt {
-                Some(settings) => vec![settings.provider(id).build().error_on_failure(), cuda],
-                None => vec![cuda],
-            };
-            let wanted = match tensorrt {
-                Some(_) => "TensorRT (with CUDA)",
-                None => "CUDA",
+            let (providers, wanted) = match accelerators::tensorrt(&options.config).map_err(fail)? {
+                Some(trt) => (
+                    vec![trt.provider(id).build().error_on_failure(), cuda],
+                    "TensorRT (with CUDA)",
+                ),
+                None => (vec![cuda], "CUDA"),
             };
             builder = builder.with_execution_providers(providers).map_err(|e| {
                 BackendError::NoGpu(format!(
