@@ -100,7 +100,10 @@ async fn requests_load_models_on_demand_and_evict_the_least_recently_used() -> R
     ask(&server, "table_a", 0.0).await?; // a is now used more recently than b
     ask(&server, "table_c", 2.0).await?;
     let (b, why) = state(&server, "table_b").await?;
-    ensure!(b == "UNAVAILABLE", "table_b: {b}");
+    ensure!(
+        b == "UNAVAILABLE",
+        "table_b: {b} with --model-memory-budget {budget}"
+    );
     ensure!(why.contains("evicted to make room for 'table_c'"), "{why}");
     for model in ["table_a", "table_c"] {
         ensure!(

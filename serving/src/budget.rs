@@ -111,8 +111,8 @@ impl MemoryBudget {
 #[derive(Debug, Clone)]
 pub struct Candidate<'a> {
     pub name: &'a str,
-    /// When it was last loaded or asked for, in ms since the Unix epoch.
-    pub last_used_ms: u64,
+    /// When it was last loaded or asked for: larger is more recent.
+    pub last_use: u64,
     /// A request of it is in flight: not evicted.
     pub busy: bool,
     pub footprint: &'a Footprint,
@@ -175,7 +175,7 @@ pub fn evictions(
     let mut order: Vec<usize> = (0..candidates.len())
         .filter(|&i| evict && !candidates[i].busy)
         .collect();
-    order.sort_by_key(|&i| (candidates[i].last_used_ms, candidates[i].name));
+    order.sort_by_key(|&i| (candidates[i].last_use, candidates[i].name));
     let mut chosen = Vec::new();
     for (&device, &need) in need {
         let Some(budget) = budget.limit(device) else {
@@ -363,19 +363,19 @@ mod tests {
         let candidates = [
             Candidate {
                 name: "a",
-                last_used_ms: 30,
+                last_use: 30,
                 busy: false,
                 footprint: &big,
             },
             Candidate {
                 name: "b",
-                last_used_ms: 10,
+                last_use: 10,
                 busy: false,
                 footprint: &big,
             },
             Candidate {
                 name: "c",
-                last_used_ms: 20,
+                last_use: 20,
                 busy: false,
                 footprint: &big,
             },
@@ -401,13 +401,13 @@ mod tests {
         let candidates = [
             Candidate {
                 name: "a",
-                last_used_ms: 1,
+                last_use: 1,
                 busy: true,
                 footprint: &big,
             },
             Candidate {
                 name: "b",
-                last_used_ms: 2,
+                last_use: 2,
                 busy: false,
                 footprint: &big,
             },
@@ -436,7 +436,7 @@ mod tests {
         let other = footprint(&[(Placed::Gpu(0), 512 * MIB)]);
         let candidates = [Candidate {
             name: "a",
-            last_used_ms: 1,
+            last_use: 1,
             busy: false,
             footprint: &other,
         }];
@@ -463,19 +463,19 @@ mod tests {
         let candidates = [
             Candidate {
                 name: "cpu",
-                last_used_ms: 1,
+                last_use: 1,
                 busy: false,
                 footprint: &on_cpu,
             },
             Candidate {
                 name: "gpu1",
-                last_used_ms: 2,
+                last_use: 2,
                 busy: false,
                 footprint: &on_gpu1,
             },
             Candidate {
                 name: "gpu0",
-                last_used_ms: 3,
+                last_use: 3,
                 busy: false,
                 footprint: &on_gpu0,
             },

@@ -127,8 +127,8 @@ struct ModelEntry {
     failed: bool,
     /// Memory the loaded versions took, per device: what unloading the model frees.
     footprint: Footprint,
-    /// When the versions were loaded, in ms since the Unix epoch (a use, for eviction).
-    loaded_ms: u64,
+    /// When the versions were loaded, as a [`crate::metrics::use_tick`] (a use, for eviction).
+    loaded_use: u64,
 }
 
 impl ModelEntry {
@@ -136,11 +136,11 @@ impl ModelEntry {
         self.versions.values().filter_map(VersionState::ready)
     }
 
-    /// When it was last loaded or answered a request.
-    fn last_used_ms(&self) -> u64 {
+    /// When it was last loaded or answered a request, as a use tick.
+    fn last_use(&self) -> u64 {
         self.ready()
-            .map(|v| v.stats.last_inference_ms.load(Ordering::Relaxed))
-            .fold(self.loaded_ms, u64::max)
+            .map(|v| v.stats.last_use.load(Ordering::Relaxed))
+            .fold(self.loaded_use, u64::max)
     }
 
     fn busy(&self) -> bool {
@@ -449,7 +449,7 @@ impl ModelManager {
             Ok((versions, footprint)) => {
                 budget::record_footprint(name, &entry.footprint, &footprint);
                 entry.footprint = footprint;
-                entry.loaded_ms = crate::metrics::now_ms();
+                entry.loaded_use = crate::metrics::use_tick();
                 let failures: Vec<String> = versions
                     .iter()
                     .filter_map(|(v, s)| match s {
@@ -543,7 +543,7 @@ impl ModelManager {
                 .filter(|(_, e)| !e.footprint.is_empty())
                 .map(|(n, e)| Candidate {
                     name: n.as_str(),
-                    last_used_ms: e.last_used_ms(),
+                    last_use: e.last_use(),
                     busy: e.busy(),
                     footprint: &e.footprint,
                 })

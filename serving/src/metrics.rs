@@ -251,6 +251,8 @@ pub struct VersionStats {
     pub execution_count: AtomicU64,
     /// Milliseconds since the epoch of the last inference; 0 before the first.
     pub last_inference_ms: AtomicU64,
+    /// [`use_tick`] of the last inference: orders uses that fall in the same millisecond.
+    pub last_use: AtomicU64,
     batches: Mutex<BTreeMap<u64, BatchTotals>>,
     counters: Counters,
 }
@@ -273,6 +275,7 @@ impl VersionStats {
             inference_count: AtomicU64::new(0),
             execution_count: AtomicU64::new(0),
             last_inference_ms: AtomicU64::new(0),
+            last_use: AtomicU64::new(0),
             batches: Mutex::new(BTreeMap::new()),
             counters: Counters {
                 pending: metrics::gauge!("nv_inference_pending_request_count", &labels),
@@ -356,7 +359,16 @@ impl VersionStats {
 
     fn touch(&self) {
         self.last_inference_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_use.store(use_tick(), Ordering::Relaxed);
     }
+}
+
+/// A process-wide count of model uses (loads, inferences), for least-recently-used order:
+/// two requests a few hundred microseconds apart share a millisecond, and the wall clock may
+/// step back.
+pub(crate) fn use_tick() -> u64 {
+    static USES: AtomicU64 = AtomicU64::new(1);
+    USES.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Milliseconds since the Unix epoch (Triton's `last_inference` unit).
