@@ -8,7 +8,71 @@ mod common;
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
-use common::{Repository, Server, nexus};
+use common::{Repository, Server, metric_sum, nexus};
+
+/// Every protocol's client against a real server, its workers spread over two client threads:
+/// each level sends what it says it sent (the server counts the same requests), without errors.
+#[tokio::test]
+async fn bench_drives_every_protocol_from_several_client_threads() -> Result<()> {
+    let server = Server::start(Repository::examples()?, &[]).await?;
+    let output = tempfile::tempdir()?;
+    let grpc = server.grpc_url();
+    let grpc_addr = grpc.trim_start_matches("http://");
+    let http = server.url("");
+    let mut sent = 0;
+    for protocol in ["http-json", "http-binary", "grpc"] {
+        nexus(&[
+            "bench",
+            "run",
+            "--model",
+            "simple",
+            "--protocol",
+            protocol,
+            "--http-url",
+            &http,
+            "--grpc-addr",
+            grpc_addr,
+            "--concurrency",
+            "1,3",
+            "--client-threads",
+            "2",
+            "--warmup-secs",
+            "0",
+            "--requests",
+            "40",
+            "--output",
+            output.path().to_str().context("a UTF-8 temporary path")?,
+        ])
+        .await?;
+        let run: Value = serde_json::from_slice(&std::fs::read(
+            output
+                .path()
+                .join(format!("{}.json", protocol.replace('-', ""))),
+        )?)?;
+        ensure!(
+            run["target"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("(2 client threads)")),
+            "{run}"
+        );
+        for level in run["levels"].as_array().context("levels")? {
+            let requests = level["requests"].as_u64().context("requests")?;
+            ensure!(
+                requests >= 40 && level["errors"] == 0,
+                "{protocol}: {level}"
+            );
+            sent += requests;
+        }
+        // One more request per run: the check that the target answers before measuring.
+        sent += 1;
+        let counted = metric_sum(&server.metrics_url(), "nv_inference_request_success").await?;
+        ensure!(
+            counted == sent as f64,
+            "{protocol}: the server counted {counted} requests, the runs {sent}"
+        );
+    }
+    Ok(())
+}
 
 #[tokio::test]
 async fn bench_gpu_completes_and_says_why_no_gpu_was_sampled() -> Result<()> {

@@ -20,7 +20,7 @@ use nexus_models::{Backends, DataType, Device};
 
 use crate::gpu::{LevelGpu, RunGpu, Sampler, Source};
 use crate::load::{Level, Schedule};
-use crate::target::{InProcess, InputSpec, Protocol, Request};
+use crate::target::{Connection, InProcess, InputSpec, Protocol, Request};
 
 /// `nexus bench` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -86,6 +86,11 @@ pub struct RunArgs {
     /// Measure this many requests per level instead of a duration.
     #[arg(long)]
     pub requests: Option<u64>,
+    /// OS threads the load generator spreads its workers over, each with its own event loop
+    /// (as wrk's -t); default: a quarter of this machine's cores, at least 1. Raise it if the
+    /// client itself saturates a core at high concurrency.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub client_threads: Option<u16>,
     /// Name of this run in reports (default: the protocol).
     #[arg(long)]
     pub label: Option<String>,
@@ -240,7 +245,8 @@ pub async fn run(args: RunArgs, backends: &Backends) -> anyhow::Result<RunResult
 
 /// What a run drives: a prepared request to a server, or the model's runtime in-process.
 enum Driver {
-    Server(Arc<Request>),
+    /// The request and the number of client threads that send it.
+    Server(Arc<Request>, usize),
     InProcess(InProcess),
 }
 
@@ -292,14 +298,20 @@ impl Driver {
             &args.grpc_addr,
             &args.model,
             &data,
-            workers,
-        )
-        .await?;
-        request
-            .send(0)
+        )?;
+        Connection::default()
+            .send(&request)
             .await
             .map_err(|e| anyhow::anyhow!("a first request to {target} failed: {e}"))?;
-        Ok((Driver::Server(Arc::new(request)), target))
+        let threads = args.client_threads.map_or_else(
+            || (std::thread::available_parallelism().map_or(1, |n| n.get()) / 4).max(1),
+            usize::from,
+        );
+        let target = format!(
+            "{target} ({threads} client thread{})",
+            if threads == 1 { "" } else { "s" }
+        );
+        Ok((Driver::Server(Arc::new(request), threads), target))
     }
 
     /// Runs one concurrency level.
@@ -311,8 +323,9 @@ impl Driver {
         label: &str,
     ) -> anyhow::Result<Level> {
         match self {
-            Driver::Server(request) => {
-                Ok(load::run_server(Arc::clone(request), concurrency, rows, schedule, label).await)
+            Driver::Server(request, threads) => {
+                let request = Arc::clone(request);
+                Ok(load::run_server(request, concurrency, rows, schedule, label, *threads).await)
             }
             Driver::InProcess(local) => {
                 // The workers block their threads for the whole level: on the blocking pool,

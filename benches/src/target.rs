@@ -2,13 +2,18 @@
 //! gRPC, or a model runtime in-process (ONNX Runtime, libtorch, candle) as the floor. Only standard V2 endpoints are used,
 //! so the same load runs against Nexus, Triton, KServe or MLServer.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tokio::net::TcpStream;
 
 use nexus_models::backend::LoadOptions;
 use nexus_models::{Backend, BackendFactory, Backends, DataType, Device, Tensor, TensorData};
@@ -180,26 +185,26 @@ pub fn file_tensors(path: &Path, inputs: &[InputSpec]) -> anyhow::Result<Vec<Ten
 /// A prepared request, sent again and again.
 pub enum Request {
     Http {
-        client: reqwest::Client,
-        url: String,
+        /// `host:port`, from the base URL.
+        addr: String,
+        path: String,
         body: Bytes,
         header_length: Option<usize>,
     },
     Grpc {
-        clients: Vec<GrpcInferenceServiceClient<Channel>>,
+        addr: String,
         request: pb::ModelInferRequest,
     },
 }
 
 impl Request {
-    /// Prepares the request for an HTTP or gRPC protocol, with one gRPC connection per worker.
-    pub async fn prepare(
+    /// Prepares the request for an HTTP (`http://host:port`) or gRPC (`host:port`) server.
+    pub fn prepare(
         protocol: Protocol,
         http_url: &str,
         grpc_addr: &str,
         model: &str,
         tensors: &[Tensor],
-        workers: usize,
     ) -> anyhow::Result<Self> {
         match protocol {
             Protocol::HttpJson | Protocol::HttpBinary => {
@@ -224,30 +229,27 @@ impl Request {
                 let mut body = serde_json::to_vec(&header)?;
                 let header_length = binary.then_some(body.len());
                 body.extend_from_slice(&raw);
+                let base: http::Uri = http_url
+                    .parse()
+                    .with_context(|| format!("--http-url {http_url}"))?;
+                let (Some("http"), Some(authority)) = (base.scheme_str(), base.authority()) else {
+                    bail!("--http-url {http_url}: expected http://HOST:PORT");
+                };
+                let addr = match authority.port() {
+                    Some(_) => authority.to_string(),
+                    None => format!("{authority}:80"),
+                };
+                let prefix = base.path().trim_end_matches('/');
                 Ok(Request::Http {
-                    client: reqwest::Client::builder()
-                        .pool_max_idle_per_host(workers.max(1))
-                        .build()?,
-                    url: format!("{http_url}/v2/models/{model}/infer"),
+                    addr,
+                    path: format!("{prefix}/v2/models/{model}/infer"),
                     body: Bytes::from(body),
                     header_length,
                 })
             }
-            Protocol::Grpc => {
-                let mut clients = Vec::with_capacity(workers);
-                for _ in 0..workers.max(1) {
-                    let channel = Endpoint::from_shared(format!("http://{grpc_addr}"))?
-                        .tcp_nodelay(true)
-                        .connect()
-                        .await
-                        .with_context(|| format!("connecting to {grpc_addr}"))?;
-                    clients.push(
-                        GrpcInferenceServiceClient::new(channel)
-                            .max_decoding_message_size(usize::MAX)
-                            .max_encoding_message_size(usize::MAX),
-                    );
-                }
-                let request = pb::ModelInferRequest {
+            Protocol::Grpc => Ok(Request::Grpc {
+                addr: grpc_addr.to_string(),
+                request: pb::ModelInferRequest {
                     model_name: model.to_string(),
                     inputs: tensors
                         .iter()
@@ -263,49 +265,175 @@ impl Request {
                         .map(|t| Bytes::from(t.data.to_raw()))
                         .collect(),
                     ..Default::default()
-                };
-                Ok(Request::Grpc { clients, request })
-            }
+                },
+            }),
             Protocol::InProcess => bail!("the in-process protocol has no server; use InProcess"),
         }
     }
 
-    /// Sends the request once from `worker` and reads the whole answer.
-    pub async fn send(&self, worker: usize) -> Result<(), String> {
+    /// Opens a connection of this request's protocol to its server.
+    async fn connect(&self) -> Result<Live, String> {
+        let addr = match self {
+            Request::Http { addr, .. } | Request::Grpc { addr, .. } => addr,
+        };
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        // Small requests must not wait for Nagle's algorithm.
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let io = TokioIo::new(stream);
+        let failed = |e: hyper::Error| format!("connecting to {addr}: {e}");
         match self {
-            Request::Http {
-                client,
-                url,
-                body,
-                header_length,
-            } => {
-                let mut request = client.post(url).body(body.clone());
-                request = match header_length {
-                    Some(len) => request
-                        .header("Inference-Header-Content-Length", *len)
-                        .header("Content-Type", "application/octet-stream"),
-                    None => request.header("Content-Type", "application/json"),
-                };
-                let response = request.send().await.map_err(|e| e.to_string())?;
-                let status = response.status();
-                let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-                if !status.is_success() {
-                    return Err(format!(
-                        "HTTP {status}: {}",
-                        String::from_utf8_lossy(&bytes)
-                    ));
-                }
-                Ok(())
+            Request::Http { .. } => {
+                let (sender, connection) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(failed)?;
+                Ok(Live {
+                    client: Client::Http(sender),
+                    connection: Box::pin(connection),
+                })
             }
-            Request::Grpc { clients, request } => {
-                let mut client = clients[worker % clients.len()].clone();
-                client
+            Request::Grpc { .. } => {
+                let (sender, connection) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .map_err(failed)?;
+                let origin = format!("http://{addr}")
+                    .parse()
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                let client = GrpcInferenceServiceClient::with_origin(H2(sender), origin)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX);
+                Ok(Live {
+                    client: Client::Grpc(client),
+                    connection: Box::pin(connection),
+                })
+            }
+        }
+    }
+}
+
+/// One worker's connection, opened on its first request and again after the server closed
+/// it. The worker's own task drives it, on its client thread's event loop: a request and its
+/// answer cross no other task or thread in the load generator. A shared pooled client
+/// (reqwest's, tonic's channel) runs each connection as a task on whichever runtime opened it,
+/// and queues every call to that task.
+#[derive(Default)]
+pub struct Connection {
+    live: Option<Live>,
+}
+
+struct Live {
+    client: Client,
+    /// hyper's connection future: reads and writes the socket while it is polled.
+    connection: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
+}
+
+enum Client {
+    Http(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Grpc(GrpcInferenceServiceClient<H2>),
+}
+
+impl Connection {
+    /// Sends `request` once and reads the whole answer.
+    pub async fn send(&mut self, request: &Request) -> Result<(), String> {
+        let live = match &mut self.live {
+            Some(live) => live,
+            None => self.live.insert(request.connect().await?),
+        };
+        let exchange = async {
+            match (&mut live.client, request) {
+                (
+                    Client::Http(sender),
+                    Request::Http {
+                        addr,
+                        path,
+                        body,
+                        header_length,
+                    },
+                ) => http_exchange(sender, addr, path, body, *header_length).await,
+                (Client::Grpc(client), Request::Grpc { request, .. }) => client
                     .model_infer(request.clone())
                     .await
                     .map(|_| ())
-                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+                _ => Err("the connection is for another protocol".into()),
             }
+        };
+        let outcome = tokio::select! {
+            biased;
+            done = exchange => done,
+            closed = &mut live.connection => Err(match closed {
+                Ok(()) => "the server closed the connection".into(),
+                Err(e) => format!("connection: {e}"),
+            }),
+        };
+        let broken = match &live.client {
+            Client::Http(sender) => sender.is_closed(),
+            Client::Grpc(_) => outcome.is_err(),
+        };
+        if broken {
+            self.live = None;
         }
+        outcome
+    }
+}
+
+async fn http_exchange(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: &str,
+    path: &str,
+    body: &Bytes,
+    header_length: Option<usize>,
+) -> Result<(), String> {
+    let mut builder = http::Request::post(path).header(http::header::HOST, addr);
+    builder = match header_length {
+        Some(len) => builder
+            .header("Inference-Header-Content-Length", len)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream"),
+        None => builder.header(http::header::CONTENT_TYPE, "application/json"),
+    };
+    let message = builder
+        .body(Full::new(body.clone()))
+        .map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(message)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    Ok(())
+}
+
+/// hyper's HTTP/2 sender as the service tonic's generated client calls, in place of tonic's
+/// `Channel` (which queues each call for a task of its own).
+#[derive(Clone)]
+pub struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower::Service<http::Request<tonic::body::Body>> for H2 {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(request))
     }
 }
 

@@ -35,8 +35,12 @@ use crate::queue::{Counts, Done, Pending, Queue, Queued, Work};
 const INLINE_MAX: Duration = Duration::from_micros(100);
 
 /// Inline runs also need requests to arrive, on average, at least this many executions
-/// apart: at most one in eight then finds the caller's thread busy with the last one.
-const GAP_PER_EXECUTION: u64 = 8;
+/// apart. At c=1 a request's round trip is a few executions of a model this short (the
+/// TorchScript MLP of benches/torch_compare.sh: 18 us of ~115), and at c=16 requests of one
+/// version arrive less than two executions apart: 8 kept that model off the inline path at
+/// c=1 (gRPC p50 170 us, against 125 us inline); 4 changed no c=16 figure beyond the noise
+/// (small_mlp and the MLP, side by side).
+const GAP_PER_EXECUTION: u64 = 4;
 
 /// The instances of one model version.
 pub struct InstancePool {
