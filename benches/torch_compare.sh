@@ -14,7 +14,8 @@
 # (a debug build's figures mean nothing; the summary says which binary ran). It builds nothing.
 #
 # Runs, each at c=1 and c=16 (closed loop, warm-up, then a measured window per level):
-#   libtorch in-process   benches/runtimes/torch_inprocess.py, c=1 only (see that file for why)
+#   libtorch in-process   benches/runtimes/torch_inprocess.py, c=1 only (see that file for why);
+#                         and `nexus bench --protocol in-process` through Nexus's own plugin, c=1
 #   Nexus                 `nexus bench run`: HTTP binary tensors, gRPC, HTTP JSON tensors
 #   Nexus, TorchServe     wrk (benches/runtimes/wrk_post.lua), one JSON body over HTTP/1.1:
 #                         Nexus's V2 JSON infer endpoint and TorchServe's /predictions/mlp, so the
@@ -199,6 +200,12 @@ start_measuring
 log "libtorch in-process (Python torch, 1 thread), c=1"
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$torch_python" "$runtimes/torch_inprocess.py" --model "$work/model/model.pt" \
     --features "$FEATURES" --warmup "$warmup" --duration "$duration" --output "$results/raw/libtorch-inprocess.json"
+
+log "libtorch in-process through Nexus's PyTorch plugin (nexus bench --protocol in-process), c=1"
+NEXUS_TORCH_PLUGIN="$plugin" "$nexus" bench run --label libtorch-plugin-inprocess --output "$results" \
+    --warmup-secs "$warmup" --duration-secs "$duration" --model mlp --protocol in-process \
+    --model-file "$work/repo/mlp/1/model.pt" --ort-threads 1 --batch 1 --concurrency 1 2>&1 | grep -v INFO || true
+[[ -f "$results/libtorch-plugin-inprocess.json" ]] || die "the in-process run through the plugin wrote no results"
 
 # --- 4. Nexus --------------------------------------------------------------------------------
 log "Nexus: git $nexus_sha, $nexus"

@@ -20,6 +20,7 @@ P50_BUDGET_US = 100  # Nexus p50 minus libtorch in-process p50, c=1
 # label: (server, protocol, load generator)
 RUNS = {
     "libtorch-inprocess": ("libtorch in-process (Python torch)", "—", "Python loop"),
+    "libtorch-plugin-inprocess": ("libtorch in-process (Nexus's PyTorch plugin)", "—", "nexus bench"),
     "nexus-http-binary": ("Nexus", "HTTP, binary tensors", "nexus bench"),
     "nexus-grpc": ("Nexus", "gRPC", "nexus bench"),
     "nexus-http-json": ("Nexus", "HTTP, V2 JSON tensors", "nexus bench"),

@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 use nexus_models::backend::LoadOptions;
-use nexus_models::{Backend, BackendFactory, Backends, DataType, Device, Tensor, TensorData};
+use nexus_models::repository::CONFIG_FILE;
+use nexus_models::{
+    Backend, BackendFactory, Backends, DataType, Device, ModelConfig, Tensor, TensorData,
+};
 use nexus_serving::pb;
 use nexus_serving::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 
@@ -463,6 +466,7 @@ impl InProcess {
         let options = LoadOptions {
             device,
             intra_op_threads: threads,
+            config: folder_config(model)?,
             ..Default::default()
         };
         let sessions = (0..workers.max(1))
@@ -492,6 +496,29 @@ impl InProcess {
             specs,
         ))
     }
+}
+
+/// The `config.pbtxt` of the Triton model folder that `model` is a version of
+/// (`<model>/<version>/model.pt`, or the version folder itself), read as a server reads it:
+/// a TorchScript file does not record its inputs and outputs. Empty outside such a folder.
+fn folder_config(model: &Path) -> anyhow::Result<Arc<ModelConfig>> {
+    let version = if model.is_dir() {
+        Some(model)
+    } else {
+        model.parent()
+    };
+    let Some(path) = version
+        .and_then(Path::parent)
+        .map(|folder| folder.join(CONFIG_FILE))
+        .filter(|path| path.is_file())
+    else {
+        return Ok(Arc::default());
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config = nexus_models::config::parse_text(&text)
+        .with_context(|| format!("{} is not a valid model config", path.display()))?;
+    Ok(Arc::new(config))
 }
 
 /// The runtime that serves `model`: a folder's by its files, a file's by its extension.

@@ -9,6 +9,7 @@ is the plugin scripts/install-torch-backend.sh builds into .nexus/lib.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,6 +94,25 @@ def test_a_model_without_config_is_unavailable_with_the_reason(torch_server):
     assert "needs a config.pbtxt that lists its inputs and outputs" in entry["reason"]
     config = requests.get(f"{torch_server.base}/v2/models/mlp_traced/config", timeout=10).json()
     assert config["platform"] == "pytorch_libtorch" and config["backend"] == "pytorch"
+
+
+def bench_in_process(model_file: Path, out: Path) -> subprocess.CompletedProcess:
+    command = [str(conftest.NEXUS_BIN), "bench", "run", "--model", "plugin", "--protocol", "in-process",
+               "--model-file", str(model_file), "--concurrency", "1", "--warmup-secs", "0",
+               "--requests", "50", "--output", str(out), "--label", "plugin"]
+    return subprocess.run(command, capture_output=True, text=True, cwd=conftest.REPO, timeout=120)
+
+
+def test_nexus_bench_runs_a_torchscript_file_in_process_with_its_folders_config(torch_server, tmp_path):
+    # In its Triton model folder, the file's inputs come from the folder's config.pbtxt.
+    done = bench_in_process(torch_server.repository / "mlp_traced" / "1" / "model.pt", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    level = json.loads((tmp_path / "plugin.json").read_text())["levels"][0]
+    assert level["requests"] >= 50 and level["errors"] == 0, level
+    # Outside one, nothing says what the module takes: refused with the reason.
+    done = bench_in_process(torch_server.repository / "mlp_no_config" / "1" / "model.pt", tmp_path)
+    assert done.returncode != 0
+    assert "needs a config.pbtxt that lists its inputs and outputs" in done.stderr, done.stderr[-3000:]
 
 
 def test_wrong_input_shape_is_a_400_and_the_model_keeps_serving(torch_server):
