@@ -304,11 +304,11 @@ impl Request {
                 let origin = format!("http://{addr}")
                     .parse()
                     .map_err(|e| format!("{addr}: {e}"))?;
-                let client = GrpcInferenceServiceClient::with_origin(H2(sender), origin)
+                let client = GrpcInferenceServiceClient::with_origin(H2(sender.clone()), origin)
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX);
                 Ok(Live {
-                    client: Client::Grpc(client),
+                    client: Client::Grpc(client, sender),
                     connection: Box::pin(connection),
                 })
             }
@@ -334,7 +334,11 @@ struct Live {
 
 enum Client {
     Http(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    Grpc(GrpcInferenceServiceClient<H2>),
+    /// The generated client, and its connection's sender (which says when it closed).
+    Grpc(
+        GrpcInferenceServiceClient<H2>,
+        hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    ),
 }
 
 impl Connection {
@@ -355,7 +359,7 @@ impl Connection {
                         header_length,
                     },
                 ) => http_exchange(sender, addr, path, body, *header_length).await,
-                (Client::Grpc(client), Request::Grpc { request, .. }) => client
+                (Client::Grpc(client, _), Request::Grpc { request, .. }) => client
                     .model_infer(request.clone())
                     .await
                     .map(|_| ())
@@ -363,18 +367,20 @@ impl Connection {
                 _ => Err("the connection is for another protocol".into()),
             }
         };
-        let outcome = tokio::select! {
+        let (outcome, ended) = tokio::select! {
             biased;
-            done = exchange => done,
-            closed = &mut live.connection => Err(match closed {
+            done = exchange => (done, false),
+            closed = &mut live.connection => (Err(match closed {
                 Ok(()) => "the server closed the connection".into(),
                 Err(e) => format!("connection: {e}"),
-            }),
+            }), true),
         };
-        let broken = match &live.client {
-            Client::Http(sender) => sender.is_closed(),
-            Client::Grpc(_) => outcome.is_err(),
-        };
+        // A finished connection future must not be polled again; a closed one serves no more.
+        let broken = ended
+            || match &live.client {
+                Client::Http(sender) => sender.is_closed(),
+                Client::Grpc(_, sender) => sender.is_closed(),
+            };
         if broken {
             self.live = None;
         }
