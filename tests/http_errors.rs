@@ -399,8 +399,10 @@ async fn requests_beyond_max_inflight_bytes_get_503_and_serving_continues() -> R
     assert!(text.contains("--max-inflight-bytes"), "{text}");
 
     // A request whose body is still arriving holds its bytes: 80 kB of it leaves no room
-    // for a 30 kB request until it is answered. When a 30 kB probe is still in flight as the
-    // 80 kB arrive, the slow request is the one refused: then it is sent again.
+    // for a 30 kB request until it is answered. The first probe waits for the 80 kB to arrive
+    // (sent at once, both raced, and the probe, smaller, usually won); when a probe is still
+    // in flight as the 80 kB arrive all the same, the slow request is the one refused: then it
+    // is sent again.
     let slow_body = padded_simple_request(80_000);
     let (first, rest) = slow_body.split_at(80_000);
     let mut attempts = 0;
@@ -416,6 +418,7 @@ async fn requests_beyond_max_inflight_bytes_get_503_and_serving_continues() -> R
                 ))
                 .send(),
         );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let probe_refused = loop {
             if slow.is_finished() {
