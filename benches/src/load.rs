@@ -210,15 +210,12 @@ pub async fn run_server(
         .collect();
     let mut hist = histogram();
     for event_loop in loops {
-        match event_loop.await {
-            Ok(Ok(h)) => {
+        match event_loop.await.map_err(|e| e.to_string()).flatten() {
+            Ok(h) => {
                 let _ = hist.add(h);
             }
-            Ok(Err(e)) => {
-                shared.first_error.lock().get_or_insert(e);
-            }
             Err(e) => {
-                shared.first_error.lock().get_or_insert(e.to_string());
+                shared.first_error.lock().get_or_insert(e);
             }
         }
     }

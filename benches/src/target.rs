@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 use nexus_models::backend::LoadOptions;
-use nexus_models::repository::CONFIG_FILE;
+use nexus_models::repository::read_config;
 use nexus_models::{
     Backend, BackendFactory, Backends, DataType, Device, ModelConfig, Tensor, TensorData,
 };
@@ -513,18 +513,12 @@ fn folder_config(model: &Path) -> anyhow::Result<Arc<ModelConfig>> {
     } else {
         model.parent()
     };
-    let Some(path) = version
-        .and_then(Path::parent)
-        .map(|folder| folder.join(CONFIG_FILE))
-        .filter(|path| path.is_file())
-    else {
+    let Some(folder) = version.and_then(Path::parent) else {
         return Ok(Arc::default());
     };
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let config = nexus_models::config::parse_text(&text)
-        .with_context(|| format!("{} is not a valid model config", path.display()))?;
-    Ok(Arc::new(config))
+    let config =
+        read_config(folder).with_context(|| format!("the model config in {}", folder.display()))?;
+    Ok(Arc::new(config.unwrap_or_default()))
 }
 
 /// The runtime that serves `model`: a folder's by its files, a file's by its extension.

@@ -91,17 +91,7 @@ impl ModelRepository {
     /// Reads a model's config and version folders. A config that does not parse is an error.
     pub fn read(&self, name: &str) -> Result<RepositoryModel, RepositoryError> {
         let dir = self.model_dir(name)?;
-        let config_path = dir.join(CONFIG_FILE);
-        let config = match std::fs::read_to_string(&config_path) {
-            Ok(text) => config::parse_text(&text)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ModelConfig::default(),
-            Err(source) => {
-                return Err(RepositoryError::Io {
-                    path: config_path.display().to_string(),
-                    source,
-                });
-            }
-        };
+        let config = read_config(&dir)?.unwrap_or_default();
         let mut versions: Vec<(u64, PathBuf)> = read_dir(&dir)?
             .into_iter()
             .filter(|p| p.is_dir())
@@ -147,6 +137,19 @@ impl ModelRepository {
             .map(|root| root.join(name))
             .find(|dir| valid && dir.is_dir())
             .ok_or_else(|| RepositoryError::NotFound(name.to_string()))
+    }
+}
+
+/// The parsed `config.pbtxt` of the model folder `dir`; `None` where it has none.
+pub fn read_config(dir: &Path) -> Result<Option<ModelConfig>, RepositoryError> {
+    let path = dir.join(CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(config::parse_text(&text)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RepositoryError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
     }
 }
 
